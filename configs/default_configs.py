@@ -1,0 +1,89 @@
+"""Defaults shared by every config, mirroring the authors' structure.
+
+Sections: ``training``, ``sampling``, ``eval``, ``data``, ``model``, ``optim`` and ``seed``.
+Configs are plain data: ``run_lib`` reads them and passes explicit arguments to the math.
+"""
+
+import ml_collections
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.training = training = ml_collections.ConfigDict()
+  training.sde = "vpsde"              # vesde | vpsde | subvpsde
+  training.continuous = True          # continuous-time DSM; False: SMLD / DDPM discrete losses
+  training.reduce_mean = False        # mean (True) or sum (False) over non-batch dimensions
+  training.likelihood_weighting = False
+  training.eps = 1e-5                 # smallest training time (continuous losses)
+  training.batch_size = 128           # global batch, over all devices and processes
+  training.n_iters = 1300001
+  training.n_jitted_steps = 5         # train steps per compiled call (lax.scan)
+  training.log_freq = 50
+  training.eval_freq = 100
+  training.snapshot_freq = 50000      # kept checkpoints (the authors' snapshots)
+  training.snapshot_freq_for_preemption = 10000  # the overwritten preemption checkpoint
+  training.snapshot_sampling = True   # sample a PNG grid at each snapshot
+  training.mixed_precision = False    # bf16 activations/matmuls; fp32 params, optimizer, EMA, loss
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = "pc"              # pc | ode
+  sampling.predictor = "reverse_diffusion"
+  sampling.corrector = "langevin"
+  sampling.n_steps_each = 1           # corrector steps per predictor step
+  sampling.noise_removal = True       # final denoising step (Tweedie) at t = eps
+  sampling.probability_flow = False
+  sampling.snr = 0.16
+  sampling.eps = 1e-3                 # sampling ends at t = eps
+  sampling.ode_rtol = 1e-5
+  sampling.ode_atol = 1e-5
+  sampling.ode_solver = "tsit5"
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 1
+  evaluate.end_ckpt = 26
+  evaluate.batch_size = 1024
+  evaluate.enable_sampling = True
+  evaluate.num_samples = 50000
+  evaluate.enable_loss = True
+  evaluate.enable_bpd = False
+  evaluate.bpd_dataset = "test"
+  evaluate.bpd_num_repeats = 5
+  evaluate.rtol = 1e-5
+  evaluate.atol = 1e-5
+  evaluate.hutchinson_type = "rademacher"  # rademacher | gaussian | exact
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "CIFAR10"
+  data.source = "tfds"                # tfds | idx | cifar_python | npz | toy
+  data.data_dir = ""                  # local files for idx / cifar_python / npz; TFDS data_dir
+  data.image_size = 32
+  data.num_channels = 3
+  data.random_flip = True
+  data.centered = False               # [-1, 1] if True, else [0, 1]
+  data.uniform_dequantization = False
+  data.dim = 0                        # > 0: vector data [B, dim] (toys) instead of images
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "ncsnpp"
+  model.sigma_min = 0.01
+  model.sigma_max = 50.0
+  model.num_scales = 1000
+  model.beta_min = 0.1
+  model.beta_max = 20.0
+  model.dropout = 0.1
+  model.embedding_type = "fourier"
+  model.scale_by_sigma = False
+  model.ema_rate = 0.9999
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.weight_decay = 0.0
+  optim.optimizer = "Adam"
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.warmup = 5000
+  optim.grad_clip = 1.0
+
+  config.seed = 42
+  return config

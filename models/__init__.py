@@ -1,0 +1,1 @@
+"""Score networks. Importing this package registers every model with ``models.utils``."""

@@ -1,0 +1,4 @@
+"""Imports every model module so that its ``@register_model`` runs. Add new modules here."""
+
+# pylint: disable=unused-import
+from models import mlp
