@@ -227,7 +227,15 @@ class VPSDE(_BetaScheduleSDE):
   """Variance-preserving SDE (DDPM): ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dw``."""
 
   def discrete_betas(self) -> Array:
-    """DDPM's ``beta_i = beta(i / (N - 1)) / N``, ``[N]``."""
+    """DDPM's ``beta_i = beta(i / (N - 1)) / N``, ``[N]``.
+
+    Raises:
+      ValueError: if ``beta_max / N >= 1``: the betas would not be probabilities and the
+        DDPM kernel would be NaN.
+    """
+    if self.beta_max >= self.N:
+      raise ValueError(f"DDPM's discrete betas beta(t) / N need N > beta_max, got N={self.N}, "
+                       f"beta_max={self.beta_max}.")
     return self.beta(jnp.linspace(0.0, 1.0, self.N)) / self.N
 
   def discrete_marginal(self, i: Array) -> Tuple[Array, Array]:
