@@ -37,26 +37,28 @@ class GaussianMixture:
   def sample(self, rng: jax.Array, n: int) -> jax.Array:
     k_rng, z_rng = jax.random.split(rng)
     k = jax.random.choice(k_rng, len(self.weights), (n,), p=jnp.asarray(self.weights))
-    chol = jnp.linalg.cholesky(jnp.asarray(self.covs))
+    chol = jnp.asarray(np.linalg.cholesky(self.covs), jnp.float32)
     z = jax.random.normal(z_rng, (n, self.dim))
-    x = jnp.asarray(self.means)[k] + jnp.einsum("nij,nj->ni", chol[k], z)
+    x = jnp.asarray(self.means, jnp.float32)[k] + jnp.einsum("nij,nj->ni", chol[k], z)
     return x.reshape((n,) + self.event_shape)
 
   def component_log_probs_t(self, x: jax.Array, a: jax.Array, s: jax.Array) -> jax.Array:
-    """``log w_k + log N(x; a mu_k, a^2 S_k + s^2 I)`` as ``[B, K]``; ``a, s: [B]``."""
+    """``log w_k + log N(x; a mu_k, a^2 S_k + s^2 I)`` as ``[B, K]``; ``a, s: [B]``.
+
+    ``a^2 S_k + s^2 I`` shares the eigenvectors of ``S_k``, so with ``S_k = U diag(lam) U^T``
+    (computed once, on the host) the density needs matrix products only -- no batched
+    triangular solves, which can deadlock jaxlib's CPU LAPACK path under heavy load.
+    """
     flat = x.reshape(x.shape[0], -1)
-    eye = jnp.eye(self.dim)
-
-    def one(xb, ab, sb):
-      covs = ab**2 * jnp.asarray(self.covs) + sb**2 * eye
-      chol = jnp.linalg.cholesky(covs)
-      diff = xb[None, :] - ab * jnp.asarray(self.means)
-      sol = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
-      log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-      return (jnp.log(jnp.asarray(self.weights)) - 0.5 * jnp.sum(sol**2, axis=-1)
-              - 0.5 * log_det - 0.5 * self.dim * jnp.log(2 * jnp.pi))
-
-    return jax.vmap(one)(flat, a, s)
+    lam, vecs = np.linalg.eigh(np.asarray(self.covs, np.float64))     # [K, D], [K, D, D]
+    lam, vecs = jnp.asarray(lam, flat.dtype), jnp.asarray(vecs, flat.dtype)
+    means = jnp.asarray(self.means, flat.dtype)
+    var = a[:, None, None] ** 2 * lam[None] + s[:, None, None] ** 2   # [B, K, D]
+    diff = flat[:, None, :] - a[:, None, None] * means[None]          # [B, K, D]
+    proj = jnp.einsum("bkd,kde->bke", diff, vecs)                     # coordinates in U_k
+    return (jnp.log(jnp.asarray(self.weights, flat.dtype))[None]
+            - 0.5 * jnp.sum(proj**2 / var + jnp.log(var), axis=-1)
+            - 0.5 * self.dim * jnp.log(2 * jnp.pi))
 
   def log_prob(self, x: jax.Array) -> jax.Array:
     """Log-density of the data, ``[B]``."""
