@@ -1,0 +1,35 @@
+"""DDPM architecture on CIFAR-10 trained with SMLD (discrete VE SDE), PC sampling."""
+
+import ml_collections
+
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = get_default_configs()
+
+  training = config.training
+  training.sde = "vesde"
+  training.continuous = False
+
+  sampling = config.sampling
+  sampling.method = "pc"
+  sampling.predictor = "reverse_diffusion"
+  sampling.corrector = "langevin"
+
+  data = config.data
+  data.centered = False
+
+  model = config.model
+  model.name = "ddpm"
+  model.scale_by_sigma = True
+  model.ema_rate = 0.999
+  model.normalization = "GroupNorm"
+  model.nonlinearity = "swish"
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (16,)
+  model.resamp_with_conv = True
+  model.conditional = True
+  return config
