@@ -1,0 +1,315 @@
+"""Training objectives, the optimizer and the pure train/eval steps.
+
+Losses take a plain ``score_fn(x: [B, ...], t: [B]) -> [B, ...]`` (see ``sde_lib.ScoreFn``),
+so the tests can plug in exact scores; :func:`get_loss_fn` builds that function from a
+network with ``models.utils.get_score_fn``.
+
+Each objective comes in two layers:
+
+* ``*_losses(score_fn, sde, x, <time or level>, z, ...) -> [B]``: the per-example loss for
+  given times (or noise levels) and standard-normal noise ``z``. Deterministic, so
+  objectives can be compared on identical draws.
+* ``*_loss(score_fn, sde, rng, x, ...) -> []``: draws the times/levels and the noise from
+  ``rng`` and averages the per-example loss over the batch.
+
+Losses are computed and reduced in (at least) float32 whatever dtype the model outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+import sde_lib
+from models import utils as mutils
+from sde_lib import batch_mul
+
+Array = jax.Array
+Params = Any
+LossFn = Callable[[Params, Array, Array], Array]
+"""``loss_fn(params, rng, batch: [B, ...]) -> scalar``."""
+StepFn = Callable[["TrainState", Array], Tuple["TrainState", Array]]
+
+
+# ----------------------------------------------------------------------------- train state
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes; a pytree, so it can be jitted and sharded.
+
+  Attributes:
+    step: number of optimizer updates applied so far, int32 scalar.
+    params: the network parameters being optimized.
+    opt_state: the optax optimizer state.
+    ema_params: exponential moving average of ``params`` (what evaluation and sampling use).
+    rng: PRNG key; each train step splits off the key it uses.
+  """
+  step: Array
+  params: Params
+  opt_state: optax.OptState
+  ema_params: Params
+  rng: Array
+
+
+def init_train_state(rng: Array, params: Params,
+                     optimizer: optax.GradientTransformation) -> TrainState:
+  """A fresh state at step 0 whose EMA starts as a copy of ``params``."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    ema_params=jax.tree_util.tree_map(jnp.array, params), rng=rng)
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def get_lr_schedule(lr: float, warmup: int) -> optax.Schedule:
+  """``lr(k) = lr * min(k / warmup, 1)`` for the ``k``-th update (``k = 0, 1, ...``).
+
+  As in the authors' optimization manager the step count is the number of updates already
+  applied, so the very first update has learning rate 0. ``warmup <= 0`` means constant ``lr``.
+  """
+  if warmup <= 0:
+    return optax.constant_schedule(lr)
+  return optax.linear_schedule(init_value=0.0, end_value=lr, transition_steps=warmup)
+
+
+def get_optimizer(lr: float, *, beta1: float = 0.9, eps: float = 1e-8, weight_decay: float = 0.0,
+                  warmup: int = 5000, grad_clip: float = 1.0) -> optax.GradientTransformation:
+  """Global-norm clipping, then Adam (decoupled-weight-decay AdamW if ``weight_decay > 0``).
+
+  Args:
+    lr: peak learning rate, reached after ``warmup`` updates (see :func:`get_lr_schedule`).
+    beta1: Adam's first-moment decay (``beta2`` is 0.999, as in the paper).
+    eps: Adam's denominator epsilon.
+    weight_decay: decoupled weight decay, applied as ``-lr(k) * weight_decay * param``.
+    warmup: number of linear-warmup updates.
+    grad_clip: maximum global gradient norm; a negative value disables clipping.
+  """
+  schedule = get_lr_schedule(lr, warmup)
+  if weight_decay > 0:
+    adam = optax.adamw(schedule, b1=beta1, b2=0.999, eps=eps, weight_decay=weight_decay)
+  else:
+    adam = optax.adam(schedule, b1=beta1, b2=0.999, eps=eps)
+  if grad_clip < 0:
+    return adam
+  return optax.chain(optax.clip_by_global_norm(grad_clip), adam)
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def _loss_dtype(x: Array) -> jnp.dtype:
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _reduce(x: Array, reduce_mean: bool) -> Array:
+  """Sum (or mean) of ``x: [B, ...]`` over the non-batch dimensions, ``[B]``."""
+  flat = x.reshape(x.shape[0], -1)
+  return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
+
+
+def _level_times(sde: sde_lib.SDE, levels: Array) -> Array:
+  """``t_i = i / (N - 1) * T``: the time whose discrete label ``round(t / T (N - 1))`` is ``i``."""
+  return levels.astype(jnp.float32) / max(sde.N - 1, 1) * sde.T
+
+
+def dsm_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Array, t: Array, z: Array, *,
+               reduce_mean: bool = False, likelihood_weighting: bool = False) -> Array:
+  """Per-example continuous denoising score matching at given times, ``[B]``.
+
+  With ``x_t = mean(x, t) + std(t) z`` the loss is ``lambda(t) ||score(x_t, t) + z / std(t)||^2``
+  with ``lambda = std^2`` (the paper's default) or ``lambda = g(t)^2`` (likelihood weighting).
+
+  Args:
+    x: clean data ``[B, ...]``.
+    t: times ``[B]`` in ``(0, T]``.
+    z: standard-normal noise shaped like ``x``.
+  """
+  dtype = _loss_dtype(x)
+  x, z, t = x.astype(dtype), z.astype(dtype), t.astype(dtype)
+  mean, std = sde.marginal_prob(x, t)
+  score = score_fn(mean + batch_mul(std, z), t).astype(dtype)
+  if likelihood_weighting:
+    g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
+    return g2 * _reduce(jnp.square(score + batch_mul(1.0 / std, z)), reduce_mean)
+  # std^2 ||score + z/std||^2 written as ||std score + z||^2, which stays finite as std -> 0.
+  return _reduce(jnp.square(batch_mul(std, score) + z), reduce_mean)
+
+
+def smld_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.VESDE, x: Array, levels: Array, z: Array,
+                *, reduce_mean: bool = False) -> Array:
+  """Per-example NCSN loss ``sigma_i^2 ||score(x + sigma_i z, t_i) + z / sigma_i||^2``, ``[B]``.
+
+  Args:
+    x: clean data ``[B, ...]``.
+    levels: integer noise levels ``i: [B]`` in ``{0, ..., N-1}``; ``t_i = i / (N - 1)``.
+    z: standard-normal noise shaped like ``x``.
+  """
+  dtype = _loss_dtype(x)
+  x, z = x.astype(dtype), z.astype(dtype)
+  sigma = sde.discrete_sigmas().astype(dtype)[levels]
+  score = score_fn(x + batch_mul(sigma, z), _level_times(sde, levels).astype(dtype)).astype(dtype)
+  return _reduce(jnp.square(batch_mul(sigma, score) + z), reduce_mean)
+
+
+def ddpm_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.VPSDE, x: Array, levels: Array, z: Array,
+                *, reduce_mean: bool = True) -> Array:
+  """Per-example DDPM loss ``||s_i score(a_i x + s_i z, t_i) + z||^2``, ``[B]``.
+
+  ``(a_i, s_i) = sde.discrete_marginal(i)``. For an eps-predicting network, whose score is
+  ``-eps_theta / s_i``, this is DDPM's ``||eps_theta - z||^2``.
+
+  Args:
+    x: clean data ``[B, ...]``.
+    levels: integer noise levels ``i: [B]`` in ``{0, ..., N-1}``; ``t_i = i / (N - 1)``.
+    z: standard-normal noise shaped like ``x``.
+  """
+  dtype = _loss_dtype(x)
+  x, z = x.astype(dtype), z.astype(dtype)
+  a, s = (c.astype(dtype) for c in sde.discrete_marginal(levels))
+  perturbed = batch_mul(a, x) + batch_mul(s, z)
+  score = score_fn(perturbed, _level_times(sde, levels).astype(dtype)).astype(dtype)
+  return _reduce(jnp.square(batch_mul(s, score) + z), reduce_mean)
+
+
+def sde_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, rng: Array, x: Array, *,
+             reduce_mean: bool = False, likelihood_weighting: bool = False,
+             eps: float = 1e-5) -> Array:
+  """Continuous DSM (:func:`dsm_losses`) with ``t ~ U(eps, T)``, averaged over the batch.
+
+  Args:
+    x: clean data ``[B, ...]``.
+    eps: smallest time; the kernel's std vanishes at ``t = 0`` for VP / sub-VP.
+  """
+  t_rng, z_rng = jax.random.split(rng)
+  t = jax.random.uniform(t_rng, (x.shape[0],), minval=eps, maxval=sde.T)
+  z = jax.random.normal(z_rng, x.shape, _loss_dtype(x))
+  return jnp.mean(dsm_losses(score_fn, sde, x, t, z, reduce_mean=reduce_mean,
+                             likelihood_weighting=likelihood_weighting))
+
+
+def _sample_levels_and_noise(sde: sde_lib.SDE, rng: Array, x: Array) -> Tuple[Array, Array]:
+  level_rng, z_rng = jax.random.split(rng)
+  levels = jax.random.randint(level_rng, (x.shape[0],), 0, sde.N)
+  return levels, jax.random.normal(z_rng, x.shape, _loss_dtype(x))
+
+
+def smld_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.VESDE, rng: Array, x: Array, *,
+              reduce_mean: bool = False) -> Array:
+  """SMLD/NCSN loss (:func:`smld_losses`) with ``i ~ U{0..N-1}``, averaged over the batch."""
+  levels, z = _sample_levels_and_noise(sde, rng, x)
+  return jnp.mean(smld_losses(score_fn, sde, x, levels, z, reduce_mean=reduce_mean))
+
+
+def ddpm_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.VPSDE, rng: Array, x: Array, *,
+              reduce_mean: bool = True) -> Array:
+  """DDPM loss (:func:`ddpm_losses`) with ``i ~ U{0..N-1}``, averaged over the batch."""
+  levels, z = _sample_levels_and_noise(sde, rng, x)
+  return jnp.mean(ddpm_losses(score_fn, sde, x, levels, z, reduce_mean=reduce_mean))
+
+
+def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool = True,
+                reduce_mean: bool = False, likelihood_weighting: bool = False,
+                eps: float = 1e-5) -> LossFn:
+  """``loss_fn(params, rng, batch: [B, ...]) -> scalar`` for a network ``model``.
+
+  ``continuous`` selects the continuous DSM objective; otherwise SMLD (VE) or DDPM (VP), the
+  only SDEs with a discrete objective. ``rng`` is split into a dropout key and a noise key.
+
+  Raises:
+    ValueError: for a discrete objective with an SDE other than VE / VP, or with
+      likelihood weighting (which only the continuous objective defines).
+  """
+  if not continuous:
+    if likelihood_weighting:
+      raise ValueError("likelihood_weighting is only defined for the continuous objective "
+                       "(continuous=True).")
+    if isinstance(sde, sde_lib.VESDE):
+      discrete_loss = smld_loss
+    elif isinstance(sde, sde_lib.VPSDE):
+      discrete_loss = ddpm_loss
+    else:
+      raise ValueError(
+          f"Discrete training (continuous=False) is only defined for VESDE (SMLD) and VPSDE "
+          f"(DDPM), got {type(sde).__name__}; use continuous=True.")
+
+  def loss_fn(params: Params, rng: Array, batch: Array) -> Array:
+    dropout_rng, noise_rng = jax.random.split(rng)
+    score_fn = mutils.get_score_fn(sde, model, params, train=train, continuous=continuous,
+                                   rng=dropout_rng)
+    if continuous:
+      return sde_loss(score_fn, sde, noise_rng, batch, reduce_mean=reduce_mean,
+                      likelihood_weighting=likelihood_weighting, eps=eps)
+    return discrete_loss(score_fn, sde, noise_rng, batch, reduce_mean=reduce_mean)
+
+  return loss_fn
+
+
+def per_example_losses(loss_fn: LossFn, params: Params, rng: Array, batch: Array) -> Array:
+  """``[B]`` losses of ``loss_fn`` on each example of ``batch: [B, ...]`` alone.
+
+  Example ``b`` gets the key ``jax.random.split(rng, B)[b]``, so its loss does not depend on the
+  rest of the batch (e.g. padding examples, which the caller can then mask out).
+  """
+  keys = jax.random.split(rng, batch.shape[0])
+  return jax.vmap(lambda key, x: loss_fn(params, key, x[None]))(keys, batch)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _ema_update(ema: Params, params: Params, ema_rate: float) -> Params:
+  """``ema_rate * ema + (1 - ema_rate) * params``, computed in float32, stored in ema's dtype."""
+
+  def one(e, p):
+    e32, p32 = e.astype(jnp.float32), p.astype(jnp.float32)
+    return (ema_rate * e32 + (1.0 - ema_rate) * p32).astype(e.dtype)
+
+  return jax.tree_util.tree_map(one, ema, params)
+
+
+# Stream index of the evaluation key, so eval noise never reuses a training key.
+_EVAL_STREAM = 1
+
+
+def get_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, train: bool,
+                ema_rate: float) -> StepFn:
+  """A pure, jittable ``step_fn(state, batch: [B, ...]) -> (state, loss)``.
+
+  ``train=True``: splits ``state.rng`` (keeping one half as the next state's key), takes a
+  gradient step on ``loss_fn`` at ``state.params``, then updates the EMA with the *new*
+  params, ``ema <- ema_rate * ema + (1 - ema_rate) * params``, and increments ``step``.
+
+  ``train=False``: returns ``state`` unchanged and the loss of ``state.ema_params`` with noise
+  from ``fold_in(state.rng, 1)`` -- a key no train step uses. Eval noise is thus a function
+  of the state; pass ``state.replace(rng=key)`` to draw different noise.
+  """
+
+  def train_step(state: TrainState, batch: Array) -> Tuple[TrainState, Array]:
+    rng, step_rng = jax.random.split(state.rng)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, step_rng, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=_ema_update(state.ema_params, params, ema_rate), rng=rng)
+    return new_state, loss.astype(jnp.float32)
+
+  def eval_step(state: TrainState, batch: Array) -> Tuple[TrainState, Array]:
+    loss = loss_fn(state.ema_params, jax.random.fold_in(state.rng, _EVAL_STREAM), batch)
+    return state, loss.astype(jnp.float32)
+
+  return train_step if train else eval_step
+
+
+def get_multi_step_fn(step_fn: StepFn) -> Callable[[TrainState, Array], Tuple[TrainState, Array]]:
+  """``multi_step(state, batches: [n, B, ...]) -> (state, losses: [n])``, ``n`` steps in a scan."""
+
+  def multi_step(state: TrainState, batches: Array) -> Tuple[TrainState, Array]:
+    return jax.lax.scan(step_fn, state, batches)
+
+  return multi_step
