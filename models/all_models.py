@@ -3,4 +3,5 @@
 # pylint: disable=unused-import
 from models import ddpm
 from models import mlp
+from models import ncsnpp
 from models import ncsnv2

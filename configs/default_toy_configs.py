@@ -1,0 +1,58 @@
+"""Defaults for the 2-D toy problems: a small MLP that trains on a laptop CPU in a minute or two."""
+
+import ml_collections
+
+from configs.default_configs import get_default_configs as get_base_configs
+
+
+def get_default_configs(dataset: str) -> ml_collections.ConfigDict:
+  config = get_base_configs()
+  training = config.training
+  training.sde = "vpsde"
+  training.continuous = True
+  training.reduce_mean = True
+  training.batch_size = 512
+  training.n_iters = 4000
+  training.n_jitted_steps = 50
+  training.log_freq = 200
+  training.eval_freq = 500
+  training.snapshot_freq = 2000
+  training.snapshot_freq_for_preemption = 500
+
+  sampling = config.sampling
+  sampling.method = "pc"
+  sampling.predictor = "euler_maruyama"
+  sampling.corrector = "none"
+  sampling.eps = 1e-3
+
+  evaluate = config.eval
+  evaluate.begin_ckpt = 1
+  evaluate.end_ckpt = 1000
+  evaluate.batch_size = 1000
+  evaluate.num_samples = 2000
+  evaluate.enable_bpd = True
+  evaluate.bpd_num_repeats = 1
+  evaluate.hutchinson_type = "exact"   # two dimensions: the exact divergence is cheap
+
+  data = config.data
+  data.dataset = dataset
+  data.source = "toy"
+  data.dim = 2
+  data.random_flip = False
+  data.centered = True
+
+  model = config.model
+  model.name = "toy_mlp"
+  model.nf = 128
+  model.num_blocks = 3
+  model.nonlinearity = "swish"
+  model.dropout = 0.0
+  model.num_scales = 500
+  model.ema_rate = 0.999
+
+  optim = config.optim
+  optim.lr = 1e-3
+  optim.warmup = 100
+  optim.grad_clip = 1.0
+  config.seed = 0
+  return config
