@@ -1,0 +1,586 @@
+"""Speed benchmarks: train step, PC/EM samplers, ODE sampling, bits/dim, forward pass, MNIST.
+
+``python -m benchmarks.run [--only train,sample,ode,bpd,forward,mnist] [--tiny] [--isolate]
+[--out benchmarks/results]`` (``--only`` also takes case-name prefixes such as ``train/ncsnpp``)
+measures on whatever accelerator JAX sees (``jax.devices()[0]``) and writes ``speed[_tiny]_<device>_<date>.json`` and ``.md`` (a table) to ``--out``.
+
+Every case builds its model from a config file plus recorded overrides and random (untrained)
+parameters, feeds synthetic data of the config's shape, compiles ahead of time (``compile_s``)
+and then times calls that end in ``block_until_ready``. Times are wall-clock seconds.
+
+* ``train``: one optimizer step (loss, gradient, Adam, EMA) with the train state donated; the
+  median over ``>= 20`` timed steps after warm-up, and the same compiled with
+  ``n_jitted_steps`` steps per call (``lax.scan``, time reported per step). FLOPs per step come
+  from XLA's cost analysis of the compiled program.
+* ``sample``: predictor-corrector sampling (reverse diffusion + Langevin) and Euler-Maruyama.
+* ``ode`` / ``bpd``: probability-flow ODE sampling and bits/dim (Hutchinson), adaptive Tsit5 at
+  ``rtol = atol = 1e-5``; ``nfe`` counts drift evaluations as scipy's ``nfev`` does (see
+  ``sampling.get_ode_sampler``). With random parameters the NFE is not that of a trained model;
+  ``ms_per_nfe`` is the comparable number.
+* ``forward``: the network alone, evaluation mode.
+* ``mnist``: training throughput of ``configs/vpsde_mnist.py`` (skipped when absent).
+
+``--tiny`` runs one case per code path (``TINY_CASES``), shrunk (8 px images, ``nf = 8``,
+batch 4, 3 timed steps, 10 sampler steps) and compiled with few optimizations, so the suite runs
+on a CPU in about a minute; it checks the code paths, its times mean nothing.
+``--isolate`` runs each case in a fresh process, so ``peak_bytes_in_use`` (a per-process
+high-water mark) belongs to that case alone; use it on an accelerator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import likelihood
+import losses
+import run_lib
+import sampling
+from models import ncsnpp  # noqa: F401  pylint: disable=unused-import  (registers the model)
+from models import utils as mutils
+
+GROUPS = ("train", "sample", "ode", "bpd", "forward", "mnist")
+DDPMPP = "configs/vp/cifar10_ddpmpp_continuous.py"
+NCSNPP = "configs/ve/cifar10_ncsnpp_continuous.py"
+MNIST = "configs/vpsde_mnist.py"
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Shrinks the CIFAR-10 networks so that every case compiles and runs on a CPU in seconds.
+TINY_MODEL = {"data.image_size": 8, "model.nf": 8, "model.ch_mult": (1,),
+              "model.num_res_blocks": 1, "model.attn_resolutions": (8,)}
+
+# One case per code path of this file (each compile costs a CPU ~10 s): fp32 and bf16, one and
+# several steps per call, PC sampling, ODE, bits/dim, forward, MNIST. The other cases differ
+# only in their config (the NCSN++ network, EM instead of PC).
+TINY_CASES = ("train/ddpmpp/fp32", "train/ddpmpp/bf16/n_jitted=2", "sample/ddpmpp/pc",
+              "ode/ddpmpp", "bpd/ddpmpp", "forward/ddpmpp/bf16", "mnist/fp32")
+TINY_XLA_FLAGS = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
+
+# Published numbers of another implementation and this project's targets (issue 5), for the
+# full-size cases on one H100 (times per step / per call; see benchmarks/README.md).
+REFERENCE = {
+    "train/ddpmpp/fp32": ("eager 128-166 ms; torch.compile 101.6 ms; GPU-busy 85.5 ms", "<= 50 ms"),
+    "train/ddpmpp/bf16": ("GPU-busy 48.5 ms", "<= 32 ms"),
+    "train/ncsnpp/fp32": ("145 ms", "<= 60 ms"),
+    "forward/ddpmpp/fp32": ("276 ms", "<= 140 ms"),
+    "forward/ddpmpp/bf16": ("225 ms", "<= 70 ms"),
+    "sample/ddpmpp/em": ("40.3 s", "<= 12 s"),
+    "sample/ddpmpp/pc": ("85.8 s (2000 calls)", "<= 25 s"),
+    "bpd/ddpmpp": ("155 ms per evaluation", "<= 50 ms per evaluation"),
+}
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One measurement: ``kind`` picks the function, ``config`` + ``overrides`` the model.
+
+  ``options`` holds the measurement's own sizes (batch, steps, repeats, ...).
+  """
+  name: str
+  group: str
+  kind: str
+  config: str
+  overrides: Tuple[Tuple[str, Any], ...]
+  options: Tuple[Tuple[str, Any], ...]
+
+
+def _case(name: str, group: str, kind: str, config: str, overrides: Dict[str, Any],
+          **options) -> Case:
+  return Case(name, group, kind, config, tuple(sorted(overrides.items())),
+              tuple(sorted(options.items())))
+
+
+def suite(tiny: bool) -> List[Case]:
+  """The cases in run order: every one at full size, or ``TINY_CASES`` shrunk for CPUs."""
+  base = dict(TINY_MODEL) if tiny else {}
+  batch = 4 if tiny else 128
+  timed, warmup, n_jitted = (3, 1, 2) if tiny else (20, 3, 5)
+  sampler_steps = 10 if tiny else 1000
+  cases = []
+  for short, config in (("ddpmpp", DDPMPP), ("ncsnpp", NCSNPP)):
+    for precision in ("fp32", "bf16"):
+      over = dict(base, **{"training.batch_size": batch,
+                           "training.mixed_precision": precision == "bf16"})
+      cases.append(_case(f"train/{short}/{precision}", "train", "train", config, over,
+                         n_jitted=1, steps=timed, warmup=warmup))
+      cases.append(_case(f"train/{short}/{precision}/n_jitted={n_jitted}", "train", "train",
+                         config, dict(over, **{"training.n_jitted_steps": n_jitted}),
+                         n_jitted=n_jitted, steps=timed, warmup=warmup))
+  for name, predictor, corrector in (("pc", "reverse_diffusion", "langevin"),
+                                     ("em", "euler_maruyama", "none")):
+    cases.append(_case(f"sample/ddpmpp/{name}", "sample", "pc", DDPMPP, base, batch=batch,
+                       predictor=predictor, corrector=corrector, num_steps=sampler_steps,
+                       repeats=1))
+  cases.append(_case("ode/ddpmpp", "ode", "ode", DDPMPP, base, batch=batch, repeats=1))
+  cases.append(_case("bpd/ddpmpp", "bpd", "bpd", DDPMPP, base, batch=batch, repeats=1))
+  cases.append(_case("bpd/ddpmpp/compile_only", "bpd", "bpd", DDPMPP, base,
+                     batch=16 if tiny else 1024, repeats=0))
+  for precision in ("fp32", "bf16"):
+    cases.append(_case(f"forward/ddpmpp/{precision}", "forward", "forward", DDPMPP,
+                       dict(base, **{"training.mixed_precision": precision == "bf16"}),
+                       batch=8 if tiny else 1024, steps=timed, warmup=warmup))
+  for precision in ("fp32", "bf16"):
+    over = {"training.mixed_precision": precision == "bf16"}
+    if tiny:  # MNIST's own 28 x 28 x 1 images, the tiny network without attention
+      over.update(TINY_MODEL, **{"data.image_size": 28, "model.attn_resolutions": (),
+                                 "training.batch_size": batch})
+    cases.append(_case(f"mnist/{precision}", "mnist", "train", MNIST, over, n_jitted=1,
+                       steps=timed, warmup=warmup))
+  return [c for c in cases if c.name in TINY_CASES] if tiny else cases
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file given relative to the repository root."""
+  module = os.path.splitext(os.path.normpath(path))[0].replace(os.sep, ".")
+  return importlib.import_module(module).get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[Tuple[str, Any]]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted ``key = value`` pairs set.
+
+  A key the config lacks raises ``KeyError``: a typo must not go unnoticed into the records.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides:
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(f"Override {key!r}: the config has no such field.")
+    node[leaf] = value
+  return config
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _flops(compiled) -> Optional[float]:
+  """FLOPs of one call from XLA's cost analysis (a dict, or a list of one per module)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops is not None and flops > 0 else None
+
+
+def _compiled_bytes(compiled) -> Optional[int]:
+  """Device memory one call needs per XLA: arguments + outputs + temporaries - donated aliases."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def _peak_bytes() -> Optional[int]:
+  """The process's high-water mark of device memory (None where unsupported, e.g. CPU)."""
+  stats = jax.devices()[0].memory_stats()
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _compile(fn: Callable, *args) -> Tuple[Any, float]:
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _timed(call: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  return time.perf_counter() - start
+
+
+# Initial parameters per architecture (the config's model and data sections and seed), so that
+# fp32/bf16 variants and the train/sampling cases of one network share one (slow) init.
+_PARAMS_CACHE: Dict[str, Any] = {}
+
+
+def _model_and_params(config: ml_collections.ConfigDict):
+  """``(model, params)``: float32 parameters whatever ``training.mixed_precision`` says."""
+  key = json.dumps({"model": config.model.to_dict(), "data": config.data.to_dict(),
+                    "seed": config.seed}, sort_keys=True, default=list)
+  if key not in _PARAMS_CACHE:
+    fp32 = ml_collections.ConfigDict(config.to_dict())
+    fp32.training.mixed_precision = False
+    _PARAMS_CACHE[key] = mutils.init_model(jax.random.PRNGKey(config.seed), fp32)[1]
+  # A private copy: the train state is donated and would delete the cached buffers.
+  return mutils.create_model(config), jax.tree_util.tree_map(jnp.copy, _PARAMS_CACHE[key])
+
+
+def synthetic_images(shape: Tuple[int, ...], centered: bool, seed: int = 0) -> np.ndarray:
+  """Uniform float32 data in the model's range, ``[-1, 1]`` if ``centered`` else ``[0, 1]``."""
+  x = np.random.default_rng(seed).random(shape, dtype=np.float32)
+  return 2.0 * x - 1.0 if centered else x
+
+
+def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, n_jitted: int,
+                steps: int, warmup: int) -> Dict[str, Any]:
+  """Train-step time: ``steps`` timed calls of ``n_jitted`` steps each after ``warmup`` calls."""
+  batch_size = config.training.batch_size
+  devices.check_batch(batch_size, "training.batch_size")
+  sde = run_lib.build_sde(config)
+  model, params = _model_and_params(config)
+  optimizer = run_lib.build_optimizer(config)
+  state = jax.device_put(losses.init_train_state(jax.random.PRNGKey(1), params, optimizer),
+                         devices.replicated)
+  step_fn = losses.get_step_fn(run_lib.build_loss_fn(config, sde, model, train=True), optimizer,
+                               train=True, ema_rate=config.model.ema_rate)
+  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
+  shape = mutils.input_shape(config, batch_size)
+  if n_jitted == 1:
+    data = synthetic_images(shape, config.data.centered)
+    batch = devices.put_batch(data)
+    fn, batch_sharding = step_fn, devices.batch
+  else:
+    data = synthetic_images((n_jitted,) + shape, config.data.centered)
+    batch = devices.put_batch(data, stacked=True)
+    fn, batch_sharding = losses.get_multi_step_fn(step_fn), devices.stacked_batch
+  jitted = jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+  compiled, compile_s = _compile(jitted, state, batch)
+  flops_per_step = _flops(compiled)
+  if flops_per_step is not None and n_jitted > 1:
+    # XLA's cost analysis has counted a loop body once, whatever its trip count; compare with
+    # one step (lowered, not compiled: cheap) so a future XLA that multiplies is also right.
+    one_batch = jax.ShapeDtypeStruct(batch.shape[1:], batch.dtype)
+    one_step = _flops(jax.jit(step_fn).lower(state, one_batch))
+    if one_step and flops_per_step > 0.5 * (n_jitted + 1) * one_step:
+      flops_per_step /= n_jitted
+
+  def call():
+    nonlocal state
+    state, loss = compiled(state, batch)
+    return state, loss
+
+  for _ in range(warmup):
+    _timed(call)
+  times = [_timed(call) for _ in range(steps)]
+  # Back-to-back calls with one final wait: the throughput a training loop sees.
+  start = time.perf_counter()
+  for _ in range(steps):
+    call()
+  jax.block_until_ready(state)
+  pipelined = (time.perf_counter() - start) / steps
+  if not np.isfinite(float(jax.device_get(call()[1]).mean())):
+    raise FloatingPointError("The training loss became non-finite.")
+  step_s = statistics.median(times) / n_jitted
+  return {
+      "batch_size": batch_size, "n_jitted_steps": n_jitted, "timed_calls": steps,
+      "warmup_calls": warmup, "compile_s": compile_s,
+      "ms_per_step": 1e3 * step_s,
+      "ms_per_step_min": 1e3 * min(times) / n_jitted,
+      "ms_per_step_pipelined": 1e3 * pipelined / n_jitted,
+      "images_per_s": batch_size / step_s,
+      "flops_per_step": flops_per_step,
+      "tflops_per_s": flops_per_step / step_s / 1e12 if flops_per_step else None,
+      "compiled_bytes": _compiled_bytes(compiled),
+      "peak_bytes_in_use": _peak_bytes(),
+      "num_params": int(sum(p.size for p in jax.tree_util.tree_leaves(state.params))),
+  }
+
+
+def _score_fn_builder(config, sde, model, devices):
+  def build(params):
+    score_fn = mutils.get_score_fn(sde, model, params, train=False,
+                                   continuous=config.training.continuous)
+    return lambda x, t: score_fn(devices.constrain(x), t)
+
+  return build
+
+
+def _run_sampler(sample: Callable, params, devices, repeats: int, batch: int) -> Dict[str, Any]:
+  """Compiles ``sample(rng, params) -> (x, nfe)`` and times ``repeats`` calls (fresh keys)."""
+  jitted = jax.jit(sample, out_shardings=(devices.batch, None))
+  compiled, compile_s = _compile(jitted, jax.random.PRNGKey(0), params)
+  result: Dict[str, Any] = {"batch_size": batch, "compile_s": compile_s, "repeats": repeats,
+                            "compiled_bytes": _compiled_bytes(compiled)}
+  if repeats < 1:
+    result["peak_bytes_in_use"] = _peak_bytes()
+    return result
+  walls, nfes = [], []
+  for i in range(repeats):
+    start = time.perf_counter()
+    x, nfe = jax.block_until_ready(compiled(jax.random.PRNGKey(i + 1), params))
+    walls.append(time.perf_counter() - start)
+    nfes.append(int(nfe))
+  if not np.all(np.isfinite(np.asarray(x))):
+    raise FloatingPointError("The sampler returned non-finite values.")
+  wall = statistics.median(walls)
+  nfe = int(statistics.median(nfes))
+  result.update({"wall_s": wall, "images_per_s": batch / wall, "nfe": nfe,
+                 "ms_per_nfe": 1e3 * wall / nfe, "peak_bytes_in_use": _peak_bytes()})
+  return result
+
+
+def bench_pc(config, devices, *, batch: int, predictor: str, corrector: str, num_steps: int,
+             repeats: int) -> Dict[str, Any]:
+  """PC / EM sampling wall time (``num_steps`` predictor steps, denoised, NFE counted)."""
+  devices.check_batch(batch, "batch")
+  sde = run_lib.build_sde(config)
+  model, params = _model_and_params(config)
+  sampler = sampling.get_pc_sampler(sde, mutils.input_shape(config, batch), predictor, corrector,
+                                    snr=config.sampling.snr, n_steps=config.sampling.n_steps_each,
+                                    denoise=config.sampling.noise_removal,
+                                    eps=config.sampling.eps, num_steps=num_steps)
+  build = _score_fn_builder(config, sde, model, devices)
+  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), params, devices, repeats, batch)
+  result.update(predictor=predictor, corrector=corrector, num_steps=num_steps)
+  return result
+
+
+def bench_ode(config, devices, *, batch: int, repeats: int, rtol: float = 1e-5,
+              atol: float = 1e-5) -> Dict[str, Any]:
+  """Probability-flow ODE sampling (adaptive Tsit5) wall time and NFE."""
+  devices.check_batch(batch, "batch")
+  sde = run_lib.build_sde(config)
+  model, params = _model_and_params(config)
+  sampler = sampling.get_ode_sampler(sde, mutils.input_shape(config, batch), rtol=rtol, atol=atol,
+                                     method="tsit5", eps=config.sampling.eps,
+                                     denoise=config.sampling.noise_removal)
+  build = _score_fn_builder(config, sde, model, devices)
+  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), params, devices, repeats, batch)
+  result.update(rtol=rtol, atol=atol, method="tsit5")
+  return result
+
+
+def bench_bpd(config, devices, *, batch: int, repeats: int, rtol: float = 1e-5,
+              atol: float = 1e-5) -> Dict[str, Any]:
+  """Bits/dim (Hutchinson, Rademacher) of a fixed synthetic batch; ``repeats=0``: compile only."""
+  devices.check_batch(batch, "batch")
+  sde = run_lib.build_sde(config)
+  model, params = _model_and_params(config)
+  likelihood_fn = likelihood.get_likelihood_fn(
+      sde, hutchinson_type="rademacher", rtol=rtol, atol=atol,
+      bpd_offset=likelihood.dequantization_offset(config.data.centered))
+  build = _score_fn_builder(config, sde, model, devices)
+  images = devices.put_batch(synthetic_images(mutils.input_shape(config, batch),
+                                              config.data.centered))
+
+  def bpd(rng, inputs):
+    p, x = inputs
+    values, _, nfe = likelihood_fn(rng, build(p), x)
+    return values, nfe
+
+  # The images are an argument, not a constant folded into the program.
+  result = _run_sampler(bpd, (params, images), devices, repeats, batch)
+  result.update(rtol=rtol, atol=atol, method="tsit5", hutchinson_type="rademacher")
+  return result
+
+
+def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Dict[str, Any]:
+  """One network evaluation (evaluation mode) at ``batch``: median of ``steps`` calls."""
+  devices.check_batch(batch, "batch")
+  model, params = _model_and_params(config)
+  x = devices.put_batch(synthetic_images(mutils.input_shape(config, batch), config.data.centered))
+  labels = devices.put_batch(np.linspace(0.0, 999.0, batch, dtype=np.float32))
+  jitted = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y, train=False),
+                   out_shardings=devices.batch)
+  compiled, compile_s = _compile(jitted, params, x, labels)
+  for _ in range(warmup):
+    _timed(lambda: compiled(params, x, labels))
+  times = [_timed(lambda: compiled(params, x, labels)) for _ in range(steps)]
+  flops = _flops(compiled)
+  call_s = statistics.median(times)
+  return {"batch_size": batch, "timed_calls": steps, "warmup_calls": warmup,
+          "compile_s": compile_s, "ms_per_call": 1e3 * call_s,
+          "ms_per_call_min": 1e3 * min(times), "images_per_s": batch / call_s,
+          "flops_per_call": flops, "tflops_per_s": flops / call_s / 1e12 if flops else None,
+          "compiled_bytes": _compiled_bytes(compiled), "peak_bytes_in_use": _peak_bytes()}
+
+
+KINDS = {"train": bench_train, "pc": bench_pc, "ode": bench_ode, "bpd": bench_bpd,
+         "forward": bench_forward}
+
+
+def select(cases: Sequence[Case], only: str) -> List[Case]:
+  """Cases whose group is listed in the comma-separated ``only`` or whose name starts with an
+  entry (``train/ddpmpp`` selects the four DDPM++ train cases)."""
+  wanted = [w.strip() for w in only.split(",") if w.strip()]
+  return [c for c in cases if any(c.group == w or c.name.startswith(w) for w in wanted)]
+
+
+def run_case(case: Case, devices: run_lib.Devices) -> Dict[str, Any]:
+  """The record of one case; failures are recorded (``status``), not raised."""
+  record: Dict[str, Any] = {"name": case.name, "group": case.group, "kind": case.kind,
+                            "config": case.config, "overrides": dict(case.overrides),
+                            "options": dict(case.options)}
+  precision = "bf16" if dict(case.overrides).get("training.mixed_precision") else "fp32"
+  record["precision"] = precision
+  if not os.path.exists(os.path.join(_REPO, case.config)):
+    record.update(status="skipped", note=f"{case.config} does not exist")
+    return record
+  start = time.perf_counter()
+  try:
+    config = apply_overrides(load_config(case.config), case.overrides)
+    record["metrics"] = KINDS[case.kind](config, devices, **dict(case.options))
+    record["status"] = "ok"
+  except Exception as e:  # pylint: disable=broad-except
+    # One case running out of memory must not lose the others' results.
+    record.update(status="error", error=f"{type(e).__name__}: {e}",
+                  traceback=traceback.format_exc(limit=8))
+  record["case_s"] = time.perf_counter() - start
+  return record
+
+
+def _run_isolated(case: Case, tiny: bool) -> Dict[str, Any]:
+  """``run_case`` in a fresh Python process (its own device-memory high-water mark)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "record.json")
+    cmd = [sys.executable, "-m", "benchmarks.run", "--case", case.name, "--case_out", out]
+    cmd += ["--tiny"] if tiny else []
+    proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True, check=False)
+    if proc.returncode == 0 and os.path.exists(out):
+      with open(out) as f:
+        return json.load(f)
+  return {"name": case.name, "group": case.group, "kind": case.kind, "config": case.config,
+          "overrides": dict(case.overrides), "options": dict(case.options), "status": "error",
+          "error": f"child process exited with {proc.returncode}: {proc.stderr[-2000:]}"}
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def environment() -> Dict[str, Any]:
+  import diffrax  # pylint: disable=import-outside-toplevel
+  import flax  # pylint: disable=import-outside-toplevel
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  device = jax.devices()[0]
+  return {
+      "device": {"device_kind": device.device_kind, "platform": device.platform,
+                 "count": jax.device_count(), "process_count": jax.process_count()},
+      "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                   "flax": flax.__version__, "optax": optax.__version__,
+                   "diffrax": diffrax.__version__, "numpy": np.__version__,
+                   "python": platform.python_version()},
+      "host": {"cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]},
+  }
+
+
+def device_slug(kind: str) -> str:
+  return "".join(c if c.isalnum() else "_" for c in kind.lower()).strip("_") or "device"
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+  return "" if value is None else format(value, spec)
+
+
+def markdown(result: Dict[str, Any]) -> str:
+  """The results as a markdown table, with the reference numbers for full-size cases."""
+  dev, ver = result["device"], result["versions"]
+  lines = [
+      f"# Speed benchmarks{' (tiny)' if result['tiny'] else ''}: {dev['device_kind']} "
+      f"x{dev['count']} ({dev['platform']})", "",
+      f"{result['date']}; jax {ver['jax']}, flax {ver['flax']}; `{result['command']}`", "",
+      "| case | prec. | batch | time | images/s | TFLOP/s | peak GiB | NFE | ms/NFE | "
+      "compile s | reference | target |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for rec in result["records"]:
+    ref, target = ("", "") if result["tiny"] else REFERENCE.get(rec["name"], ("", ""))
+    if rec["status"] != "ok":
+      lines.append(f"| {rec['name']} | {rec.get('precision', '')} | | {rec['status']}: "
+                   f"{rec.get('note') or rec.get('error', '')[:80]} | | | | | | | {ref} | {target} |")
+      continue
+    m = rec["metrics"]
+    if "ms_per_step" in m:
+      when = f"{m['ms_per_step']:.2f} ms/step"
+    elif "ms_per_call" in m:
+      when = f"{m['ms_per_call']:.2f} ms/call"
+    elif "wall_s" in m:
+      when = f"{m['wall_s']:.3f} s"
+    else:
+      when = "compile only"
+    peak = m.get("peak_bytes_in_use")
+    lines.append(
+        f"| {rec['name']} | {rec['precision']} | {m['batch_size']} | {when} | "
+        f"{_fmt(m.get('images_per_s'), '.1f')} | {_fmt(m.get('tflops_per_s'), '.3g')} | "
+        f"{_fmt(peak / 2**30 if peak else None, '.2f')} | {_fmt(m.get('nfe'), 'd')} | "
+        f"{_fmt(m.get('ms_per_nfe'), '.2f')} | {m['compile_s']:.1f} | {ref} | {target} |")
+  lines += ["", "Peak GiB: device high-water mark of the process so far"
+            + (" (each case in its own process)." if result["isolated"] else
+               " (cumulative over cases; use --isolate for per-case peaks).")]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+  """Runs the selected cases; writes and returns ``{device, versions, ..., records: [...]}``."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", default=",".join(GROUPS),
+                      help=f"comma-separated groups ({', '.join(GROUPS)}) or case-name prefixes")
+  parser.add_argument("--tiny", action="store_true", help="tiny sizes: a CPU smoke run")
+  parser.add_argument("--isolate", action="store_true", help="one process per case")
+  parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
+  parser.add_argument("--case", help=argparse.SUPPRESS)
+  parser.add_argument("--case_out", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.tiny:
+    # Tiny runs are dominated by compilation; their run times mean nothing anyway.
+    jax.config.update("jax_disable_most_optimizations", True)
+  cases = suite(args.tiny)
+  devices = run_lib.Devices()
+
+  if args.case:  # child of --isolate
+    (case,) = [c for c in cases if c.name == args.case]
+    with open(args.case_out, "w") as f:
+      json.dump(run_case(case, devices), f)
+    return {}
+
+  selected = select(cases, args.only)
+  if not selected:
+    parser.error(f"--only {args.only!r} selects no case; groups: {', '.join(GROUPS)}; cases: "
+                 f"{', '.join(c.name for c in cases)}")
+  now = datetime.datetime.now(datetime.timezone.utc)
+  result = dict(environment(), date=now.isoformat(timespec="seconds"), tiny=args.tiny,
+                isolated=args.isolate, command=" ".join(["python -m benchmarks.run"] + argv),
+                records=[])
+  for case in selected:
+    record = _run_isolated(case, args.tiny) if args.isolate else run_case(case, devices)
+    result["records"].append(record)
+    print(f"{case.name}: {record['status']} "
+          f"{json.dumps(record.get('metrics', record.get('error', record.get('note'))))}",
+          flush=True)
+
+  stem = (f"speed{'_tiny' if args.tiny else ''}_{device_slug(result['device']['device_kind'])}"
+          f"_{now.strftime('%Y-%m-%dT%H%MZ')}")
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, stem + ".json"), "w") as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(args.out, stem + ".md"), "w") as f:
+    f.write(markdown(result))
+  print(f"wrote {os.path.join(args.out, stem)}.json/.md")
+  return result
+
+
+if __name__ == "__main__":
+  if "--tiny" in sys.argv[1:]:
+    # Read when the backend starts (first device query, inside main): tiny runs are dominated by
+    # XLA's CPU compile, which these flags cut about threefold; run times do not matter there.
+    os.environ.setdefault("XLA_FLAGS", TINY_XLA_FLAGS)
+  outcome = main()
+  sys.exit(1 if any(r["status"] == "error" for r in outcome.get("records", [])) else 0)
