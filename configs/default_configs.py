@@ -49,6 +49,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 5
+  evaluate.bpd_num_examples = 0       # > 0: only the first that many examples (fixed order)
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
   evaluate.hutchinson_type = "rademacher"  # rademacher | gaussian | exact

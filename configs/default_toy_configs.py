@@ -26,9 +26,9 @@ def get_default_configs(dataset: str) -> ml_collections.ConfigDict:
   sampling.eps = 1e-3
 
   evaluate = config.eval
-  evaluate.begin_ckpt = 1
+  evaluate.begin_ckpt = 2              # the final snapshot (step 4000) only
   evaluate.end_ckpt = 1000
-  evaluate.batch_size = 1000
+  evaluate.batch_size = 5000
   evaluate.num_samples = 2000
   evaluate.enable_bpd = True
   evaluate.bpd_num_repeats = 1

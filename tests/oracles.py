@@ -46,12 +46,11 @@ class GaussianMixture:
     """``log w_k + log N(x; a mu_k, a^2 S_k + s^2 I)`` as ``[B, K]``; ``a, s: [B]``.
 
     ``a^2 S_k + s^2 I`` shares the eigenvectors of ``S_k``, so with ``S_k = U diag(lam) U^T``
-    (computed once, on the host) the density needs matrix products only -- no batched
-    triangular solves, which can deadlock jaxlib's CPU LAPACK path under heavy load.
+    (K small decompositions) the density needs matrix products only -- no triangular solves
+    batched over B, which deadlocked jaxlib's CPU LAPACK path under heavy load.
     """
     flat = x.reshape(x.shape[0], -1)
-    lam, vecs = np.linalg.eigh(np.asarray(self.covs, np.float64))     # [K, D], [K, D, D]
-    lam, vecs = jnp.asarray(lam, flat.dtype), jnp.asarray(vecs, flat.dtype)
+    lam, vecs = jnp.linalg.eigh(jnp.asarray(self.covs, flat.dtype))   # [K, D], [K, D, D]
     means = jnp.asarray(self.means, flat.dtype)
     var = a[:, None, None] ** 2 * lam[None] + s[:, None, None] ** 2   # [B, K, D]
     diff = flat[:, None, :] - a[:, None, None] * means[None]          # [B, K, D]
