@@ -249,9 +249,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
   train_step = losses.get_step_fn(build_loss_fn(config, sde, model, train=True), optimizer,
                                   train=True, ema_rate=config.model.ema_rate)
-  train_steps = jax.jit(losses.get_multi_step_fn(train_step),
-                        in_shardings=(state_sharding, devices.stacked_batch),
-                        out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+  train_steps = compile_train_steps(train_step, state_sharding, devices)
   eval_step = jax.jit(losses.get_step_fn(build_loss_fn(config, sde, model, train=False), optimizer,
                                          train=False, ema_rate=config.model.ema_rate),
                       in_shardings=(state_sharding, devices.batch),
@@ -299,6 +297,31 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     summary.close()
     snapshots.close()
     preemption.close()
+
+
+def compile_train_steps(train_step, state_sharding, devices: Devices):
+  """``steps(state, batches: [n, B, ...]) -> (state, losses: [n])``, the state donated.
+
+  On accelerators the ``n`` steps are one compiled ``lax.scan`` (``training.n_jitted_steps``
+  per call). XLA:CPU runs convolutions inside a loop about 8x slower than outside one (DDPM++
+  on MNIST, 2 cores: 3.3 s vs 0.43 s per step), so on CPU each step is its own call of one
+  compiled step -- the same arithmetic, in the same order.
+  """
+  if jax.default_backend() != "cpu":
+    return jax.jit(losses.get_multi_step_fn(train_step),
+                   in_shardings=(state_sharding, devices.stacked_batch),
+                   out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+  single = jax.jit(train_step, in_shardings=(state_sharding, devices.batch),
+                   out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+
+  def steps(state, batches):
+    step_losses = []
+    for i in range(batches.shape[0]):
+      state, loss = single(state, batches[i])
+      step_losses.append(loss)
+    return state, jnp.stack(step_losses)
+
+  return steps
 
 
 def _round_to(n: int, multiple: int) -> int:
