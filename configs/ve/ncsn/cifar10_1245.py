@@ -5,39 +5,10 @@ itself (scale_by_sigma False); it has model.num_scales classes (models.ncsnv2.nc
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.ve.ncsn.cifar10_124 import get_config as get_base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vesde"
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "none"
-  sampling.corrector = "ald"
-  sampling.n_steps_each = 5
-  sampling.snr = 0.176
-
-  model = config.model
-  model.name = "ncsn"
-  model.scale_by_sigma = False
-  model.num_scales = 232
-  model.ema_rate = 0.999
-  model.normalization = "InstanceNorm++"
-  model.nonlinearity = "elu"
-  model.nf = 128
-  model.interpolation = "bilinear"
-
-  optim = config.optim
-  optim.weight_decay = 0.0
-  optim.optimizer = "Adam"
-  optim.lr = 0.001
-  optim.beta1 = 0.9
-  optim.eps = 1e-8
-  optim.warmup = 0
-  optim.grad_clip = -1.0
+  config = get_base_config()
+  config.model.ema_rate = 0.999
   return config
