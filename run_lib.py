@@ -212,7 +212,8 @@ def _crossed(step: int, n: int, freq: int) -> bool:
   return freq > 0 and step // freq > (step - n) // freq
 
 
-def _stack_batches(iterator: Iterator[Dict[str, np.ndarray]], n: int, scaler) -> np.ndarray:
+def stack_batches(iterator: Iterator[Dict[str, np.ndarray]], n: int, scaler) -> np.ndarray:
+  """The next ``n`` batches of ``iterator``, scaled, as one float32 block ``[n, B, ...]``."""
   return np.stack([np.asarray(scaler(next(iterator)["image"]), np.float32) for _ in range(n)])
 
 
@@ -264,7 +265,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   try:
     while step < training.n_iters:
       n = min(training.n_jitted_steps, training.n_iters - step)
-      batch = devices.put_batch(_stack_batches(train_iter, n, scaler), stacked=True)
+      batch = devices.put_batch(stack_batches(train_iter, n, scaler), stacked=True)
       state, loss_values = train_steps(state, batch)
       step += n
       progress.update(n)
@@ -287,7 +288,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         if training.snapshot_sampling:
           samples, _ = sampler(jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
                                state.ema_params)
-          samples = np.asarray(inverse_scaler(_gather(samples)))
+          samples = np.asarray(inverse_scaler(gather(samples)))
           if jax.process_index() == 0:
             save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"), config)
       if _crossed(step, n, training.snapshot_freq_for_preemption) or step == training.n_iters:
@@ -328,7 +329,7 @@ def _round_to(n: int, multiple: int) -> int:
   return max(multiple, (n // multiple) * multiple)
 
 
-def _gather(x: Array) -> np.ndarray:
+def gather(x: Array) -> np.ndarray:
   """A sharded global array as one host numpy array (on every process)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -375,7 +376,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, eval_folder: str =
     if ev.enable_loss:
       result["loss"] = _eval_loss(config, sde, model, state, devices, scaler)
     if ev.enable_bpd:
-      result.update(_eval_bpd(config, sde, model, params, devices, scaler, ckpt_dir, step))
+      result.update(_eval_bpd(config, sde, model, params, devices, ckpt_dir, step))
     if ev.enable_sampling:
       result.update(_eval_samples(config, sde, model, params, devices, inverse_scaler, ckpt_dir,
                                   step))
@@ -405,30 +406,34 @@ def _eval_loss(config, sde, model, state, devices, scaler) -> float:
   total, count = 0.0, 0.0
   for k, batch in enumerate(_eval_batches(config, "test", config.eval.batch_size)):
     x = devices.put_batch(np.asarray(scaler(batch["image"]), np.float32))
-    per_example = np.asarray(_gather(batch_losses(state.ema_params, jax.random.fold_in(rng, k), x)))
-    mask = np.asarray(_gather(devices.put_batch(batch["mask"])))
+    per_example = np.asarray(gather(batch_losses(state.ema_params, jax.random.fold_in(rng, k), x)))
+    mask = np.asarray(gather(devices.put_batch(batch["mask"])))
     total += float((per_example * mask).sum())
     count += float(mask.sum())
   return total / max(count, 1.0)
 
 
-def _eval_bpd(config, sde, model, params, devices, scaler, ckpt_dir, step) -> Dict[str, Any]:
-  """Bits/dim over every example of ``eval.bpd_dataset``, ``eval.bpd_num_repeats`` times.
+def bpd_offset_bits(config) -> float:
+  """Bits/dim added for uniform dequantization of 8-bit images; 0 for continuous vector data."""
+  if is_vector_data(config):
+    return 0.0
+  return likelihood.dequantization_offset(config.data.centered)
 
-  ``eval.bpd_num_examples > 0`` restricts it to the first that many examples of the split's
-  fixed order (a quick, reproducible subset; 0 means all).
+
+def build_bpd_fn(config, sde, model, devices: Devices) -> Callable:
+  """``bpd_fn(rng, params, images) -> (bpd: [B], nfe)``, jitted; ``images`` in [0, 1].
 
   Image data are 8-bit, so each example is uniformly dequantized here, ``(255 x + u) / 256`` with
-  ``u ~ U[0, 1)`` drawn from a seeded key, and the dequantization offset is added: the result is
-  the bits/dim of the dequantized discrete data (the paper's CIFAR-10 number). Vector (toy) data
-  are continuous: their bits/dim is that of the continuous density, with no offset. Per-batch
-  results are saved, so a preempted evaluation resumes where it stopped.
+  ``u ~ U[0, 1)`` drawn from ``rng``, and the dequantization offset is added: the result is the
+  bits/dim of the dequantized discrete data (the paper's CIFAR-10 number). Vector (toy) data are
+  continuous: their bits/dim is that of the continuous density, with no offset.
   """
   ev = config.eval
   vector = is_vector_data(config)
-  offset = 0.0 if vector else likelihood.dequantization_offset(config.data.centered)
   likelihood_fn = likelihood.get_likelihood_fn(sde, hutchinson_type=ev.hutchinson_type,
-                                               rtol=ev.rtol, atol=ev.atol, bpd_offset=offset)
+                                               rtol=ev.rtol, atol=ev.atol,
+                                               bpd_offset=bpd_offset_bits(config))
+  scaler, _ = data_scalers(config)
   continuous = config.training.continuous
 
   @functools.partial(jax.jit, out_shardings=(devices.batch, None))
@@ -441,6 +446,18 @@ def _eval_bpd(config, sde, model, params, devices, scaler, ckpt_dir, step) -> Di
                                 scaler(images))
     return bpd, nfe
 
+  return bpd_fn
+
+
+def _eval_bpd(config, sde, model, params, devices, ckpt_dir, step) -> Dict[str, Any]:
+  """Bits/dim (:func:`build_bpd_fn`) over every example of ``eval.bpd_dataset``, repeated.
+
+  ``eval.bpd_num_repeats`` passes; ``eval.bpd_num_examples > 0`` restricts each to the first that
+  many examples of the split's fixed order (a quick, reproducible subset; 0 means all). Per-batch
+  results are saved, so a preempted evaluation resumes where it stopped.
+  """
+  ev = config.eval
+  bpd_fn = build_bpd_fn(config, sde, model, devices)
   base = jax.random.PRNGKey(config.seed + 3)
   limit = int(ev.get("bpd_num_examples", 0) or 0)
   all_bpd, all_nfe = [], []
@@ -456,8 +473,8 @@ def _eval_bpd(config, sde, model, params, devices, scaler, ckpt_dir, step) -> Di
         rng = jax.random.fold_in(jax.random.fold_in(base, repeat), k)
         images = devices.put_batch(np.asarray(batch["image"], np.float32))
         bpd, nfe = bpd_fn(rng, params, images)
-        mask = np.asarray(_gather(devices.put_batch(batch["mask"]))) > 0
-        bpd = np.asarray(_gather(bpd))[mask]
+        mask = np.asarray(gather(devices.put_batch(batch["mask"]))) > 0
+        bpd = np.asarray(gather(bpd))[mask]
         nfe = np.asarray(nfe)
         if jax.process_index() == 0:
           checkpoints.atomic_write_bytes(path, _npz_bytes(bpd=bpd, nfe=nfe))
@@ -469,7 +486,7 @@ def _eval_bpd(config, sde, model, params, devices, scaler, ckpt_dir, step) -> Di
   logging.info("step %d: bits/dim %.4f over %d evaluations", step, bpd.mean(), bpd.size)
   return {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / np.sqrt(bpd.size)),
           "bpd_count": int(bpd.size), "bpd_mean_nfe": float(np.mean(all_nfe)),
-          "bpd_dataset": ev.bpd_dataset, "bpd_offset_bits": offset}
+          "bpd_dataset": ev.bpd_dataset, "bpd_offset_bits": bpd_offset_bits(config)}
 
 
 def _eval_samples(config, sde, model, params, devices, inverse_scaler, ckpt_dir,
@@ -488,7 +505,7 @@ def _eval_samples(config, sde, model, params, devices, inverse_scaler, ckpt_dir,
       collected.append(np.load(path)["samples"])
       continue
     samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(base, step), k), params)
-    samples = np.asarray(inverse_scaler(_gather(samples)))
+    samples = np.asarray(inverse_scaler(gather(samples)))
     if jax.process_index() == 0:
       save_samples(samples, ckpt_dir, config, name)
     collected.append(samples)

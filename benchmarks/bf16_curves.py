@@ -16,7 +16,6 @@ anyway), and the standard error of a ``--last``-step mean, ``std / sqrt(last)``.
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime
 import json
 import os
@@ -31,7 +30,8 @@ import numpy as np
 import datasets
 import losses
 import run_lib
-from benchmarks.run import apply_overrides, device_slug, environment, load_config, synthetic_images
+from benchmarks.run import (apply_overrides, device_slug, environment, load_config,
+                            parse_override, synthetic_images)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +61,8 @@ def loss_curve(config: ml_collections.ConfigDict, steps: int, *, chunk: int = 50
                data: str = "config") -> Tuple[np.ndarray, Dict[str, Any]]:
   """Trains ``steps`` steps; returns the per-step losses ``[steps]`` and run facts.
 
-  Steps run ``chunk`` at a time in one compiled ``lax.scan``; the state is donated.
+  Steps run ``chunk`` at a time through :func:`run_lib.compile_train_steps` (one compiled
+  ``lax.scan`` on accelerators, one compiled step per call on CPU); the state is donated.
   """
   if steps % chunk:
     raise ValueError(f"steps ({steps}) must be a multiple of chunk ({chunk}).")
@@ -72,9 +73,7 @@ def loss_curve(config: ml_collections.ConfigDict, steps: int, *, chunk: int = 50
   step_fn = losses.get_step_fn(run_lib.build_loss_fn(config, sde, model, train=True), optimizer,
                                train=True, ema_rate=config.model.ema_rate)
   state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
-  train = jax.jit(losses.get_multi_step_fn(step_fn),
-                  in_shardings=(state_sharding, devices.stacked_batch),
-                  out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+  train = run_lib.compile_train_steps(step_fn, state_sharding, devices)
   blocks = _batches(config, data, chunk)
   curve: List[np.ndarray] = []
   data_checksum = 0.0
@@ -139,14 +138,6 @@ def run(config: ml_collections.ConfigDict, steps: int, *, chunk: int = 50, data:
           "fp32": curves["fp32"].tolist(), "bf16": curves["bf16"].tolist()}
 
 
-def _parse_override(text: str) -> Tuple[str, Any]:
-  key, _, value = text.partition("=")
-  try:
-    return key, ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return key, value
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -160,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                       help="config override, e.g. training.batch_size=64 (repeatable)")
   parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
   args = parser.parse_args(argv)
-  overrides = [_parse_override(o) for o in args.override]
+  overrides = [parse_override(o) for o in args.override]
   config = apply_overrides(load_config(args.config), overrides)
   result = dict(environment(), config=args.config, overrides=dict(overrides),
                 command=" ".join(["python -m benchmarks.bf16_curves"] + argv),

@@ -30,6 +30,7 @@ high-water mark) belongs to that case alone; use it on an accelerator.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime
 import importlib
@@ -174,6 +175,15 @@ def apply_overrides(config: ml_collections.ConfigDict,
       raise KeyError(f"Override {key!r}: the config has no such field.")
     node[leaf] = value
   return config
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+  """``'a.b=value'`` -> ``('a.b', value)``: a Python literal if it parses as one, else the text."""
+  key, _, value = text.partition("=")
+  try:
+    return key, ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return key, value
 
 
 # ----------------------------------------------------------------------------- measuring

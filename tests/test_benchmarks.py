@@ -19,8 +19,10 @@ import pytest
 
 from benchmarks import bf16_curves
 from benchmarks import run as bench
+from benchmarks import time_to_bpd
 from configs.toy import gaussian_mixture
 from models import utils as mutils
+import run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,3 +170,57 @@ def test_bf16_toy_curve_matches_fp32():
   fp32 = np.asarray(result["fp32"])
   assert np.all(np.isfinite(fp32)) and np.all(np.isfinite(result["bf16"]))
   assert stats["fp32_last_mean"] < np.mean(fp32[:20])  # training made progress
+
+
+MNIST_DIR = os.path.join(REPO, "..", "shared", "data", "mnist")
+
+
+def test_targets_reached_takes_first_point_at_or_below():
+  curve = [{"step": s, "train_s": float(s), "images": 8 * s, "bpd": b}
+           for s, b in ((5, 3.0), (10, 1.9), (15, 2.1), (20, 1.5))]
+  got = time_to_bpd.targets_reached(curve, [2.0, 1.5, 1.0])
+  assert [t["reached"] for t in got] == [True, True, False]
+  assert (got[0]["step"], got[0]["bpd"]) == (10, 1.9)
+  assert (got[1]["step"], got[1]["train_s"]) == (20, 20.0)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
+                    reason=f"real MNIST IDX files not found in {MNIST_DIR}")
+def test_time_to_bpd_on_real_mnist(tmp_path):
+  """Two evaluations of a tiny network on real MNIST: a complete, self-consistent record, and the
+  same test images, dequantization and probes at every evaluation (same params -> same bpd)."""
+  argv = ["--override", f"data.data_dir={MNIST_DIR}", "--override", "model.nf=8",
+          "--override", "model.ch_mult=(1,)", "--override", "model.attn_resolutions=()",
+          "--override", "model.num_res_blocks=1", "--override", "training.batch_size=8",
+          "--override", "eval.rtol=1e-3", "--override", "eval.atol=1e-3",
+          "--targets", "1000,0", "--eval_every", "5", "--eval_examples", "8",
+          "--eval_batch_size", "4", "--max_steps", "10", "--out", str(tmp_path)]
+  result = time_to_bpd.main(argv)
+  (path,) = glob.glob(str(tmp_path / "time_to_bpd_vpsde_mnist_fp32_cpu_*.json"))
+  with open(path) as f:
+    assert json.load(f)["curve"] == result["curve"]
+  curve = result["curve"]
+  assert [p["step"] for p in curve] == [5, 10]
+  assert [p["images"] for p in curve] == [40, 80]
+  assert 0.0 < result["first_call_s"] <= curve[0]["train_s"] < curve[1]["train_s"]
+  assert result["images_per_s"] == pytest.approx(40 / (curve[1]["train_s"] - curve[0]["train_s"]))
+  for point in curve:
+    # An untrained network: far worse than the 8 bits/dim of a uniform pixel model, yet finite.
+    assert 8.0 < point["bpd"] < 100.0 and point["nfe"] > 0 and point["eval_s"] > 0
+  assert curve[0]["bpd"] != curve[1]["bpd"]
+  assert [t["reached"] for t in result["targets"]] == [True, False]
+  assert result["targets"][0]["step"] == 5
+  assert result["eval"]["offset_bits"] == 7.0 and result["precision"] == "fp32"
+
+  config = bench.apply_overrides(bench.load_config(bench.MNIST),
+                                 [bench.parse_override(a) for a in argv[1:16:2]])
+  devices = run_lib.Devices()
+  blocks = time_to_bpd.first_test_images(config, 8, 4, devices)
+  assert [b.shape for b in blocks] == [(4, 28, 28, 1)] * 2
+  model, params = mutils.init_model(jax.random.PRNGKey(0), config)
+  bpd_fn = run_lib.build_bpd_fn(config, run_lib.build_sde(config), model, devices)
+  first, again = (time_to_bpd.measure_bpd(bpd_fn, params, blocks, devices, seed=3)
+                  for _ in range(2))
+  assert first["bpd"] == again["bpd"] and first["nfe"] == again["nfe"]
+  with pytest.raises(ValueError, match="multiple of --eval_batch_size"):
+    time_to_bpd.first_test_images(config, 6, 4, devices)

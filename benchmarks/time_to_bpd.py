@@ -1,0 +1,218 @@
+"""Time to a test bits/dim: trains a config and tracks bits/dim of a fixed test subset.
+
+``python -m benchmarks.time_to_bpd --config configs/vpsde_mnist.py
+--override data.data_dir=../shared/data/mnist --targets 2.0,1.5,1.3 --eval_every 1000
+--eval_examples 500 --max_minutes 9``
+
+Trains exactly as ``main.py --mode train`` does (the config's data stream, optimizer, EMA and
+``training.n_jitted_steps``; :func:`run_lib.compile_train_steps`) and every ``--eval_every`` steps
+measures bits/dim of the EMA parameters (the network ``--mode eval`` scores) on the first
+``--eval_examples`` images of the test split, with the evaluation's own likelihood settings
+(``config.eval``: Hutchinson type, rtol/atol; uniform dequantization and its offset, as
+:func:`run_lib.build_bpd_fn`). The images, dequantization noise and Hutchinson probes are the
+same at every evaluation, so the curve shows the network improving, not noise being redrawn.
+
+The training clock stops while bits/dim are measured: ``train_s`` is the wall time of training
+alone (data pipeline, host-device copies and the first call's compilation included; the
+first call is also reported on its own, ``first_call_s``). For each of ``--targets`` the record
+keeps the first evaluation at or below it. Stops when every target is reached, at
+``--max_steps``, or once ``--max_minutes`` of wall time (training and evaluation) have passed.
+The JSON is rewritten after every evaluation, so a run killed by a time limit keeps its curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import datasets
+import losses
+import run_lib
+from benchmarks.run import (apply_overrides, device_slug, environment, load_config,
+                            parse_override)
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def first_test_images(config: ml_collections.ConfigDict, n: int, batch_size: int,
+                      devices: run_lib.Devices) -> List[np.ndarray]:
+  """The first ``n`` test images in stored order, ``[batch_size, H, W, C]`` in [0, 1] blocks.
+
+  ``n`` must be a multiple of ``batch_size``, itself a multiple of the device count: every block
+  is full, so every evaluation sees exactly these ``n`` images.
+  """
+  if n < 1 or n % batch_size:
+    raise ValueError(f"--eval_examples ({n}) must be a positive multiple of --eval_batch_size "
+                     f"({batch_size}).")
+  devices.check_batch(batch_size, "--eval_batch_size")
+  blocks = []
+  for batch in datasets.get_dataset(config, split="test", batch_size=batch_size, train=False,
+                                    prefetch=0):
+    if len(blocks) * batch_size >= n:
+      break
+    if batch["mask"].min() < 1:
+      raise ValueError(f"The test split has fewer than --eval_examples = {n} images.")
+    blocks.append(np.asarray(batch["image"], np.float32))
+  return blocks
+
+
+def measure_bpd(bpd_fn, params, blocks: Sequence[np.ndarray], devices: run_lib.Devices,
+                seed: int) -> Dict[str, float]:
+  """Mean bits/dim, its standard error and the mean NFE over ``blocks``; the same noise for a
+  given ``seed`` (block ``k`` uses ``fold_in(PRNGKey(seed), k)``)."""
+  start = time.perf_counter()
+  values, nfes = [], []
+  for k, block in enumerate(blocks):
+    bpd, nfe = bpd_fn(jax.random.fold_in(jax.random.PRNGKey(seed), k), params,
+                      devices.put_batch(block))
+    values.append(run_lib.gather(bpd))
+    nfes.append(float(nfe))
+  values = np.concatenate(values)
+  if not np.all(np.isfinite(values)):
+    raise FloatingPointError("Bits/dim are not finite.")
+  return {"bpd": float(values.mean()),
+          "bpd_stderr": float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1
+                        else float("nan"),
+          "nfe": float(np.mean(nfes)), "eval_s": time.perf_counter() - start}
+
+
+def targets_reached(curve: Sequence[Dict[str, Any]], targets: Sequence[float]) -> List[Dict]:
+  """For each target, the first curve point with ``bpd <= target`` (``reached: False`` if none)."""
+  out = []
+  for target in targets:
+    hit = next((p for p in curve if p["bpd"] <= target), None)
+    out.append({"target_bpd": target, "reached": hit is not None}
+               | ({"step": hit["step"], "train_s": hit["train_s"], "images": hit["images"],
+                   "bpd": hit["bpd"]} if hit else {}))
+  return out
+
+
+def run(config: ml_collections.ConfigDict, *, targets: Sequence[float], eval_every: int,
+        eval_examples: int, eval_batch_size: int, max_steps: int, max_minutes: float,
+        on_point=None) -> Dict[str, Any]:
+  """Trains and evaluates; returns ``{curve, targets, first_call_s, images_per_s, ...}``.
+
+  ``on_point(result)`` is called after every evaluation with the result so far.
+  """
+  if eval_every < 1:
+    raise ValueError(f"--eval_every must be >= 1, got {eval_every}.")
+  wall_start = time.perf_counter()
+  devices = run_lib.Devices()
+  training = config.training
+  devices.check_batch(training.batch_size, "training.batch_size")
+  sde = run_lib.build_sde(config)
+  model, optimizer, state = run_lib.init_state(config, devices)
+  scaler, _ = run_lib.data_scalers(config)
+  blocks = first_test_images(config, eval_examples, eval_batch_size, devices)
+  bpd_fn = run_lib.build_bpd_fn(config, sde, model, devices)
+  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
+  step_fn = losses.get_step_fn(run_lib.build_loss_fn(config, sde, model, train=True), optimizer,
+                               train=True, ema_rate=config.model.ema_rate)
+  train_steps = run_lib.compile_train_steps(step_fn, state_sharding, devices)
+  train_iter = iter(datasets.get_dataset(config, split="train", batch_size=training.batch_size,
+                                         train=True, shuffle_seed=config.seed))
+  result: Dict[str, Any] = {"curve": [], "targets": targets_reached([], targets),
+                            "num_params": int(sum(p.size for p in
+                                                  jax.tree_util.tree_leaves(state.params)))}
+  step, train_s, steady_s, steady_images = 0, 0.0, 0.0, 0
+  while step < max_steps:
+    interval_start, interval_losses, interval_first = time.perf_counter(), [], step
+    stop_at = min(step + eval_every - step % eval_every, max_steps)
+    while step < stop_at:
+      n = min(training.n_jitted_steps, stop_at - step)
+      batch = devices.put_batch(run_lib.stack_batches(train_iter, n, scaler), stacked=True)
+      state, step_losses = train_steps(state, batch)
+      interval_losses.append(step_losses)
+      if step == 0:
+        jax.block_until_ready(state)
+        result["first_call_s"] = time.perf_counter() - interval_start
+      step += n
+    jax.block_until_ready(state)
+    elapsed = time.perf_counter() - interval_start
+    train_s += elapsed
+    if interval_first > 0:  # steady state: no compilation inside
+      steady_s += elapsed
+      steady_images += (step - interval_first) * training.batch_size
+    loss = float(jnp.mean(jnp.concatenate(interval_losses)))
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"Training loss is {loss} at step {step}.")
+    point = {"step": step, "images": step * training.batch_size, "train_s": train_s,
+             "train_loss": loss}
+    point.update(measure_bpd(bpd_fn, state.ema_params, blocks, devices, seed=config.seed + 3))
+    result["curve"].append(point)
+    result["targets"] = targets_reached(result["curve"], targets)
+    result["images_per_s"] = steady_images / steady_s if steady_s else None
+    result["wall_s"] = time.perf_counter() - wall_start
+    print(f"step {step}: train {train_s:.1f} s, loss {loss:.4g}, bits/dim {point['bpd']:.4f} "
+          f"+- {point['bpd_stderr']:.4f} ({point['nfe']:.0f} NFE, {point['eval_s']:.1f} s)",
+          flush=True)
+    if on_point is not None:
+      on_point(result)
+    if all(t["reached"] for t in result["targets"]) or result["wall_s"] >= 60.0 * max_minutes:
+      break
+  return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/vpsde_mnist.py")
+  parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. training.mixed_precision=True (repeatable)")
+  parser.add_argument("--targets", default="2.0,1.5,1.3",
+                      help="comma-separated bits/dim thresholds")
+  parser.add_argument("--eval_every", type=int, default=1000, help="training steps")
+  parser.add_argument("--eval_examples", type=int, default=500)
+  parser.add_argument("--eval_batch_size", type=int, default=500)
+  parser.add_argument("--max_steps", type=int, default=1_000_000)
+  parser.add_argument("--max_minutes", type=float, default=9.0,
+                      help="wall-time budget, training and evaluation together")
+  parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
+  args = parser.parse_args(argv)
+  overrides = [parse_override(o) for o in args.override]
+  config = apply_overrides(load_config(args.config), overrides)
+  targets = sorted((float(t) for t in args.targets.split(",") if t.strip()), reverse=True)
+  now = datetime.datetime.now(datetime.timezone.utc)
+  header = dict(environment(), config=args.config, overrides=dict(overrides),
+                precision="bf16" if config.training.mixed_precision else "fp32",
+                batch_size=config.training.batch_size,
+                n_jitted_steps=config.training.n_jitted_steps,
+                eval={"examples": args.eval_examples, "batch_size": args.eval_batch_size,
+                      "every_steps": args.eval_every, "params": "ema",
+                      "hutchinson_type": config.eval.hutchinson_type, "rtol": config.eval.rtol,
+                      "atol": config.eval.atol, "offset_bits": run_lib.bpd_offset_bits(config)},
+                command=" ".join(["python -m benchmarks.time_to_bpd"] + argv),
+                date=now.isoformat(timespec="seconds"))
+  name = os.path.splitext(os.path.basename(args.config))[0]
+  path = os.path.join(args.out, f"time_to_bpd_{name}_{header['precision']}_"
+                                f"{device_slug(header['device']['device_kind'])}_"
+                                f"{now.strftime('%Y-%m-%dT%H%MZ')}.json")
+  os.makedirs(args.out, exist_ok=True)
+
+  def write(result):
+    with open(path, "w") as f:
+      json.dump(dict(header, **result), f, indent=1)
+
+  result = run(config, targets=targets, eval_every=args.eval_every,
+               eval_examples=args.eval_examples, eval_batch_size=args.eval_batch_size,
+               max_steps=args.max_steps, max_minutes=args.max_minutes, on_point=write)
+  write(result)
+  for t in result["targets"]:
+    print(f"bits/dim <= {t['target_bpd']}: " + (
+        f"step {t['step']}, {t['train_s']:.1f} s of training" if t["reached"] else "not reached"))
+  print(f"wrote {path}")
+  return dict(header, **result)
+
+
+if __name__ == "__main__":
+  main()
