@@ -1,7 +1,7 @@
 """Speed benchmarks: train step, PC/EM samplers, ODE sampling, bits/dim, forward pass, MNIST.
 
 ``python -m benchmarks.run [--only train,sample,ode,bpd,forward,mnist] [--tiny] [--isolate]
-[--out benchmarks/results]`` (``--only`` also takes case-name prefixes such as ``train/ncsnpp``)
+[--compile_only] [--out benchmarks/results]`` (``--only`` also takes case-name prefixes such as ``train/ncsnpp``)
 measures on whatever accelerator JAX sees (``jax.devices()[0]``) and writes ``speed[_tiny]_<device>_<date>.json`` and ``.md`` (a table) to ``--out``.
 
 Every case builds its model from a config file plus recorded overrides and random (untrained)
@@ -25,6 +25,9 @@ batch 4, 3 timed steps, 10 sampler steps) and compiled with few optimizations, s
 on a CPU in about a minute; it checks the code paths, its times mean nothing.
 ``--isolate`` runs each case in a fresh process, so ``peak_bytes_in_use`` (a per-process
 high-water mark) belongs to that case alone; use it on an accelerator.
+``--compile_only`` compiles every selected case and runs none: FLOPs per step and XLA's memory
+estimate (``compiled_bytes``) of the full-size programs, and a check that all of them build,
+on a CPU before spending accelerator time.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ TINY_XLA_FLAGS = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimiz
 REFERENCE = {
     "train/ddpmpp/fp32": ("eager 128-166 ms; torch.compile 101.6 ms; GPU-busy 85.5 ms", "<= 50 ms"),
     "train/ddpmpp/bf16": ("GPU-busy 48.5 ms", "<= 32 ms"),
+    "train/ddpmpp/fp32/remat": ("peak memory 11.6 GiB", "less memory than train/ddpmpp/fp32"),
     "train/ncsnpp/fp32": ("145 ms", "<= 60 ms"),
     "forward/ddpmpp/fp32": ("276 ms", "<= 140 ms"),
     "forward/ddpmpp/bf16": ("225 ms", "<= 70 ms"),
@@ -111,11 +115,18 @@ def _case(name: str, group: str, kind: str, config: str, overrides: Dict[str, An
               tuple(sorted(options.items())))
 
 
-def suite(tiny: bool) -> List[Case]:
-  """The cases in run order: every one at full size, or ``TINY_CASES`` shrunk for CPUs."""
+def suite(tiny: bool, compile_only: bool = False) -> List[Case]:
+  """The cases in run order: every one at full size, or ``TINY_CASES`` shrunk for CPUs.
+
+  ``compile_only``: the same programs, compiled and not run (no timed calls, no sampler
+  repeats): FLOPs and XLA's memory estimate, and proof that every case builds, on any machine.
+  """
   base = dict(TINY_MODEL) if tiny else {}
   batch = 4 if tiny else 128
   timed, warmup, n_jitted = (3, 1, 2) if tiny else (20, 3, 5)
+  repeats = 0 if compile_only else 1
+  if compile_only:
+    timed = warmup = 0
   sampler_steps = 10 if tiny else 1000
   cases = []
   for short, config in (("ddpmpp", DDPMPP), ("ncsnpp", NCSNPP)):
@@ -127,13 +138,17 @@ def suite(tiny: bool) -> List[Case]:
       cases.append(_case(f"train/{short}/{precision}/n_jitted={n_jitted}", "train", "train",
                          config, dict(over, **{"training.n_jitted_steps": n_jitted}),
                          n_jitted=n_jitted, steps=timed, warmup=warmup))
+    if short == "ddpmpp":  # what recomputing each block (training.remat) costs and saves
+      cases.append(_case(f"train/{short}/fp32/remat", "train", "train", config,
+                         dict(base, **{"training.batch_size": batch, "training.remat": True}),
+                         n_jitted=1, steps=timed, warmup=warmup))
   for name, predictor, corrector in (("pc", "reverse_diffusion", "langevin"),
                                      ("em", "euler_maruyama", "none")):
     cases.append(_case(f"sample/ddpmpp/{name}", "sample", "pc", DDPMPP, base, batch=batch,
                        predictor=predictor, corrector=corrector, num_steps=sampler_steps,
-                       repeats=1))
-  cases.append(_case("ode/ddpmpp", "ode", "ode", DDPMPP, base, batch=batch, repeats=1))
-  cases.append(_case("bpd/ddpmpp", "bpd", "bpd", DDPMPP, base, batch=batch, repeats=1))
+                       repeats=repeats))
+  cases.append(_case("ode/ddpmpp", "ode", "ode", DDPMPP, base, batch=batch, repeats=repeats))
+  cases.append(_case("bpd/ddpmpp", "bpd", "bpd", DDPMPP, base, batch=batch, repeats=repeats))
   cases.append(_case("bpd/ddpmpp/compile_only", "bpd", "bpd", DDPMPP, base,
                      batch=16 if tiny else 1024, repeats=0))
   for precision in ("fp32", "bf16"):
@@ -250,7 +265,10 @@ def synthetic_images(shape: Tuple[int, ...], centered: bool, seed: int = 0) -> n
 
 def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, n_jitted: int,
                 steps: int, warmup: int) -> Dict[str, Any]:
-  """Train-step time: ``steps`` timed calls of ``n_jitted`` steps each after ``warmup`` calls."""
+  """Train-step time: ``steps`` timed calls of ``n_jitted`` steps each after ``warmup`` calls.
+
+  ``steps = 0``: compile only (FLOPs, memory estimate, compile time).
+  """
   batch_size = config.training.batch_size
   devices.check_batch(batch_size, "training.batch_size")
   sde = run_lib.build_sde(config)
@@ -281,6 +299,11 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
     one_step = _flops(jax.jit(step_fn).lower(state, one_batch))
     if one_step and flops_per_step > 0.5 * (n_jitted + 1) * one_step:
       flops_per_step /= n_jitted
+  facts = {"batch_size": batch_size, "n_jitted_steps": n_jitted, "compile_s": compile_s,
+           "flops_per_step": flops_per_step, "compiled_bytes": _compiled_bytes(compiled),
+           "num_params": int(sum(p.size for p in jax.tree_util.tree_leaves(state.params)))}
+  if steps < 1:
+    return facts
 
   def call():
     nonlocal state
@@ -300,17 +323,13 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
     raise FloatingPointError("The training loss became non-finite.")
   step_s = statistics.median(times) / n_jitted
   return {
-      "batch_size": batch_size, "n_jitted_steps": n_jitted, "timed_calls": steps,
-      "warmup_calls": warmup, "compile_s": compile_s,
+      **facts, "timed_calls": steps, "warmup_calls": warmup,
       "ms_per_step": 1e3 * step_s,
       "ms_per_step_min": 1e3 * min(times) / n_jitted,
       "ms_per_step_pipelined": 1e3 * pipelined / n_jitted,
       "images_per_s": batch_size / step_s,
-      "flops_per_step": flops_per_step,
       "tflops_per_s": flops_per_step / step_s / 1e12 if flops_per_step else None,
-      "compiled_bytes": _compiled_bytes(compiled),
       "peak_bytes_in_use": _peak_bytes(),
-      "num_params": int(sum(p.size for p in jax.tree_util.tree_leaves(state.params))),
   }
 
 
@@ -403,7 +422,8 @@ def bench_bpd(config, devices, *, batch: int, repeats: int, rtol: float = 1e-5,
 
 
 def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Dict[str, Any]:
-  """One network evaluation (evaluation mode) at ``batch``: median of ``steps`` calls."""
+  """One network evaluation (evaluation mode) at ``batch``: median of ``steps`` calls
+  (``steps = 0``: compile only)."""
   devices.check_batch(batch, "batch")
   model, params = _model_and_params(config)
   x = devices.put_batch(synthetic_images(mutils.input_shape(config, batch), config.data.centered))
@@ -411,16 +431,19 @@ def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Di
   jitted = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y, train=False),
                    out_shardings=devices.batch)
   compiled, compile_s = _compile(jitted, params, x, labels)
+  flops = _flops(compiled)
+  facts = {"batch_size": batch, "compile_s": compile_s, "flops_per_call": flops,
+           "compiled_bytes": _compiled_bytes(compiled)}
+  if steps < 1:
+    return facts
   for _ in range(warmup):
     _timed(lambda: compiled(params, x, labels))
   times = [_timed(lambda: compiled(params, x, labels)) for _ in range(steps)]
-  flops = _flops(compiled)
   call_s = statistics.median(times)
-  return {"batch_size": batch, "timed_calls": steps, "warmup_calls": warmup,
-          "compile_s": compile_s, "ms_per_call": 1e3 * call_s,
+  return {**facts, "timed_calls": steps, "warmup_calls": warmup, "ms_per_call": 1e3 * call_s,
           "ms_per_call_min": 1e3 * min(times), "images_per_s": batch / call_s,
-          "flops_per_call": flops, "tflops_per_s": flops / call_s / 1e12 if flops else None,
-          "compiled_bytes": _compiled_bytes(compiled), "peak_bytes_in_use": _peak_bytes()}
+          "tflops_per_s": flops / call_s / 1e12 if flops else None,
+          "peak_bytes_in_use": _peak_bytes()}
 
 
 KINDS = {"train": bench_train, "pc": bench_pc, "ode": bench_ode, "bpd": bench_bpd,
@@ -457,12 +480,12 @@ def run_case(case: Case, devices: run_lib.Devices) -> Dict[str, Any]:
   return record
 
 
-def _run_isolated(case: Case, tiny: bool) -> Dict[str, Any]:
+def _run_isolated(case: Case, tiny: bool, compile_only: bool) -> Dict[str, Any]:
   """``run_case`` in a fresh Python process (its own device-memory high-water mark)."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "record.json")
     cmd = [sys.executable, "-m", "benchmarks.run", "--case", case.name, "--case_out", out]
-    cmd += ["--tiny"] if tiny else []
+    cmd += (["--tiny"] if tiny else []) + (["--compile_only"] if compile_only else [])
     proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True, check=False)
     if proc.returncode == 0 and os.path.exists(out):
       with open(out) as f:
@@ -504,17 +527,19 @@ def markdown(result: Dict[str, Any]) -> str:
   """The results as a markdown table, with the reference numbers for full-size cases."""
   dev, ver = result["device"], result["versions"]
   lines = [
-      f"# Speed benchmarks{' (tiny)' if result['tiny'] else ''}: {dev['device_kind']} "
+      f"# Speed benchmarks{' (tiny)' if result['tiny'] else ''}"
+      f"{' (compile only)' if result.get('compile_only') else ''}: {dev['device_kind']} "
       f"x{dev['count']} ({dev['platform']})", "",
       f"{result['date']}; jax {ver['jax']}, flax {ver['flax']}; `{result['command']}`", "",
-      "| case | prec. | batch | time | images/s | TFLOP/s | peak GiB | NFE | ms/NFE | "
-      "compile s | reference | target |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "| case | prec. | batch | time | images/s | GFLOP/step | TFLOP/s | peak GiB | XLA GiB | "
+      "NFE | ms/NFE | compile s | reference | target |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for rec in result["records"]:
     ref, target = ("", "") if result["tiny"] else REFERENCE.get(rec["name"], ("", ""))
     if rec["status"] != "ok":
       lines.append(f"| {rec['name']} | {rec.get('precision', '')} | | {rec['status']}: "
-                   f"{rec.get('note') or rec.get('error', '')[:80]} | | | | | | | {ref} | {target} |")
+                   f"{rec.get('note') or rec.get('error', '')[:80]} | | | | | | | | | {ref} | "
+                   f"{target} |")
       continue
     m = rec["metrics"]
     if "ms_per_step" in m:
@@ -525,15 +550,20 @@ def markdown(result: Dict[str, Any]) -> str:
       when = f"{m['wall_s']:.3f} s"
     else:
       when = "compile only"
-    peak = m.get("peak_bytes_in_use")
+    peak, estimate = m.get("peak_bytes_in_use"), m.get("compiled_bytes")
+    flops = m.get("flops_per_step", m.get("flops_per_call"))
     lines.append(
         f"| {rec['name']} | {rec['precision']} | {m['batch_size']} | {when} | "
-        f"{_fmt(m.get('images_per_s'), '.1f')} | {_fmt(m.get('tflops_per_s'), '.3g')} | "
-        f"{_fmt(peak / 2**30 if peak else None, '.2f')} | {_fmt(m.get('nfe'), 'd')} | "
+        f"{_fmt(m.get('images_per_s'), '.1f')} | {_fmt(flops / 1e9 if flops else None, '.1f')} | "
+        f"{_fmt(m.get('tflops_per_s'), '.3g')} | {_fmt(peak / 2**30 if peak else None, '.2f')} | "
+        f"{_fmt(estimate / 2**30 if estimate else None, '.2f')} | {_fmt(m.get('nfe'), 'd')} | "
         f"{_fmt(m.get('ms_per_nfe'), '.2f')} | {m['compile_s']:.1f} | {ref} | {target} |")
   lines += ["", "Peak GiB: device high-water mark of the process so far"
             + (" (each case in its own process)." if result["isolated"] else
-               " (cumulative over cases; use --isolate for per-case peaks).")]
+               " (cumulative over cases; use --isolate for per-case peaks).")
+            + " XLA GiB: the compiled program's arguments + outputs + temporaries - donated"
+            " buffers, XLA's estimate for this backend. GFLOP/step: XLA's cost analysis of one"
+            " train step or forward call (sampler loops are not multiplied out, so not shown)."]
   return "\n".join(lines) + "\n"
 
 
@@ -545,6 +575,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                       help=f"comma-separated groups ({', '.join(GROUPS)}) or case-name prefixes")
   parser.add_argument("--tiny", action="store_true", help="tiny sizes: a CPU smoke run")
   parser.add_argument("--isolate", action="store_true", help="one process per case")
+  parser.add_argument("--compile_only", action="store_true",
+                      help="compile every case, run none: FLOPs and XLA's memory estimates")
   parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
   parser.add_argument("--case", help=argparse.SUPPRESS)
   parser.add_argument("--case_out", help=argparse.SUPPRESS)
@@ -552,7 +584,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   if args.tiny:
     # Tiny runs are dominated by compilation; their run times mean nothing anyway.
     jax.config.update("jax_disable_most_optimizations", True)
-  cases = suite(args.tiny)
+  cases = suite(args.tiny, args.compile_only)
   devices = run_lib.Devices()
 
   if args.case:  # child of --isolate
@@ -567,16 +599,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                  f"{', '.join(c.name for c in cases)}")
   now = datetime.datetime.now(datetime.timezone.utc)
   result = dict(environment(), date=now.isoformat(timespec="seconds"), tiny=args.tiny,
-                isolated=args.isolate, command=" ".join(["python -m benchmarks.run"] + argv),
+                compile_only=args.compile_only, isolated=args.isolate, command=" ".join(["python -m benchmarks.run"] + argv),
                 records=[])
   for case in selected:
-    record = _run_isolated(case, args.tiny) if args.isolate else run_case(case, devices)
+    record = (_run_isolated(case, args.tiny, args.compile_only) if args.isolate
+              else run_case(case, devices))
     result["records"].append(record)
     print(f"{case.name}: {record['status']} "
           f"{json.dumps(record.get('metrics', record.get('error', record.get('note'))))}",
           flush=True)
 
-  stem = (f"speed{'_tiny' if args.tiny else ''}_{device_slug(result['device']['device_kind'])}"
+  stem = (f"speed{'_tiny' if args.tiny else ''}{'_compile_only' if args.compile_only else ''}_{device_slug(result['device']['device_kind'])}"
           f"_{now.strftime('%Y-%m-%dT%H%MZ')}")
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, stem + ".json"), "w") as f:

@@ -25,6 +25,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.snapshot_freq_for_preemption = 10000  # the overwritten preemption checkpoint
   training.snapshot_sampling = True   # sample a PNG grid at each snapshot
   training.mixed_precision = False    # bf16 activations/matmuls; fp32 params, optimizer, EMA, loss
+  training.remat = False              # NCSN++/DDPM++: recompute blocks in backward (less memory)
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"              # pc | ode

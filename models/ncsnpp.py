@@ -8,7 +8,8 @@ the same blocks without FIR or pyramids, sinusoidal embedding of ``999 t`` or th
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import functools
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -62,6 +63,9 @@ class NCSNpp(nn.Module):
   * ``centered``: inputs already in [-1, 1]; otherwise ``2 x - 1`` is applied first.
 
   ``dtype`` is the computation dtype (bfloat16 for mixed precision); parameters are float32.
+  ``remat``: each residual and attention block keeps only its inputs for the backward pass and
+  recomputes its insides there (``flax.linen.remat``): less activation memory for about one more
+  forward pass of compute. Parameters, outputs and gradients are those of ``remat=False``.
   """
   nf: int = 128
   ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
@@ -84,6 +88,7 @@ class NCSNpp(nn.Module):
   centered: bool = False
   scale_by_sigma: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def __post_init__(self):
     # Fail on construction, long before tracing or compiling a large network.
@@ -121,7 +126,8 @@ class NCSNpp(nn.Module):
         progressive_combine=model.progressive_combine.lower(), init_scale=model.init_scale,
         fourier_scale=model.get("fourier_scale", 16.0), embedding_type=embedding_type,
         nonlinearity=model.get("nonlinearity", "swish"), centered=data.centered,
-        scale_by_sigma=model.scale_by_sigma, dtype=jnp.bfloat16 if mixed else jnp.float32)
+        scale_by_sigma=model.scale_by_sigma, dtype=jnp.bfloat16 if mixed else jnp.float32,
+        remat=config.training.get("remat", False))
 
   def _embed(self, labels: Array) -> Optional[Array]:
     """``labels: [B] -> temb: [B, 4 nf]`` (None if unconditional)."""
@@ -159,13 +165,25 @@ class NCSNpp(nn.Module):
       block_kwargs = dict(fir=self.fir, fir_kernel=self.fir_kernel)
       resblock_cls = layerspp.ResnetBlockBigGANpp
 
+    # Blocks are named as flax would name them unwrapped, so that remat leaves the parameter
+    # tree (and checkpoints) unchanged.
+    counts: Dict[str, int] = {}
+
+    def named(cls, static_argnums=()):
+      name = cls.__name__
+      counts[name] = counts.get(name, 0) + 1
+      block = nn.remat(cls, static_argnums=static_argnums) if self.remat else cls
+      return functools.partial(block, name=f"{name}_{counts[name] - 1}")
+
     def resblock(**kwargs):
-      return resblock_cls(act=act, dropout=self.dropout, init_scale=self.init_scale,
-                          skip_rescale=self.skip_rescale, dtype=dtype, **block_kwargs, **kwargs)
+      # static: ``train`` (argument 3, counting self) is a Python bool.
+      return named(resblock_cls, static_argnums=(3,))(
+          act=act, dropout=self.dropout, init_scale=self.init_scale,
+          skip_rescale=self.skip_rescale, dtype=dtype, **block_kwargs, **kwargs)
 
     def attn():
-      return layerspp.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale,
-                                  dtype=dtype)
+      return named(layerspp.AttnBlockpp)(init_scale=self.init_scale,
+                                         skip_rescale=self.skip_rescale, dtype=dtype)
 
     temb = self._embed(labels)
     if not self.centered:

@@ -76,7 +76,11 @@ def get_model(name: str) -> ModelFactory:
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """Builds the network named by ``config.model.name`` from the config."""
-  return get_model(config.model.name)(config)
+  model = get_model(config.model.name)(config)
+  if config.training.get("remat", False) and not getattr(model, "remat", False):
+    raise ValueError(f"training.remat is implemented for the ncsnpp network only, not for "
+                     f"{config.model.name!r}; set --config.training.remat=False.")
+  return model
 
 
 def input_shape(config: ml_collections.ConfigDict, batch_size: int = 1) -> Tuple[int, ...]:

@@ -224,3 +224,26 @@ def test_time_to_bpd_on_real_mnist(tmp_path):
   assert first["bpd"] == again["bpd"] and first["nfe"] == again["nfe"]
   with pytest.raises(ValueError, match="multiple of --eval_batch_size"):
     time_to_bpd.first_test_images(config, 6, 4, devices)
+
+
+def test_compile_only_builds_without_running(tmp_path):
+  """``--compile_only``: every selected case compiles and reports FLOPs / XLA's memory estimate,
+  and nothing is timed or sampled."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=bench.TINY_XLA_FLAGS)
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--compile_only",
+                         "--only", "train/ddpmpp/bf16,sample,forward", "--out", str(tmp_path)],
+                        cwd=REPO, env=env, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  (path,) = glob.glob(str(tmp_path / "speed_tiny_compile_only_cpu_*.json"))
+  with open(path) as f:
+    result = json.load(f)
+  assert result["compile_only"] is True
+  names = [r["name"] for r in result["records"]]
+  assert names == ["train/ddpmpp/bf16/n_jitted=2", "sample/ddpmpp/pc", "forward/ddpmpp/bf16"]
+  for rec in result["records"]:
+    m = rec["metrics"]
+    assert rec["status"] == "ok" and m["compile_s"] > 0 and m["compiled_bytes"] > 0, rec
+    assert not {"ms_per_step", "ms_per_call", "wall_s", "nfe"} & set(m), rec["name"]
+  train, _, forward = (r["metrics"] for r in result["records"])
+  assert train["flops_per_step"] > forward["flops_per_call"] > 0
+  assert "compile only" in open(path[:-len(".json")] + ".md").read()

@@ -360,6 +360,14 @@ def test_continuous_ncsn_v1_is_refused():
     mutils.create_model(config)
 
 
+@pytest.mark.parametrize("name", ["ddpm", "ncsnv2", "ncsn"])
+def test_remat_is_refused_where_not_implemented(name):
+  config = _tiny_config(name)
+  config.training.remat = True
+  with pytest.raises(ValueError, match="training.remat is implemented for the ncsnpp network"):
+    mutils.create_model(config)
+
+
 def test_bad_label_shape_fails():
   x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
   with pytest.raises(ValueError, match="labels"):
