@@ -1,6 +1,7 @@
 """End-to-end tests of the application: main.py / run_lib train and eval on the 2-D toy."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -137,6 +138,31 @@ def test_toy_trains_and_evaluates(tmp_path):
   # A second evaluation resumes from the saved per-batch results and reproduces them exactly.
   again = run_lib.evaluate(config, workdir, "eval")
   assert again["600"]["bpd"] == final["bpd"]
+
+
+def test_training_compiles_each_program_once(tmp_path):
+  """Three snapshots with sampling, six evaluations, seven logged losses: the train step, the
+  eval step and the sampler are each compiled once (new parameters are arguments, not
+  constants), so a long run pays compilation once."""
+  records = []
+  handler = logging.Handler()
+  handler.emit = lambda record: records.append(record.getMessage())
+  jax_logger = logging.getLogger("jax")
+  jax_logger.addHandler(handler)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    run_lib.train(toy_config(**{"training.n_iters": 30, "training.n_jitted_steps": 5,
+                                "training.log_freq": 5, "training.eval_freq": 5,
+                                "training.snapshot_freq": 10, "training.snapshot_sampling": True,
+                                "training.snapshot_freq_for_preemption": 10,
+                                "model.num_scales": 10}), str(tmp_path))
+  finally:
+    jax.config.update("jax_log_compiles", False)
+    jax_logger.removeHandler(handler)
+  compiled = [m.split()[1] for m in records if m.startswith("Compiling ")]
+  for name in ("jit(train_step)", "jit(eval_step)", "jit(sample)"):
+    assert compiled.count(name) == 1, (name, compiled)
+  assert sorted(os.listdir(tmp_path / "samples")) == ["iter_10", "iter_20", "iter_30"]
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, reference_run):
