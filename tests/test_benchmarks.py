@@ -189,10 +189,10 @@ def test_targets_reached_takes_first_point_at_or_below():
 def test_time_to_bpd_on_real_mnist(tmp_path):
   """Two evaluations of a tiny network on real MNIST: a complete, self-consistent record, and the
   same test images, dequantization and probes at every evaluation (same params -> same bpd)."""
-  argv = ["--override", f"data.data_dir={MNIST_DIR}", "--override", "model.nf=8",
-          "--override", "model.ch_mult=(1,)", "--override", "model.attn_resolutions=()",
-          "--override", "model.num_res_blocks=1", "--override", "training.batch_size=8",
-          "--override", "eval.rtol=1e-3", "--override", "eval.atol=1e-3",
+  overrides = [f"data.data_dir={MNIST_DIR}", "model.nf=8", "model.ch_mult=(1,)",
+               "model.attn_resolutions=()", "model.num_res_blocks=1", "training.batch_size=8",
+               "eval.rtol=1e-3", "eval.atol=1e-3"]
+  argv = [arg for o in overrides for arg in ("--override", o)] + [
           "--targets", "1000,0", "--eval_every", "5", "--eval_examples", "8",
           "--eval_batch_size", "4", "--max_steps", "10", "--out", str(tmp_path)]
   result = time_to_bpd.main(argv)
@@ -213,7 +213,7 @@ def test_time_to_bpd_on_real_mnist(tmp_path):
   assert result["eval"]["offset_bits"] == 7.0 and result["precision"] == "fp32"
 
   config = bench.apply_overrides(bench.load_config(bench.MNIST),
-                                 [bench.parse_override(a) for a in argv[1:16:2]])
+                                 [bench.parse_override(o) for o in overrides])
   devices = run_lib.Devices()
   blocks = time_to_bpd.first_test_images(config, 8, 4, devices)
   assert [b.shape for b in blocks] == [(4, 28, 28, 1)] * 2
