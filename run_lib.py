@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -71,18 +71,24 @@ def data_scalers(config) -> Tuple[Callable, Callable]:
 class Devices:
   """The mesh and the two shardings used everywhere: replicated state, batch-sharded data."""
 
-  def __init__(self):
-    self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  def __init__(self, devices: Optional[Sequence[jax.Device]] = None):
+    """Over ``devices`` (default: all of ``jax.devices()``)."""
+    devices = list(jax.devices() if devices is None else devices)
+    self.mesh = Mesh(np.asarray(devices), ("data",))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch = NamedSharding(self.mesh, P("data"))
     self.stacked_batch = NamedSharding(self.mesh, P(None, "data"))
-    self.count = jax.device_count()
+    self.count = len(devices)
 
   def check_batch(self, batch_size: int, what: str) -> None:
     if batch_size % self.count or batch_size % jax.process_count():
       raise ValueError(
           f"{what} ({batch_size}) must be divisible by the number of devices ({self.count}) and "
           f"processes ({jax.process_count()}); change it with --config.{what}=...")
+
+  def put(self, tree: Any, sharding: Optional[NamedSharding] = None) -> Any:
+    """``tree`` on the devices, replicated unless ``sharding`` says otherwise."""
+    return jax.device_put(tree, self.replicated if sharding is None else sharding)
 
   def put_batch(self, local: np.ndarray, stacked: bool = False) -> Array:
     """This process's slice of a global batch -> a global array sharded over ``data``."""
@@ -109,7 +115,7 @@ def init_state(config, devices: Devices):
   model, params = mutils.init_model(init_rng, config)
   optimizer = build_optimizer(config)
   state = losses.init_train_state(state_rng, params, optimizer)
-  return model, optimizer, jax.device_put(state, devices.replicated)
+  return model, optimizer, devices.put(state)
 
 
 def build_loss_fn(config, sde, model, train: bool):
@@ -506,6 +512,11 @@ def _eval_samples(config, sde, model, params, devices, inverse_scaler, ckpt_dir,
       continue
     samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(base, step), k), params)
     samples = np.asarray(inverse_scaler(gather(samples)))
+    if not np.all(np.isfinite(samples)):
+      raise FloatingPointError(
+          f"Sampling the step-{step} checkpoint gave non-finite values (sampling.method="
+          f"{config.sampling.method}: the network diverged, or the ODE solver hit its step cap); "
+          "nothing was saved for this batch.")
     if jax.process_index() == 0:
       save_samples(samples, ckpt_dir, config, name)
     collected.append(samples)

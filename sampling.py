@@ -392,7 +392,9 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol:
       steps, 2nd / 1st order).
     eps: final time.
     denoise: finish with a Tweedie denoising step at ``eps`` (one more evaluation).
-    max_steps: cap on step attempts of the adaptive methods (exceeding it raises).
+    max_steps: cap on step attempts of the adaptive methods; a solve that reaches it returns
+      NaN samples (checked on the host by the caller; the device program holds no host
+      callback).
     num_steps: steps of the fixed-step methods; default ``sde.N``.
 
   ``ode_sample`` integrates from ``x(T) = z`` (default ``sde.prior_sampling(rng, shape)``)
@@ -440,8 +442,8 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol:
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(drift), solver_cls(), t0=sde.T, t1=eps, dt0=dt0, y0=x,
         saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
-        max_steps=max_steps if adaptive else num_steps)
-    x = sol.ys[-1]
+        max_steps=max_steps if adaptive else num_steps, throw=False)
+    x = jnp.where(sol.result == diffrax.RESULTS.successful, sol.ys[-1], jnp.nan)
     steps = sol.stats["num_steps"]
     nfe = evals_per_step * steps + (1 if adaptive else 0)
     if denoise:

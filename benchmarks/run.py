@@ -1,8 +1,10 @@
 """Speed benchmarks: train step, PC/EM samplers, ODE sampling, bits/dim, forward pass, MNIST.
 
 ``python -m benchmarks.run [--only train,sample,ode,bpd,forward,mnist] [--tiny] [--isolate]
-[--compile_only] [--out benchmarks/results]`` (``--only`` also takes case-name prefixes such as ``train/ncsnpp``)
-measures on whatever accelerator JAX sees (``jax.devices()[0]``) and writes ``speed[_tiny]_<device>_<date>.json`` and ``.md`` (a table) to ``--out``.
+[--compile_only | --gpu_target FILE] [--out benchmarks/results]`` (``--only`` also takes
+case-name prefixes such as ``train/ncsnpp``) measures on whatever accelerator JAX sees
+(``jax.devices()[0]``) and writes ``speed[_tiny][_compile_only]_<device>_<date>.json`` and
+``.md`` (a table) to ``--out``.
 
 Every case builds its model from a config file plus recorded overrides and random (untrained)
 parameters, feeds synthetic data of the config's shape, compiles ahead of time (``compile_s``)
@@ -27,7 +29,9 @@ on a CPU in about a minute; it checks the code paths, its times mean nothing.
 high-water mark) belongs to that case alone; use it on an accelerator.
 ``--compile_only`` compiles every selected case and runs none: FLOPs per step and XLA's memory
 estimate (``compiled_bytes``) of the full-size programs, and a check that all of them build,
-on a CPU before spending accelerator time.
+on a CPU before spending accelerator time. ``--gpu_target gpu_targets/h100_sxm.txtpb`` does
+the same for a GPU that is not there (XLA deviceless compilation; needs ``jax[cuda13]``, no
+GPU): XLA:GPU's own buffer assignment and kernel count for that GPU.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -201,6 +206,43 @@ def parse_override(text: str) -> Tuple[str, Any]:
     return key, value
 
 
+# ----------------------------------------------------------------------------- compile targets
+
+
+class CompileTargetDevices(run_lib.Devices):
+  """Devices to compile for, present or not: placing an array gives its ``jax.ShapeDtypeStruct``
+  with the sharding -- enough to lower and compile, nothing to run (so ``--compile_only``)."""
+
+  def put(self, tree: Any, sharding: Optional[jax.sharding.NamedSharding] = None) -> Any:
+    sharding = self.replicated if sharding is None else sharding
+    return jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding), tree)
+
+  def put_batch(self, local: np.ndarray, stacked: bool = False) -> Any:
+    return self.put(local, self.stacked_batch if stacked else self.batch)
+
+
+def gpu_target_devices(target_config: str) -> CompileTargetDevices:
+  """One GPU described by a ``GpuTargetConfig`` text proto (``gpu_targets/``), no GPU needed.
+
+  XLA's deviceless compilation through jax's CUDA plugin (``pip install 'jax[cuda13]'``); this
+  process then runs everything else on the CPU, so call it before JAX starts a backend.
+  """
+  with open(target_config) as f:
+    text = f.read()
+  jax.config.update("jax_platforms", "cpu")
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  try:
+    topology = topologies.get_topology_desc(platform="cuda", target_config=text, topology="1x1x1")
+  except NotImplementedError as e:
+    raise SystemExit(f"--gpu_target needs jax's CUDA plugin: pip install 'jax[cuda13]' (no GPU is "
+                     f"needed) ({e}).") from e
+  except Exception as e:  # pylint: disable=broad-except  (XLA's runtime error type)
+    raise SystemExit(f"--gpu_target {target_config}: not a GpuTargetConfig text proto "
+                     f"({str(e).splitlines()[0]}).") from e
+  return CompileTargetDevices(topology.devices[:1])
+
+
 # ----------------------------------------------------------------------------- measuring
 
 
@@ -222,16 +264,82 @@ def _compiled_bytes(compiled) -> Optional[int]:
              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
+# Instructions of a scheduled HLO module that launch no work of their own.
+_NO_LAUNCH = frozenset({
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
+    "call", "after-all", "add-dependency", "opt-barrier", "domain", "partition-id", "replica-id"})
+_COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{$")
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?[\w.\-]+ = .*?\s([a-z][\w\-]*)\(")
+_CALLED = re.compile(r"(?:body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)"
+                     r"|branch_computations=\{([^}]*)\}")
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+
+
+def launch_counts(hlo_text: str) -> Dict[str, Any]:
+  """Work items (GPU: kernel launches) of one call of an optimized HLO module.
+
+  Counts the instructions of the entry computation and of the loop bodies, branches and calls it
+  runs -- each loop body once, whatever its trip count -- except bookkeeping ones
+  (``_NO_LAUNCH``); a fusion counts once, its inside not at all. ``kernels``: the total;
+  ``custom_calls``: library calls (cuDNN convolutions, cuBLAS GEMMs, ...) by target.
+  """
+  computations: Dict[str, List[str]] = {}
+  entry, lines = None, None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      lines = computations.setdefault(header.group(2), [])
+      entry = header.group(2) if header.group(1) else entry
+    elif line.startswith("}"):
+      lines = None
+    elif lines is not None:
+      lines.append(line)
+  if entry is None:
+    raise ValueError("No ENTRY computation in the HLO text.")
+  opcodes: Dict[str, int] = {}
+  custom_calls: Dict[str, int] = {}
+  pending, seen = [entry], set()
+  while pending:
+    name = pending.pop()
+    if name in seen or name not in computations:
+      continue
+    seen.add(name)
+    for line in computations[name]:
+      instruction = _INSTRUCTION.match(line)
+      if not instruction:
+        continue
+      opcode = instruction.group(1)
+      if opcode in ("while", "conditional", "call"):
+        for single, branches in _CALLED.findall(line):
+          pending += [single] if single else [b.strip().lstrip("%") for b in branches.split(",")]
+      if opcode in _NO_LAUNCH:
+        continue
+      opcodes[opcode] = opcodes.get(opcode, 0) + 1
+      if opcode == "custom-call":
+        target = _TARGET.search(line)
+        key = target.group(1) if target else "?"
+        custom_calls[key] = custom_calls.get(key, 0) + 1
+  return {"kernels": sum(opcodes.values()), "kernels_by_opcode": opcodes,
+          "custom_calls": custom_calls}
+
+
 def _peak_bytes() -> Optional[int]:
   """The process's high-water mark of device memory (None where unsupported, e.g. CPU)."""
   stats = jax.devices()[0].memory_stats()
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def _compile(fn: Callable, *args) -> Tuple[Any, float]:
+def _compile(fn: Callable, *args) -> Tuple[Any, float, Optional[float]]:
+  """``(compiled, seconds to lower and compile, FLOPs of one call)``.
+
+  FLOPs come from the compiled program's cost analysis, else (XLA:GPU compiled without a GPU
+  reports none) from the lowered, not yet optimized program.
+  """
   start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  return compiled, time.perf_counter() - start
+  lowered = fn.lower(*args)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  return compiled, compile_s, _flops(compiled) or _flops(lowered)
 
 
 def _timed(call: Callable[[], Any]) -> float:
@@ -274,8 +382,7 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
   sde = run_lib.build_sde(config)
   model, params = _model_and_params(config)
   optimizer = run_lib.build_optimizer(config)
-  state = jax.device_put(losses.init_train_state(jax.random.PRNGKey(1), params, optimizer),
-                         devices.replicated)
+  state = devices.put(losses.init_train_state(jax.random.PRNGKey(1), params, optimizer))
   step_fn = losses.get_step_fn(run_lib.build_loss_fn(config, sde, model, train=True), optimizer,
                                train=True, ema_rate=config.model.ema_rate)
   state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
@@ -290,8 +397,7 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
     fn, batch_sharding = losses.get_multi_step_fn(step_fn), devices.stacked_batch
   jitted = jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
-  compiled, compile_s = _compile(jitted, state, batch)
-  flops_per_step = _flops(compiled)
+  compiled, compile_s, flops_per_step = _compile(jitted, state, batch)
   if flops_per_step is not None and n_jitted > 1:
     # XLA's cost analysis has counted a loop body once, whatever its trip count; compare with
     # one step (lowered, not compiled: cheap) so a future XLA that multiplies is also right.
@@ -301,6 +407,7 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
       flops_per_step /= n_jitted
   facts = {"batch_size": batch_size, "n_jitted_steps": n_jitted, "compile_s": compile_s,
            "flops_per_step": flops_per_step, "compiled_bytes": _compiled_bytes(compiled),
+           **launch_counts(compiled.as_text()),
            "num_params": int(sum(p.size for p in jax.tree_util.tree_leaves(state.params)))}
   if steps < 1:
     return facts
@@ -343,11 +450,14 @@ def _score_fn_builder(config, sde, model, devices):
 
 
 def _run_sampler(sample: Callable, params, devices, repeats: int, batch: int) -> Dict[str, Any]:
-  """Compiles ``sample(rng, params) -> (x, nfe)`` and times ``repeats`` calls (fresh keys)."""
+  """Compiles ``sample(rng, params) -> (x, nfe)`` and times ``repeats`` calls (fresh keys).
+
+  ``params``: already on ``devices`` (``devices.put``)."""
   jitted = jax.jit(sample, out_shardings=(devices.batch, None))
-  compiled, compile_s = _compile(jitted, jax.random.PRNGKey(0), params)
+  compiled, compile_s, _ = _compile(jitted, devices.put(jax.random.PRNGKey(0)), params)
   result: Dict[str, Any] = {"batch_size": batch, "compile_s": compile_s, "repeats": repeats,
-                            "compiled_bytes": _compiled_bytes(compiled)}
+                            "compiled_bytes": _compiled_bytes(compiled),
+                            **launch_counts(compiled.as_text())}
   if repeats < 1:
     result["peak_bytes_in_use"] = _peak_bytes()
     return result
@@ -377,7 +487,8 @@ def bench_pc(config, devices, *, batch: int, predictor: str, corrector: str, num
                                     denoise=config.sampling.noise_removal,
                                     eps=config.sampling.eps, num_steps=num_steps)
   build = _score_fn_builder(config, sde, model, devices)
-  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), params, devices, repeats, batch)
+  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), devices.put(params), devices,
+                        repeats, batch)
   result.update(predictor=predictor, corrector=corrector, num_steps=num_steps)
   return result
 
@@ -392,7 +503,8 @@ def bench_ode(config, devices, *, batch: int, repeats: int, rtol: float = 1e-5,
                                      method="tsit5", eps=config.sampling.eps,
                                      denoise=config.sampling.noise_removal)
   build = _score_fn_builder(config, sde, model, devices)
-  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), params, devices, repeats, batch)
+  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), devices.put(params), devices,
+                        repeats, batch)
   result.update(rtol=rtol, atol=atol, method="tsit5")
   return result
 
@@ -416,7 +528,7 @@ def bench_bpd(config, devices, *, batch: int, repeats: int, rtol: float = 1e-5,
     return values, nfe
 
   # The images are an argument, not a constant folded into the program.
-  result = _run_sampler(bpd, (params, images), devices, repeats, batch)
+  result = _run_sampler(bpd, (devices.put(params), images), devices, repeats, batch)
   result.update(rtol=rtol, atol=atol, method="tsit5", hutchinson_type="rademacher")
   return result
 
@@ -426,14 +538,14 @@ def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Di
   (``steps = 0``: compile only)."""
   devices.check_batch(batch, "batch")
   model, params = _model_and_params(config)
+  params = devices.put(params)
   x = devices.put_batch(synthetic_images(mutils.input_shape(config, batch), config.data.centered))
   labels = devices.put_batch(np.linspace(0.0, 999.0, batch, dtype=np.float32))
   jitted = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y, train=False),
                    out_shardings=devices.batch)
-  compiled, compile_s = _compile(jitted, params, x, labels)
-  flops = _flops(compiled)
+  compiled, compile_s, flops = _compile(jitted, params, x, labels)
   facts = {"batch_size": batch, "compile_s": compile_s, "flops_per_call": flops,
-           "compiled_bytes": _compiled_bytes(compiled)}
+           "compiled_bytes": _compiled_bytes(compiled), **launch_counts(compiled.as_text())}
   if steps < 1:
     return facts
   for _ in range(warmup):
@@ -480,12 +592,14 @@ def run_case(case: Case, devices: run_lib.Devices) -> Dict[str, Any]:
   return record
 
 
-def _run_isolated(case: Case, tiny: bool, compile_only: bool) -> Dict[str, Any]:
+def _run_isolated(case: Case, tiny: bool, compile_only: bool,
+                  gpu_target: Optional[str]) -> Dict[str, Any]:
   """``run_case`` in a fresh Python process (its own device-memory high-water mark)."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "record.json")
     cmd = [sys.executable, "-m", "benchmarks.run", "--case", case.name, "--case_out", out]
     cmd += (["--tiny"] if tiny else []) + (["--compile_only"] if compile_only else [])
+    cmd += ["--gpu_target", gpu_target] if gpu_target else []
     proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True, check=False)
     if proc.returncode == 0 and os.path.exists(out):
       with open(out) as f:
@@ -498,15 +612,17 @@ def _run_isolated(case: Case, tiny: bool, compile_only: bool) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- reports
 
 
-def environment() -> Dict[str, Any]:
+def environment(devices: Optional[run_lib.Devices] = None) -> Dict[str, Any]:
+  """Device (default: what JAX sees), library versions and host load, for a result header."""
+  devices = run_lib.Devices() if devices is None else devices
   import diffrax  # pylint: disable=import-outside-toplevel
   import flax  # pylint: disable=import-outside-toplevel
   import jaxlib  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  device = jax.devices()[0]
+  device = devices.mesh.devices.flat[0]
   return {
       "device": {"device_kind": device.device_kind, "platform": device.platform,
-                 "count": jax.device_count(), "process_count": jax.process_count()},
+                 "count": devices.count, "process_count": jax.process_count()},
       "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
                    "flax": flax.__version__, "optax": optax.__version__,
                    "diffrax": diffrax.__version__, "numpy": np.__version__,
@@ -529,16 +645,17 @@ def markdown(result: Dict[str, Any]) -> str:
   lines = [
       f"# Speed benchmarks{' (tiny)' if result['tiny'] else ''}"
       f"{' (compile only)' if result.get('compile_only') else ''}: {dev['device_kind']} "
-      f"x{dev['count']} ({dev['platform']})", "",
+      f"x{dev['count']} ({dev['platform']}"
+      f"{'; compiled for it on a CPU, not run' if result.get('gpu_target') else ''})", "",
       f"{result['date']}; jax {ver['jax']}, flax {ver['flax']}; `{result['command']}`", "",
       "| case | prec. | batch | time | images/s | GFLOP/step | TFLOP/s | peak GiB | XLA GiB | "
-      "NFE | ms/NFE | compile s | reference | target |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "kernels | NFE | ms/NFE | compile s | reference | target |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for rec in result["records"]:
     ref, target = ("", "") if result["tiny"] else REFERENCE.get(rec["name"], ("", ""))
     if rec["status"] != "ok":
       lines.append(f"| {rec['name']} | {rec.get('precision', '')} | | {rec['status']}: "
-                   f"{rec.get('note') or rec.get('error', '')[:80]} | | | | | | | | | {ref} | "
+                   f"{rec.get('note') or rec.get('error', '')[:80]} | | | | | | | | | | {ref} | "
                    f"{target} |")
       continue
     m = rec["metrics"]
@@ -556,14 +673,18 @@ def markdown(result: Dict[str, Any]) -> str:
         f"| {rec['name']} | {rec['precision']} | {m['batch_size']} | {when} | "
         f"{_fmt(m.get('images_per_s'), '.1f')} | {_fmt(flops / 1e9 if flops else None, '.1f')} | "
         f"{_fmt(m.get('tflops_per_s'), '.3g')} | {_fmt(peak / 2**30 if peak else None, '.2f')} | "
-        f"{_fmt(estimate / 2**30 if estimate else None, '.2f')} | {_fmt(m.get('nfe'), 'd')} | "
+        f"{_fmt(estimate / 2**30 if estimate else None, '.2f')} | {_fmt(m.get('kernels'), 'd')} | "
+        f"{_fmt(m.get('nfe'), 'd')} | "
         f"{_fmt(m.get('ms_per_nfe'), '.2f')} | {m['compile_s']:.1f} | {ref} | {target} |")
   lines += ["", "Peak GiB: device high-water mark of the process so far"
             + (" (each case in its own process)." if result["isolated"] else
                " (cumulative over cases; use --isolate for per-case peaks).")
             + " XLA GiB: the compiled program's arguments + outputs + temporaries - donated"
             " buffers, XLA's estimate for this backend. GFLOP/step: XLA's cost analysis of one"
-            " train step or forward call (sampler loops are not multiplied out, so not shown)."]
+            " train step or forward call (sampler loops are not multiplied out, so not shown)."
+            " Kernels: work items (on a GPU, kernel launches) of one call of the optimized"
+            " program, a loop body counted once (so per step for n_jitted > 1, per solver step"
+            " for samplers)."]
   return "\n".join(lines) + "\n"
 
 
@@ -577,6 +698,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--isolate", action="store_true", help="one process per case")
   parser.add_argument("--compile_only", action="store_true",
                       help="compile every case, run none: FLOPs and XLA's memory estimates")
+  parser.add_argument("--gpu_target", metavar="TARGET_CONFIG",
+                      help="compile for the GPU this GpuTargetConfig text proto describes "
+                      "(e.g. benchmarks/gpu_targets/h100_sxm.txtpb) without one; implies "
+                      "--compile_only; needs jax's CUDA plugin")
   parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
   parser.add_argument("--case", help=argparse.SUPPRESS)
   parser.add_argument("--case_out", help=argparse.SUPPRESS)
@@ -584,8 +709,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   if args.tiny:
     # Tiny runs are dominated by compilation; their run times mean nothing anyway.
     jax.config.update("jax_disable_most_optimizations", True)
+  if args.gpu_target:
+    args.compile_only = True
+    devices = gpu_target_devices(args.gpu_target)
+  else:
+    devices = run_lib.Devices()
   cases = suite(args.tiny, args.compile_only)
-  devices = run_lib.Devices()
 
   if args.case:  # child of --isolate
     (case,) = [c for c in cases if c.name == args.case]
@@ -598,12 +727,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.error(f"--only {args.only!r} selects no case; groups: {', '.join(GROUPS)}; cases: "
                  f"{', '.join(c.name for c in cases)}")
   now = datetime.datetime.now(datetime.timezone.utc)
-  result = dict(environment(), date=now.isoformat(timespec="seconds"), tiny=args.tiny,
-                compile_only=args.compile_only, isolated=args.isolate, command=" ".join(["python -m benchmarks.run"] + argv),
+  result = dict(environment(devices), date=now.isoformat(timespec="seconds"), tiny=args.tiny,
+                compile_only=args.compile_only, gpu_target=args.gpu_target,
+                isolated=args.isolate, command=" ".join(["python -m benchmarks.run"] + argv),
                 records=[])
   for case in selected:
-    record = (_run_isolated(case, args.tiny, args.compile_only) if args.isolate
-              else run_case(case, devices))
+    record = (_run_isolated(case, args.tiny, args.compile_only, args.gpu_target)
+              if args.isolate else run_case(case, devices))
     result["records"].append(record)
     print(f"{case.name}: {record['status']} "
           f"{json.dumps(record.get('metrics', record.get('error', record.get('note'))))}",

@@ -140,6 +140,22 @@ def test_toy_trains_and_evaluates(tmp_path):
   assert again["600"]["bpd"] == final["bpd"]
 
 
+def test_non_finite_samples_stop_evaluation_and_are_not_saved(tmp_path, reference_run,
+                                                              monkeypatch):
+  """A sampler that fails on the device (NaN, e.g. an ODE solve at its step cap) must not leave
+  NaN samples behind that a resumed evaluation would take as done."""
+  def nan_sampler(*args, **kwargs):
+    del args, kwargs
+    return lambda rng, params: (np.full((5000, 2), np.nan, np.float32), 0)
+
+  monkeypatch.setattr(run_lib, "build_sampler", nan_sampler)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference_run, workdir)
+  with pytest.raises(FloatingPointError, match="non-finite"):
+    run_lib.evaluate(toy_config(), workdir, "eval_nan")
+  assert not os.path.exists(os.path.join(workdir, "eval_nan", "step_300", "samples_0.npz"))
+
+
 def test_training_compiles_each_program_once(tmp_path):
   """Three snapshots with sampling, six evaluations, seven logged losses: the train step, the
   eval step and the sampler are each compiled once (new parameters are arguments, not

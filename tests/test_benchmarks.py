@@ -247,3 +247,104 @@ def test_compile_only_builds_without_running(tmp_path):
   train, _, forward = (r["metrics"] for r in result["records"])
   assert train["flops_per_step"] > forward["flops_per_call"] > 0
   assert "compile only" in open(path[:-len(".json")] + ".md").read()
+
+
+_HLO = """HloModule jit_f, is_scheduled=true
+
+%fused_add (p0: f32[4]) -> f32[4] {
+  %p0 = f32[4]{0} parameter(0)
+  ROOT %add.1 = f32[4]{0} add(%p0, %p0)
+}
+
+%body (state: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %state = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%state), index=0
+  %x = f32[4]{0} get-tuple-element(%state), index=1
+  %fusion.2 = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_add
+  %gemm = (f32[4]{0}, s8[0]{0}) custom-call(%fusion.2), custom_call_target="__cublas$gemm"
+  %y = f32[4]{0} get-tuple-element(%gemm), index=0
+  ROOT %tuple.3 = (s32[], f32[4]{0}) tuple(%i, %y)
+}
+
+%cond (state.1: (s32[], f32[4])) -> pred[] {
+  %state.1 = (s32[], f32[4]{0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%state.1), index=0
+  %limit = s32[] constant(1000)
+  ROOT %lt = pred[] compare(%i.1, %limit), direction=LT
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %copy.1 = f32[4]{0} copy(%a)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[4]{0}) tuple(%zero, %copy.1)
+  %loop = (s32[], f32[4]{0}) while(%init), condition=%cond, body=%body
+  %conv = (f32[4]{0}, u8[0]{0}) custom-call(%a), custom_call_target="__cudnn$convForward"
+  ROOT %out = f32[4]{0} get-tuple-element(%loop), index=1
+}
+"""
+
+
+def test_launch_counts_counts_loop_bodies_once_and_fusions_whole():
+  counts = bench.launch_counts(_HLO)
+  # entry: copy + cuDNN call; loop body: fusion + cuBLAS call; condition: compare. The fused
+  # add and the bookkeeping (parameters, tuples, constants, the while itself) launch nothing.
+  assert counts["kernels_by_opcode"] == {"copy": 1, "custom-call": 2, "fusion": 1, "compare": 1}
+  assert counts["kernels"] == 5
+  assert counts["custom_calls"] == {"__cudnn$convForward": 1, "__cublas$gemm": 1}
+  with pytest.raises(ValueError, match="ENTRY"):
+    bench.launch_counts(_HLO.replace("ENTRY ", ""))
+
+
+def test_launch_counts_of_a_compiled_loop_do_not_depend_on_its_length():
+  def program(n):
+    return jax.jit(lambda x: jax.lax.fori_loop(0, n, lambda i, y: jnp.sin(y) @ y, x))
+
+  x = jnp.ones((8, 8))
+  short, long = (bench.launch_counts(program(n).lower(x).compile().as_text())
+                 for n in (3, 300))
+  assert short == long and short["kernels"] >= 2  # at least the sine and the matmul
+
+
+def test_compile_target_devices_compile_without_placing_data():
+  """``CompileTargetDevices`` (what ``--gpu_target`` uses) hand out shapes, not buffers, and every
+  bench kind still compiles and reports memory and kernels; here over the CPU."""
+  devices = bench.CompileTargetDevices(jax.devices())
+  placed = devices.put_batch(np.zeros((4, 2), np.float32))
+  assert isinstance(placed, jax.ShapeDtypeStruct) and placed.sharding == devices.batch
+  config = bench.apply_overrides(bench.load_config(bench.DDPMPP), bench.TINY_MODEL.items())
+  forward = bench.bench_forward(config, devices, batch=2, steps=0, warmup=0)
+  ode = bench.bench_ode(config, devices, batch=2, repeats=0)
+  for metrics in (forward, ode):
+    assert metrics["compiled_bytes"] > 0 and metrics["kernels"] > 0, metrics
+  assert forward["flops_per_call"] > 0
+
+
+def _has_cuda_plugin() -> bool:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("jax_plugins") is None:
+    return False
+  return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
+
+
+def test_gpu_target_compiles_for_an_h100_or_says_what_is_missing(tmp_path):
+  """``--gpu_target``: with jax's CUDA plugin, the tiny train step and ODE sampler compile for an
+  H100 (cuDNN convolutions, XLA:GPU memory), no GPU present; without it, a one-line error."""
+  target = os.path.join(REPO, "benchmarks", "gpu_targets", "h100_sxm.txtpb")
+  env = dict(os.environ, XLA_FLAGS=bench.TINY_XLA_FLAGS)
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--gpu_target", target,
+                         "--only", "train/ddpmpp/fp32,ode", "--out", str(tmp_path)],
+                        cwd=REPO, env=env, capture_output=True, text=True, check=False)
+  if not _has_cuda_plugin():
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "--gpu_target needs jax's CUDA plugin: pip install 'jax[cuda13]'"), proc.stderr[-2000:]
+    return
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  (path,) = glob.glob(str(tmp_path / "speed_tiny_compile_only_nvidia_h100_80gb_hbm3_*.json"))
+  with open(path) as f:
+    result = json.load(f)
+  assert result["device"]["platform"] == "gpu" and result["gpu_target"] == target
+  train, ode = (r["metrics"] for r in result["records"])
+  assert train["custom_calls"]["__cudnn$convBackwardFilter"] > 0, train
+  assert ode["compiled_bytes"] > 0 and ode["kernels"] > 0, ode

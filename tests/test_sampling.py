@@ -449,6 +449,20 @@ def test_ode_fixed_step_nfe(method, per_step):
   assert np.all(np.isfinite(x))
 
 
+def test_ode_sampler_step_cap_gives_nan_without_host_callback():
+  """A solve that reaches ``max_steps`` returns NaN samples, and the compiled program holds no
+  host callback (a GPU must not wait on the host; XLA compiles it without a GPU present)."""
+  sde = sde_lib.VPSDE()
+  sampler = sampling.get_ode_sampler(sde, (2, 3), max_steps=2)
+  sample = jax.jit(lambda rng: sampler(rng, lambda x, t: -x))
+  assert "callback" not in sample.lower(jax.random.PRNGKey(0)).as_text()
+  x, _ = sample(jax.random.PRNGKey(0))
+  assert np.all(np.isnan(x))
+  x, _ = jax.jit(lambda rng: sampling.get_ode_sampler(sde, (2, 3))(rng, lambda x, t: -x))(
+      jax.random.PRNGKey(0))
+  assert np.all(np.isfinite(x))
+
+
 class _LabelRecorder(nn.Module):
   """Records its labels (debug callback); reads them as SMLD levels ``i`` of ``num_scales``.
 
