@@ -280,8 +280,9 @@ def launch_counts(hlo_text: str) -> Dict[str, Any]:
 
   Counts the instructions of the entry computation and of the loop bodies, branches and calls it
   runs -- each loop body once, whatever its trip count -- except bookkeeping ones
-  (``_NO_LAUNCH``); a fusion counts once, its inside not at all. ``kernels``: the total;
-  ``custom_calls``: library calls (cuDNN convolutions, cuBLAS GEMMs, ...) by target.
+  (``_NO_LAUNCH``); a fusion counts once, its inside not at all. ``kernels``: the total, of which
+  ``kernels_in_loops`` sit in loop bodies and conditions (run once per iteration; the rest once
+  per call); ``custom_calls``: library calls (cuDNN convolutions, cuBLAS GEMMs, ...) by target.
   """
   computations: Dict[str, List[str]] = {}
   entry, lines = None, None
@@ -298,9 +299,10 @@ def launch_counts(hlo_text: str) -> Dict[str, Any]:
     raise ValueError("No ENTRY computation in the HLO text.")
   opcodes: Dict[str, int] = {}
   custom_calls: Dict[str, int] = {}
-  pending, seen = [entry], set()
+  in_loops = 0
+  pending, seen = [(entry, False)], set()
   while pending:
-    name = pending.pop()
+    name, looped = pending.pop()
     if name in seen or name not in computations:
       continue
     seen.add(name)
@@ -311,16 +313,18 @@ def launch_counts(hlo_text: str) -> Dict[str, Any]:
       opcode = instruction.group(1)
       if opcode in ("while", "conditional", "call"):
         for single, branches in _CALLED.findall(line):
-          pending += [single] if single else [b.strip().lstrip("%") for b in branches.split(",")]
+          called = [single] if single else [b.strip().lstrip("%") for b in branches.split(",")]
+          pending += [(c, looped or opcode == "while") for c in called]
       if opcode in _NO_LAUNCH:
         continue
       opcodes[opcode] = opcodes.get(opcode, 0) + 1
+      in_loops += looped
       if opcode == "custom-call":
         target = _TARGET.search(line)
         key = target.group(1) if target else "?"
         custom_calls[key] = custom_calls.get(key, 0) + 1
-  return {"kernels": sum(opcodes.values()), "kernels_by_opcode": opcodes,
-          "custom_calls": custom_calls}
+  return {"kernels": sum(opcodes.values()), "kernels_in_loops": in_loops,
+          "kernels_by_opcode": opcodes, "custom_calls": custom_calls}
 
 
 def _peak_bytes() -> Optional[int]:
@@ -405,9 +409,13 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
     one_step = _flops(jax.jit(step_fn).lower(state, one_batch))
     if one_step and flops_per_step > 0.5 * (n_jitted + 1) * one_step:
       flops_per_step /= n_jitted
+  kernels = launch_counts(compiled.as_text())
+  # The scan's body runs every step, the rest (e.g. layout changes of the state) once per call.
+  per_step = (kernels["kernels"] if n_jitted == 1 else kernels["kernels_in_loops"]
+              + (kernels["kernels"] - kernels["kernels_in_loops"]) / n_jitted)
   facts = {"batch_size": batch_size, "n_jitted_steps": n_jitted, "compile_s": compile_s,
            "flops_per_step": flops_per_step, "compiled_bytes": _compiled_bytes(compiled),
-           **launch_counts(compiled.as_text()),
+           **kernels, "kernels_per_step": per_step,
            "num_params": int(sum(p.size for p in jax.tree_util.tree_leaves(state.params)))}
   if steps < 1:
     return facts
@@ -673,7 +681,8 @@ def markdown(result: Dict[str, Any]) -> str:
         f"| {rec['name']} | {rec['precision']} | {m['batch_size']} | {when} | "
         f"{_fmt(m.get('images_per_s'), '.1f')} | {_fmt(flops / 1e9 if flops else None, '.1f')} | "
         f"{_fmt(m.get('tflops_per_s'), '.3g')} | {_fmt(peak / 2**30 if peak else None, '.2f')} | "
-        f"{_fmt(estimate / 2**30 if estimate else None, '.2f')} | {_fmt(m.get('kernels'), 'd')} | "
+        f"{_fmt(estimate / 2**30 if estimate else None, '.2f')} | "
+        f"{_fmt(m.get('kernels_per_step', m.get('kernels')), '.0f')} | "
         f"{_fmt(m.get('nfe'), 'd')} | "
         f"{_fmt(m.get('ms_per_nfe'), '.2f')} | {m['compile_s']:.1f} | {ref} | {target} |")
   lines += ["", "Peak GiB: device high-water mark of the process so far"
@@ -682,9 +691,9 @@ def markdown(result: Dict[str, Any]) -> str:
             + " XLA GiB: the compiled program's arguments + outputs + temporaries - donated"
             " buffers, XLA's estimate for this backend. GFLOP/step: XLA's cost analysis of one"
             " train step or forward call (sampler loops are not multiplied out, so not shown)."
-            " Kernels: work items (on a GPU, kernel launches) of one call of the optimized"
-            " program, a loop body counted once (so per step for n_jitted > 1, per solver step"
-            " for samplers)."]
+            " Kernels: work items (on a GPU, kernel launches) of the optimized program, per"
+            " step for train cases (a scan's body plus 1/n of the rest), else per call with"
+            " each loop body counted once."]
   return "\n".join(lines) + "\n"
 
 

@@ -246,6 +246,10 @@ def test_compile_only_builds_without_running(tmp_path):
     assert not {"ms_per_step", "ms_per_call", "wall_s", "nfe"} & set(m), rec["name"]
   train, _, forward = (r["metrics"] for r in result["records"])
   assert train["flops_per_step"] > forward["flops_per_call"] > 0
+  # Two steps per call: the scan body runs twice, the code around it once.
+  outside = train["kernels"] - train["kernels_in_loops"]
+  assert train["kernels_in_loops"] > 0 and outside > 0
+  assert train["kernels_per_step"] == train["kernels_in_loops"] + outside / 2
   assert "compile only" in open(path[:-len(".json")] + ".md").read()
 
 
@@ -290,7 +294,7 @@ def test_launch_counts_counts_loop_bodies_once_and_fusions_whole():
   # entry: copy + cuDNN call; loop body: fusion + cuBLAS call; condition: compare. The fused
   # add and the bookkeeping (parameters, tuples, constants, the while itself) launch nothing.
   assert counts["kernels_by_opcode"] == {"copy": 1, "custom-call": 2, "fusion": 1, "compare": 1}
-  assert counts["kernels"] == 5
+  assert counts["kernels"] == 5 and counts["kernels_in_loops"] == 3
   assert counts["custom_calls"] == {"__cudnn$convForward": 1, "__cublas$gemm": 1}
   with pytest.raises(ValueError, match="ENTRY"):
     bench.launch_counts(_HLO.replace("ENTRY ", ""))
