@@ -247,7 +247,8 @@ def gpu_target_devices(target_config: str) -> CompileTargetDevices:
 
 
 def _flops(compiled) -> Optional[float]:
-  """FLOPs of one call from XLA's cost analysis (a dict, or a list of one per module)."""
+  """FLOPs of one call from XLA's cost analysis (a dict, or a list of one per module); None
+  where the backend reports none (XLA:GPU compiling without a GPU)."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else None
@@ -333,17 +334,10 @@ def _peak_bytes() -> Optional[int]:
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def _compile(fn: Callable, *args) -> Tuple[Any, float, Optional[float]]:
-  """``(compiled, seconds to lower and compile, FLOPs of one call)``.
-
-  FLOPs come from the compiled program's cost analysis, else (XLA:GPU compiled without a GPU
-  reports none) from the lowered, not yet optimized program.
-  """
+def _compile(fn: Callable, *args) -> Tuple[Any, float]:
   start = time.perf_counter()
-  lowered = fn.lower(*args)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start
-  return compiled, compile_s, _flops(compiled) or _flops(lowered)
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
 
 
 def _timed(call: Callable[[], Any]) -> float:
@@ -401,7 +395,8 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
     fn, batch_sharding = losses.get_multi_step_fn(step_fn), devices.stacked_batch
   jitted = jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
-  compiled, compile_s, flops_per_step = _compile(jitted, state, batch)
+  compiled, compile_s = _compile(jitted, state, batch)
+  flops_per_step = _flops(compiled)
   if flops_per_step is not None and n_jitted > 1:
     # XLA's cost analysis has counted a loop body once, whatever its trip count; compare with
     # one step (lowered, not compiled: cheap) so a future XLA that multiplies is also right.
@@ -462,7 +457,7 @@ def _run_sampler(sample: Callable, params, devices, repeats: int, batch: int) ->
 
   ``params``: already on ``devices`` (``devices.put``)."""
   jitted = jax.jit(sample, out_shardings=(devices.batch, None))
-  compiled, compile_s, _ = _compile(jitted, devices.put(jax.random.PRNGKey(0)), params)
+  compiled, compile_s = _compile(jitted, devices.put(jax.random.PRNGKey(0)), params)
   result: Dict[str, Any] = {"batch_size": batch, "compile_s": compile_s, "repeats": repeats,
                             "compiled_bytes": _compiled_bytes(compiled),
                             **launch_counts(compiled.as_text())}
@@ -551,7 +546,8 @@ def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Di
   labels = devices.put_batch(np.linspace(0.0, 999.0, batch, dtype=np.float32))
   jitted = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y, train=False),
                    out_shardings=devices.batch)
-  compiled, compile_s, flops = _compile(jitted, params, x, labels)
+  compiled, compile_s = _compile(jitted, params, x, labels)
+  flops = _flops(compiled)
   facts = {"batch_size": batch, "compile_s": compile_s, "flops_per_call": flops,
            "compiled_bytes": _compiled_bytes(compiled), **launch_counts(compiled.as_text())}
   if steps < 1:
