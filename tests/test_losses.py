@@ -436,6 +436,28 @@ def test_optimizer_matches_reference_clip_adam(grad_clip, weight_decay):
     assert max(np.max(np.abs(expected[-1][k] - unclipped[-1][k])) for k in params) > 1e-3
 
 
+@pytest.mark.parametrize("scale", [0.01, 100.0])
+def test_clip_by_global_norm_matches_optax_in_one_reduction(scale):
+  """Same result as optax's clipping (below and above the threshold), but the compiled norm does
+  not grow a reduction per leaf: a train step's kernel count stays flat in the leaf count."""
+  rng = np.random.default_rng(1)
+  tree = {f"w{i}": jnp.asarray(scale * rng.normal(size=(i + 1, 3)), jnp.float32)
+          for i in range(30)}
+  ours, reference = losses.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  got, _ = ours.update(tree, ours.init(tree))
+  want, _ = reference.update(tree, reference.init(tree))
+  for key in tree:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7)
+  if scale > 1:
+    assert float(optax.tree.norm(got)) == pytest.approx(1.0, rel=1e-5)
+
+  def reductions(transform):
+    update = jax.jit(lambda t: transform.update(t, transform.init(t))[0])
+    return update.lower(tree).compile().as_text().count(" reduce(")
+
+  assert reductions(ours) <= 2 < 30 <= reductions(reference)
+
+
 # ----------------------------------------------------------------------------- steps
 
 
