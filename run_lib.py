@@ -295,7 +295,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
           samples, _ = sampler(jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
                                state.ema_params)
           samples = np.asarray(inverse_scaler(gather(samples)))
-          if jax.process_index() == 0:
+          if not np.all(np.isfinite(samples)):
+            # Training goes on (its checkpoint is saved); only the snapshot's picture is lost.
+            logging.warning("Snapshot samples at step %d are non-finite (sampling.method=%s: "
+                            "the network diverged, or the ODE solver hit its step cap); not "
+                            "saved.", step, config.sampling.method)
+          elif jax.process_index() == 0:
             save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"), config)
       if _crossed(step, n, training.snapshot_freq_for_preemption) or step == training.n_iters:
         preemption.save(step, state)

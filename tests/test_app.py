@@ -156,6 +156,21 @@ def test_non_finite_samples_stop_evaluation_and_are_not_saved(tmp_path, referenc
   assert not os.path.exists(os.path.join(workdir, "eval_nan", "step_300", "samples_0.npz"))
 
 
+def test_non_finite_snapshot_samples_are_skipped_and_training_goes_on(tmp_path, monkeypatch, caplog):
+  def nan_sampler(*args, **kwargs):
+    del args, kwargs
+    return lambda rng, params: (np.full((64, 2), np.nan, np.float32), 0)
+
+  monkeypatch.setattr(run_lib, "build_sampler", nan_sampler)
+  config = toy_config(**{"training.n_iters": 50, "training.snapshot_freq": 50,
+                         "training.snapshot_sampling": True})
+  with caplog.at_level(logging.WARNING):
+    run_lib.train(config, str(tmp_path))
+  assert "Snapshot samples at step 50 are non-finite" in caplog.text
+  assert int(final_state(str(tmp_path), config).step) == 50
+  assert not os.path.exists(os.path.join(str(tmp_path), "samples", "iter_50"))
+
+
 def test_training_compiles_each_program_once(tmp_path):
   """Three snapshots with sampling, six evaluations, seven logged losses: the train step, the
   eval step and the sampler are each compiled once (new parameters are arguments, not
