@@ -9,6 +9,9 @@ stays cheap enough for a laptop-CPU smoke run (``--config.model.nf=32``).
 
 Data: the official IDX files read with numpy (``data.source = 'idx'``); point
 ``--config.data.data_dir`` at the folder holding them. No random flips: digits are not symmetric.
+
+The rest (the ``ncsnpp`` model class, dropout 0.1, batch 128, Adam at 2e-4, evaluation from
+checkpoint 1 with sampling) comes from the shared defaults (default_configs).
 """
 
 import ml_collections
@@ -19,9 +22,7 @@ from configs.default_configs import get_default_configs as get_base_configs
 def get_default_configs() -> ml_collections.ConfigDict:
   config = get_base_configs()
   training = config.training
-  training.batch_size = 128
   training.n_iters = 60001
-  training.n_jitted_steps = 5
   training.log_freq = 100
   training.eval_freq = 500
   training.snapshot_freq = 5000
@@ -29,10 +30,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.reduce_mean = True
 
   evaluate = config.eval
-  evaluate.begin_ckpt = 1
   evaluate.end_ckpt = 100
   evaluate.batch_size = 500
-  evaluate.enable_sampling = True
   evaluate.num_samples = 1000
   evaluate.enable_bpd = True
   evaluate.bpd_num_repeats = 1
@@ -40,15 +39,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
   data = config.data
   data.dataset = "mnist"
   data.source = "idx"
-  data.data_dir = ""
   data.image_size = 28
   data.num_channels = 1
   data.random_flip = False
-  data.uniform_dequantization = False
 
   model = config.model
-  model.name = "ncsnpp"
-  model.scale_by_sigma = False
   model.ema_rate = 0.999
   model.normalization = "GroupNorm"
   model.nonlinearity = "swish"
@@ -70,8 +65,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.embedding_type = "positional"
   model.fourier_scale = 16.0
   model.conv_size = 3
-  model.dropout = 0.1
 
-  config.optim.lr = 2e-4
   config.optim.warmup = 1000
   return config

@@ -1,14 +1,13 @@
-"""MNIST, sub-VP SDE, continuous DSM, DDPM++-style network (see default_mnist_configs)."""
+"""MNIST, sub-VP SDE, continuous DSM, DDPM++-style network (see default_mnist_configs).
 
-from configs.default_mnist_configs import get_default_configs
+The network, data, sampler and optimizer are those of the VP twin (vpsde_mnist); only the SDE
+differs.
+"""
+
+from configs.vpsde_mnist import get_config as get_vp_config
 
 
 def get_config():
-  config = get_default_configs()
+  config = get_vp_config()
   config.training.sde = "subvpsde"
-  config.training.continuous = True
-  config.data.centered = True
-  config.sampling.predictor = "euler_maruyama"
-  config.sampling.corrector = "none"
-  config.sampling.eps = 1e-3
   return config

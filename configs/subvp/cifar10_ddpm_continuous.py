@@ -1,36 +1,14 @@
-"""DDPM architecture on CIFAR-10 trained with the continuous sub-VP SDE."""
+"""DDPM architecture on CIFAR-10 trained with the continuous sub-VP SDE.
+
+The network, data and optimizer are those of the VP twin; only the SDE differs.
+"""
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.ddpm.cifar10_continuous import get_config as get_vp_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "subvpsde"
-  training.continuous = True
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "euler_maruyama"
-  sampling.corrector = "none"
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = "ddpm"
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
+  config = get_vp_config()
+  config.training.sde = "subvpsde"
   return config

@@ -1,6 +1,7 @@
-"""NCSN++ (deep: 8 blocks per resolution) on CIFAR-10, sub-VP SDE, continuous training.
+"""NCSN++ (deep) on CIFAR-10, sub-VP SDE, continuous training.
 
-The network, data and optimizer are those of the VP twin; only the SDE differs.
+The network (8 blocks per resolution), data and optimizer are those of the VP twin; only the SDE
+differs.
 """
 
 import ml_collections

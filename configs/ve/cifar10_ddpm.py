@@ -1,35 +1,22 @@
-"""DDPM architecture on CIFAR-10 trained with SMLD (discrete VE SDE), PC sampling."""
+"""DDPM architecture on CIFAR-10 trained with SMLD (discrete VE SDE), PC sampling.
+
+The network (and its size) is that of the DDPM twin (vp/ddpm/cifar10); the training follows
+SMLD instead: the VE SDE with its summed loss on [0, 1] data, a network output divided by sigma,
+an EMA rate of 0.999, and reverse-diffusion predictor plus Langevin corrector sampling.
+"""
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.ddpm.cifar10 import get_config as get_vp_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vesde"
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "reverse_diffusion"
-  sampling.corrector = "langevin"
-
-  data = config.data
-  data.centered = False
-
-  model = config.model
-  model.name = "ddpm"
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
+  config = get_vp_config()
+  config.training.sde = "vesde"
+  config.training.reduce_mean = False
+  config.sampling.predictor = "reverse_diffusion"
+  config.sampling.corrector = "langevin"
+  config.data.centered = False
+  config.model.scale_by_sigma = True
+  config.model.ema_rate = 0.999
   return config

@@ -1,44 +1,18 @@
-"""NCSN++ on CIFAR-10, VE SDE, discrete (SMLD) training with integer noise levels."""
+"""NCSN++ on CIFAR-10, VE SDE, discrete (SMLD) training with integer noise levels.
+
+The network, data, sampler and optimizer are those of the continuous twin
+(ve/cifar10_ncsnpp_continuous); only the training differs: the discrete SMLD loss over the
+model.num_scales noise levels, which conditions the network on the integer level index and so
+embeds it with the positional (sinusoidal) embedding instead of Fourier features of log sigma.
+"""
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.ve.cifar10_ncsnpp_continuous import get_config as get_continuous_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vesde"
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "reverse_diffusion"
-  sampling.corrector = "langevin"
-
-  model = config.model
-  model.name = "ncsnpp"
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 4
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = (1, 3, 3, 1)
-  model.skip_rescale = True
-  model.resblock_type = "biggan"
-  model.progressive = "none"
-  model.progressive_input = "residual"
-  model.progressive_combine = "sum"
-  model.attention_type = "ddpm"
-  model.init_scale = 0.0
-  model.embedding_type = "positional"
-  model.fourier_scale = 16.0
-  model.conv_size = 3
+  config = get_continuous_config()
+  config.training.continuous = False
+  config.model.embedding_type = "positional"
   return config

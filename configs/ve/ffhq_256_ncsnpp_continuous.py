@@ -1,4 +1,9 @@
-"""NCSN++ on FFHQ 256x256, VE SDE, continuous training."""
+"""NCSN++ on FFHQ 256x256, VE SDE, continuous training.
+
+The CelebA-HQ twin (ve/celebahq_256_ncsnpp_continuous) on FFHQ: the same network, SDE, sampler
+and optimizer, and the same TFRecord source of 256-px images (data.tfrecords_path); only the
+dataset name differs.
+"""
 
 import ml_collections
 

@@ -1,48 +1,17 @@
-"""NCSN++ on CIFAR-10, VP SDE, discrete (DDPM) training with integer levels."""
+"""NCSN++ on CIFAR-10, VP SDE, discrete (DDPM) training with integer levels.
+
+The network, data and optimizer are those of the continuous twin (vp/cifar10_ncsnpp_continuous);
+only the training and sampler differ: the discrete DDPM loss over the model.num_scales levels,
+sampled with the reverse-diffusion predictor instead of the Euler-Maruyama one.
+"""
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.cifar10_ncsnpp_continuous import get_config as get_continuous_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vpsde"
-  training.continuous = False
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "reverse_diffusion"
-  sampling.corrector = "none"
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = "ncsnpp"
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 4
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = (1, 3, 3, 1)
-  model.skip_rescale = True
-  model.resblock_type = "biggan"
-  model.progressive = "none"
-  model.progressive_input = "residual"
-  model.progressive_combine = "sum"
-  model.attention_type = "ddpm"
-  model.init_scale = 0.0
-  model.embedding_type = "positional"
-  model.fourier_scale = 16.0
-  model.conv_size = 3
+  config = get_continuous_config()
+  config.training.continuous = False
+  config.sampling.predictor = "reverse_diffusion"
   return config

@@ -1,48 +1,18 @@
-"""NCSN++ on CIFAR-10, VP SDE, continuous training."""
+"""NCSN++ on CIFAR-10, VP SDE, continuous training.
+
+The DDPM++ twin (vp/cifar10_ddpmpp_continuous) with the two NCSN++ changes to the network: FIR
+resampling (fir_kernel) instead of nearest/box resampling, and an input pyramid merged
+residually into the downsampling path (progressive_input 'residual'). Everything else, the VP
+SDE training included, is unchanged.
+"""
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.cifar10_ddpmpp_continuous import get_config as get_ddpmpp_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vpsde"
-  training.continuous = True
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "euler_maruyama"
-  sampling.corrector = "none"
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = "ncsnpp"
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 4
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = (1, 3, 3, 1)
-  model.skip_rescale = True
-  model.resblock_type = "biggan"
-  model.progressive = "none"
-  model.progressive_input = "residual"
-  model.progressive_combine = "sum"
-  model.attention_type = "ddpm"
-  model.init_scale = 0.0
-  model.embedding_type = "positional"
-  model.fourier_scale = 16.0
-  model.conv_size = 3
+  config = get_ddpmpp_config()
+  config.model.fir = True
+  config.model.progressive_input = "residual"
   return config

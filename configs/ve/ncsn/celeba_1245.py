@@ -1,7 +1,9 @@
-"""NCSN (v1) on CelebA with NCSNv2's techniques 1, 2, 4 and 5 (as _124, plus EMA).
+"""NCSN (v1) on CelebA with NCSNv2's techniques 1, 2, 4 and 5.
 
-The network conditions its normalizations on the noise-level index and outputs the score
-itself (scale_by_sigma False); it has model.num_scales classes (models.ncsnv2.ncsn_from_config)."""
+The twin with techniques 1, 2 and 4 (ve/ncsn/celeba_124) plus technique 5: an exponential moving
+average of the weights at rate 0.999 instead of none (rate 0). The network still conditions on
+the noise-level index (scale_by_sigma False); everything else is unchanged.
+"""
 
 import ml_collections
 

@@ -1,7 +1,9 @@
 """NCSN (v1) on CIFAR-10 with NCSNv2's technique 5 only (EMA of the weights).
 
-The network conditions its normalizations on the noise-level index and outputs the score
-itself (scale_by_sigma False); it has model.num_scales classes (models.ncsnv2.ncsn_from_config)."""
+The v1 twin (ve/ncsn/cifar10) with an exponential moving average of the weights at rate 0.999
+(technique 5) instead of none (rate 0); the network, its 10 noise levels, the sampler and the
+optimizer are unchanged.
+"""
 
 import ml_collections
 

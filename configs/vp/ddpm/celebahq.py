@@ -1,42 +1,15 @@
-"""DDPM on CelebA-HQ at 256 px (Ho et al. 2020)."""
+"""DDPM on CelebA-HQ at 256 px (Ho et al. 2020).
+
+The LSUN bedroom twin (vp/ddpm/bedroom) on CelebA-HQ: the same 256-px network, training, sampler
+and optimizer; only the dataset name differs (data.category, an LSUN field, is left unused).
+"""
 
 import ml_collections
 
-from configs.default_lsun_configs import get_default_configs
+from configs.vp.ddpm.bedroom import get_config as get_bedroom_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vpsde"
-  training.continuous = False
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "ancestral_sampling"
-  sampling.corrector = "none"
-
-  data = config.data
-  data.dataset = "CelebAHQ"
-  data.image_size = 256
-  data.centered = True
-
-  model = config.model
-  model.name = "ddpm"
-  model.scale_by_sigma = False
-  model.num_scales = 1000
-  model.ema_rate = 0.9999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 1, 2, 2, 4, 4)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-
-  optim = config.optim
-  optim.lr = 2e-5
+  config = get_bedroom_config()
+  config.data.dataset = "CelebAHQ"
   return config

@@ -1,36 +1,17 @@
-"""DDPM architecture on CIFAR-10 trained with the continuous VP SDE."""
+"""DDPM architecture on CIFAR-10 trained with the continuous VP SDE.
+
+The network, data and optimizer are those of the discrete twin (vp/ddpm/cifar10); only the
+training and sampler differ: continuous-time denoising score matching on the VP SDE, sampled
+with the Euler-Maruyama discretization of the reverse SDE instead of DDPM's ancestral sampling.
+"""
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.ddpm.cifar10 import get_config as get_discrete_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vpsde"
-  training.continuous = True
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "euler_maruyama"
-  sampling.corrector = "none"
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = "ddpm"
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
+  config = get_discrete_config()
+  config.training.continuous = True
+  config.sampling.predictor = "euler_maruyama"
   return config

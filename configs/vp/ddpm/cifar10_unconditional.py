@@ -1,37 +1,15 @@
-"""DDPM on CIFAR-10 without time conditioning (NCSNv2's technique 3: the network is not told the
-noise level)."""
+"""DDPM on CIFAR-10 without time conditioning (NCSNv2's technique 3).
+
+The twin (vp/ddpm/cifar10) with a network that is not told the noise level (model.conditional
+False); the data, discrete DDPM training, ancestral sampling and optimizer are unchanged.
+"""
 
 import ml_collections
 
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.ddpm.cifar10 import get_config as get_conditional_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = "vpsde"
-  training.continuous = False
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "ancestral_sampling"
-  sampling.corrector = "none"
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = "ddpm"
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = False
+  config = get_conditional_config()
+  config.model.conditional = False
   return config
