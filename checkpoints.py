@@ -1,4 +1,4 @@
-"""Checkpoint I/O for training runs (orbax-checkpoint) and atomic small-file writes.
+"""Checkpoint I/O for training runs (orbax-checkpoint).
 
 A training workdir holds two checkpoint directories, each managed by one
 :class:`CheckpointStore`:
@@ -47,10 +47,8 @@ addressable) leaf; leaves sharded across processes are not checksummed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -78,66 +76,6 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint's files are missing, truncated or garbled."""
-
-
-# ----------------------------------------------------------------------------------------
-# Small files
-
-
-def check_writable(path: str) -> None:
-  """Creates directory ``path`` if needed and checks a file can be written in it.
-
-  Raises:
-    CheckpointError: if the directory cannot be created or written to.
-  """
-  try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-      pass
-  except OSError as e:
-    raise CheckpointError(
-        f"directory {path!r} is not writable ({type(e).__name__}: {e.strerror or e}); "
-        "choose another workdir or fix its permissions") from e
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes ``data`` to ``path`` so readers see either the old file or the whole new one.
-
-  Writes a temporary file in the same directory, fsyncs it and renames it over ``path``;
-  creates missing parent directories.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _json_default(obj: Any) -> Any:
-  """JSON encoding of NumPy/JAX scalars and arrays (as numbers and nested lists)."""
-  if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
-    return np.asarray(obj).tolist()
-  raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
-
-
-def save_json(path: str, obj: Any) -> None:
-  """Atomically writes ``obj`` as indented JSON (NumPy/JAX arrays become lists)."""
-  text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
-  atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def load_json(path: str) -> Any:
-  """Reads a JSON file written by :func:`save_json`."""
-  with open(path, "r", encoding="utf-8") as f:
-    return json.load(f)
 
 
 # ----------------------------------------------------------------------------------------

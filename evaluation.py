@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Dict
+
 import numpy as np
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> float:
-  """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` between samples ``x: [N, ...]`` and ``y: [M, ...]``.
+  """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` of samples ``x: [N, ...]``, ``y: [M, ...]``.
 
   Zero iff the two distributions are equal (Szekely & Rizzo); the V-statistic estimate used here
   is biased upwards by ``O(1/N)``, so compare values computed with equal sample sizes. At most
@@ -41,3 +43,15 @@ def mmd_rbf(x: np.ndarray, y: np.ndarray, bandwidths=(0.05, 0.1, 0.2, 0.5, 1.0),
   kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
   return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) /
                (m * (m - 1)) - 2.0 * kxy.mean())
+
+
+def two_sample_statistics(samples: np.ndarray, data: np.ndarray,
+                          prior: np.ndarray) -> Dict[str, float]:
+  """Energy distance and MMD of ``samples`` to ``data``, and of ``prior`` samples to ``data``.
+
+  The prior's values are the reference a trained model must beat. All three arrays ``[N, ...]``
+  should have the same ``N`` (both statistics are biased by ``O(1/N)``).
+  """
+  return {"energy_distance": energy_distance(samples, data),
+          "prior_energy_distance": energy_distance(prior, data),
+          "mmd": mmd_rbf(samples, data), "prior_mmd": mmd_rbf(prior, data)}

@@ -7,10 +7,11 @@ Integrating from ``t = eps`` to ``T`` and replacing ``p_T`` by the SDE's prior:
 
     log p_eps(x) = prior_logp(x(T)) + int_eps^T div v(x(t), t) dt.
 
-Both integrals run in one adaptive :func:`diffrax.diffeqsolve` (whole solve on device, jittable,
-no host callbacks). The divergence is either the exact Jacobian trace (small ``D`` only) or the
-Hutchinson-Skilling estimate ``e^T (dv/dx) e`` with one noise vector ``e`` drawn per solve; since
-the trajectory does not depend on ``e`` and each evaluation is unbiased, so is the integral.
+Both integrals run in one adaptive solve (:func:`ode_solvers.solve`: diffrax, whole solve on
+device, jittable, no host callbacks). The divergence is either the exact Jacobian trace (small
+``D`` only) or the Hutchinson-Skilling estimate ``e^T (dv/dx) e`` with one noise vector ``e``
+drawn per solve; since the trajectory does not depend on ``e`` and each evaluation is unbiased,
+so is the integral.
 
 The ODE takes a plain ``score_fn(x, t)``: discretely trained models are handled by the score
 function built for them (``models.utils.get_score_fn(..., continuous=False)`` hands the network
@@ -20,32 +21,29 @@ integer noise levels), never by conditioning hard-coded here.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Optional, Tuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import ode_solvers
 import sde_lib
+from registry import Registry
 
 Array = jax.Array
 LikelihoodFn = Callable[[Array, sde_lib.ScoreFn, Array], Tuple[Array, Array, Array]]
 DriftFn = Callable[[Array], Array]
+NoiseFn = Callable[[Array, Tuple[int, ...], jnp.dtype], Array]
 
-HUTCHINSON_TYPES: Tuple[str, ...] = ("rademacher", "gaussian", "exact")
-
-# Explicit Runge-Kutta solvers with an embedded error estimate (needed by the PID controller).
-SOLVERS: Dict[str, Type[diffrax.AbstractERK]] = {
-    "tsit5": diffrax.Tsit5,
-    "dopri5": diffrax.Dopri5,
-    "dopri8": diffrax.Dopri8,
-    "bosh3": diffrax.Bosh3,
-}
-
-# First step, as a fraction of ``T - eps``; passed explicitly so that no evaluations are spent on
-# step-size selection (the PID controller adapts from the second step on).
-_FIRST_STEP_FRACTION = 1e-2
+# Probe distributions of the Hutchinson-Skilling trace estimate, ``draw(rng, shape, dtype)``;
+# ``exact`` (None) computes the whole Jacobian trace instead.
+HUTCHINSON_TYPES: Registry[Optional[NoiseFn]] = Registry("hutchinson_type")
+HUTCHINSON_TYPES.add("rademacher", lambda rng, shape, dtype: jax.random.rademacher(
+    rng, shape, dtype=dtype))
+HUTCHINSON_TYPES.add("gaussian", lambda rng, shape, dtype: jax.random.normal(
+    rng, shape, dtype=dtype))
+HUTCHINSON_TYPES.add("exact", None)
 
 
 def dequantization_offset(centered: bool, num_bits: int = 8) -> float:
@@ -77,10 +75,6 @@ def dequantization_offset(centered: bool, num_bits: int = 8) -> float:
   return float(num_bits - math.log2(width))
 
 
-def _sum_non_batch(x: Array) -> Array:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
-
-
 def _drift_and_hutchinson_div(drift_fn: DriftFn, x: Array, noise: Array) -> Tuple[Array, Array]:
   """``v(x): [B, ...]`` and ``noise^T (dv/dx) noise: [B]`` in one forward-mode pass.
 
@@ -90,7 +84,7 @@ def _drift_and_hutchinson_div(drift_fn: DriftFn, x: Array, noise: Array) -> Tupl
   stores every activation of the network at each evaluation.
   """
   drift, j_noise = jax.jvp(drift_fn, (x,), (noise,))
-  return drift, _sum_non_batch(noise * j_noise)
+  return drift, sde_lib.sum_non_batch(noise * j_noise)
 
 
 def _drift_and_exact_div(drift_fn: DriftFn, x: Array) -> Tuple[Array, Array]:
@@ -108,25 +102,6 @@ def _drift_and_exact_div(drift_fn: DriftFn, x: Array) -> Tuple[Array, Array]:
   return drift, jnp.einsum("jbj->b", columns)
 
 
-def _draw_noise(rng: Array, hutchinson_type: str, shape: Tuple[int, ...], dtype) -> Array:
-  if hutchinson_type == "rademacher":
-    return jax.random.rademacher(rng, shape, dtype=dtype)
-  return jax.random.normal(rng, shape, dtype=dtype)
-
-
-def _evaluations_per_step(solver: diffrax.AbstractERK) -> Tuple[int, int]:
-  """``(per_step, once)``: vector-field evaluations per attempted step, and extra ones at start.
-
-  An FSAL tableau reuses the last stage of an accepted step as the next step's first stage, so
-  each attempted step (accepted or rejected -- a rejection keeps the stored first stage) costs
-  ``stages - 1`` evaluations, and the first step evaluates its first stage once more.
-  """
-  stages = len(solver.tableau.c) + 1
-  if solver.tableau.fsal:
-    return stages - 1, 1
-  return stages, 0
-
-
 def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
                       rtol: float = 1e-5, atol: float = 1e-5, method: str = "tsit5",
                       eps: float = 1e-5, bpd_offset: float = 0.0, max_steps: int = 4096,
@@ -140,7 +115,8 @@ def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
       one noise vector per solve), or ``'exact'`` (full Jacobian trace; small ``D`` only).
     rtol, atol: tolerances of the PID step-size controller, applied to the joint state
       ``(x, integrated divergence)``. Tolerances for the whole batch are shared (one step size).
-    method: explicit Runge-Kutta solver, one of ``SOLVERS``.
+    method: an adaptive solver of :data:`ode_solvers.SOLVERS` (``tsit5``, ``dopri5``,
+      ``dopri8``, ``bosh3``).
     eps: start time of the ODE; the result is ``log p_eps(x)``, as in the authors' code.
     bpd_offset: added to the bits/dim, e.g. :func:`dequantization_offset`.
     max_steps: cap on attempted solver steps; a solve that fails returns NaN bits/dim.
@@ -153,26 +129,18 @@ def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
     ``D = prod(x.shape[1:])``; NaN where the solver failed), ``z: [B, ...]`` (the latent at
     ``T``) and ``nfe`` (int scalar), the number of drift evaluations of the solve.
 
-    ``nfe`` is counted from diffrax's statistics: ``1`` (first stage of the first step, FSAL
-    tableaus) ``+ (stages - 1) * (accepted + rejected steps)`` -- ``1 + 6 * steps`` for Tsit5.
-    scipy's RK45 counts ``nfev`` the same way plus 2 evaluations of its initial step-size
-    selection (``2 + 6 * steps``); here the first step is fixed at ``1%`` of ``T - eps``. A
-    rejected *first* step re-evaluates its first stage; those (rare) evaluations are not counted.
-    Every evaluation runs the network once (plus its tangent for Hutchinson, or ``D`` tangents
-    for ``'exact'``).
+    ``nfe`` is counted from diffrax's statistics as :mod:`ode_solvers` explains (``1 + 6 *
+    steps`` for Tsit5). Every evaluation runs the network once (plus its tangent for
+    Hutchinson, or ``D`` tangents for ``'exact'``).
   """
-  if hutchinson_type not in HUTCHINSON_TYPES:
-    raise ValueError(f"Unknown hutchinson_type {hutchinson_type!r}; valid names are: "
-                     f"{', '.join(HUTCHINSON_TYPES)}.")
-  if method not in SOLVERS:
-    raise ValueError(f"Unknown ODE method {method!r}; valid names are: {', '.join(SOLVERS)}.")
+  draw_noise = HUTCHINSON_TYPES.get(hutchinson_type)
+  if not ode_solvers.SOLVERS.get(method).adaptive:
+    raise ValueError(f"The likelihood needs an adaptive ODE solver, one of "
+                     f"{', '.join(ode_solvers.adaptive_solver_names())}; got {method!r}.")
   if not 0.0 <= eps < sde.T:
     raise ValueError(f"eps must lie in [0, T={sde.T}), got {eps}.")
   if rtol <= 0 or atol <= 0:
     raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}.")
-  solver = SOLVERS[method]()
-  per_step, once = _evaluations_per_step(solver)
-  controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
   def likelihood_fn(rng: Array, score_fn: sde_lib.ScoreFn,
                     x: Array) -> Tuple[Array, Array, Array]:
@@ -193,12 +161,9 @@ def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
       return score
 
     ode = sde.reverse(checked_score_fn, probability_flow=True)
-    noise = None
-    if hutchinson_type != "exact":
-      noise = _draw_noise(rng, hutchinson_type, x.shape, x.dtype)
+    noise = None if draw_noise is None else draw_noise(rng, x.shape, x.dtype)
 
-    def vector_field(t, state, args):
-      del args
+    def vector_field(t, state):
       y, _ = state
       time = jnp.full((batch,), t, dtype=y.dtype)
       drift_fn = lambda u: ode.sde(u, time)[0]
@@ -208,16 +173,11 @@ def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
         drift, div = _drift_and_hutchinson_div(drift_fn, y, noise)
       return drift, div
 
-    solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), solver, t0=eps, t1=sde.T,
-        dt0=_FIRST_STEP_FRACTION * (sde.T - eps),
-        y0=(x, jnp.zeros((batch,), x.dtype)), stepsize_controller=controller,
-        saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
-    z, integrated_div = solution.ys[0][-1], solution.ys[1][-1]
+    (z, integrated_div), nfe = ode_solvers.solve(
+        vector_field, (x, jnp.zeros((batch,), x.dtype)), eps, sde.T, method=method, rtol=rtol,
+        atol=atol, max_steps=max_steps)
     logp = sde.prior_logp(z) + integrated_div
     bpd = -logp / (dim * np.log(2.0)) + bpd_offset
-    bpd = jnp.where(solution.result == diffrax.RESULTS.successful, bpd, jnp.nan)
-    nfe = once + per_step * solution.stats["num_steps"]
     return bpd, z, nfe
 
   return likelihood_fn

@@ -2,7 +2,9 @@
 
 Losses take a plain ``score_fn(x: [B, ...], t: [B]) -> [B, ...]`` (see ``sde_lib.ScoreFn``),
 so the tests can plug in exact scores; :func:`get_loss_fn` builds that function from a
-network with ``models.utils.get_score_fn``.
+network with ``models.utils.get_score_fn``. Two objectives: continuous denoising score
+matching for every SDE, and the discrete one (SMLD for VE, DDPM for VP) for SDEs with a
+``discrete_chain``, written once on the chain's kernel ``sde.discrete_marginal``.
 
 Each objective comes in two layers:
 
@@ -134,11 +136,6 @@ def _reduce(x: Array, reduce_mean: bool) -> Array:
   return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
 
 
-def _level_times(sde: sde_lib.SDE, levels: Array) -> Array:
-  """``t_i = i / (N - 1) * T``: the time whose discrete label ``round(t / T (N - 1))`` is ``i``."""
-  return levels.astype(jnp.float32) / max(sde.N - 1, 1) * sde.T
-
-
 def dsm_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Array, t: Array, z: Array, *,
                reduce_mean: bool = False, likelihood_weighting: bool = False) -> Array:
   """Per-example continuous denoising score matching at given times, ``[B]``.
@@ -162,39 +159,25 @@ def dsm_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Array, t: Array, 
   return _reduce(jnp.square(batch_mul(std, score) + z), reduce_mean)
 
 
-def smld_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.VESDE, x: Array, levels: Array, z: Array,
-                *, reduce_mean: bool = False) -> Array:
-  """Per-example NCSN loss ``sigma_i^2 ||score(x + sigma_i z, t_i) + z / sigma_i||^2``, ``[B]``.
+def discrete_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Array, levels: Array,
+                    z: Array, *, reduce_mean: bool = False) -> Array:
+  """Per-example loss of the discrete chain ``||s_i score(a_i x + s_i z, t_i) + z||^2``, ``[B]``.
+
+  ``(a_i, s_i) = sde.discrete_marginal(i)`` and ``t_i = sde.discrete_time(i)``, the time a
+  network's conditioning maps back to level ``i``. For VE (``a_i = 1``, ``s_i = sigma_i``) this
+  is the NCSN loss ``sigma_i^2 ||score + z / sigma_i||^2``; for VP, with an eps-predicting
+  network (score ``-eps_theta / s_i``), DDPM's ``||eps_theta - z||^2``.
 
   Args:
     x: clean data ``[B, ...]``.
-    levels: integer noise levels ``i: [B]`` in ``{0, ..., N-1}``; ``t_i = i / (N - 1)``.
-    z: standard-normal noise shaped like ``x``.
-  """
-  dtype = _loss_dtype(x)
-  x, z = x.astype(dtype), z.astype(dtype)
-  sigma = sde.discrete_sigmas().astype(dtype)[levels]
-  score = score_fn(x + batch_mul(sigma, z), _level_times(sde, levels).astype(dtype)).astype(dtype)
-  return _reduce(jnp.square(batch_mul(sigma, score) + z), reduce_mean)
-
-
-def ddpm_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.VPSDE, x: Array, levels: Array, z: Array,
-                *, reduce_mean: bool = True) -> Array:
-  """Per-example DDPM loss ``||s_i score(a_i x + s_i z, t_i) + z||^2``, ``[B]``.
-
-  ``(a_i, s_i) = sde.discrete_marginal(i)``. For an eps-predicting network, whose score is
-  ``-eps_theta / s_i``, this is DDPM's ``||eps_theta - z||^2``.
-
-  Args:
-    x: clean data ``[B, ...]``.
-    levels: integer noise levels ``i: [B]`` in ``{0, ..., N-1}``; ``t_i = i / (N - 1)``.
+    levels: integer noise levels ``i: [B]`` in ``{0, ..., N-1}``.
     z: standard-normal noise shaped like ``x``.
   """
   dtype = _loss_dtype(x)
   x, z = x.astype(dtype), z.astype(dtype)
   a, s = (c.astype(dtype) for c in sde.discrete_marginal(levels))
   perturbed = batch_mul(a, x) + batch_mul(s, z)
-  score = score_fn(perturbed, _level_times(sde, levels).astype(dtype)).astype(dtype)
+  score = score_fn(perturbed, sde.discrete_time(levels).astype(dtype)).astype(dtype)
   return _reduce(jnp.square(batch_mul(s, score) + z), reduce_mean)
 
 
@@ -214,24 +197,13 @@ def sde_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, rng: Array, x: Array, 
                              likelihood_weighting=likelihood_weighting))
 
 
-def _sample_levels_and_noise(sde: sde_lib.SDE, rng: Array, x: Array) -> Tuple[Array, Array]:
+def discrete_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, rng: Array, x: Array, *,
+                  reduce_mean: bool = False) -> Array:
+  """The discrete loss (:func:`discrete_losses`) with ``i ~ U{0..N-1}``, averaged over the batch."""
   level_rng, z_rng = jax.random.split(rng)
   levels = jax.random.randint(level_rng, (x.shape[0],), 0, sde.N)
-  return levels, jax.random.normal(z_rng, x.shape, _loss_dtype(x))
-
-
-def smld_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.VESDE, rng: Array, x: Array, *,
-              reduce_mean: bool = False) -> Array:
-  """SMLD/NCSN loss (:func:`smld_losses`) with ``i ~ U{0..N-1}``, averaged over the batch."""
-  levels, z = _sample_levels_and_noise(sde, rng, x)
-  return jnp.mean(smld_losses(score_fn, sde, x, levels, z, reduce_mean=reduce_mean))
-
-
-def ddpm_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.VPSDE, rng: Array, x: Array, *,
-              reduce_mean: bool = True) -> Array:
-  """DDPM loss (:func:`ddpm_losses`) with ``i ~ U{0..N-1}``, averaged over the batch."""
-  levels, z = _sample_levels_and_noise(sde, rng, x)
-  return jnp.mean(ddpm_losses(score_fn, sde, x, levels, z, reduce_mean=reduce_mean))
+  z = jax.random.normal(z_rng, x.shape, _loss_dtype(x))
+  return jnp.mean(discrete_losses(score_fn, sde, x, levels, z, reduce_mean=reduce_mean))
 
 
 def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool = True,
@@ -239,25 +211,22 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
                 eps: float = 1e-5) -> LossFn:
   """``loss_fn(params, rng, batch: [B, ...]) -> scalar`` for a network ``model``.
 
-  ``continuous`` selects the continuous DSM objective; otherwise SMLD (VE) or DDPM (VP), the
-  only SDEs with a discrete objective. ``rng`` is split into a dropout key and a noise key.
+  ``continuous`` selects the continuous DSM objective; otherwise the SDE's discrete chain's
+  (SMLD for VE, DDPM for VP). ``rng`` is split into a dropout key and a noise key.
 
   Raises:
-    ValueError: for a discrete objective with an SDE other than VE / VP, or with
+    ValueError: for a discrete objective with an SDE that has no discrete chain, or with
       likelihood weighting (which only the continuous objective defines).
   """
   if not continuous:
     if likelihood_weighting:
       raise ValueError("likelihood_weighting is only defined for the continuous objective "
                        "(continuous=True).")
-    if isinstance(sde, sde_lib.VESDE):
-      discrete_loss = smld_loss
-    elif isinstance(sde, sde_lib.VPSDE):
-      discrete_loss = ddpm_loss
-    else:
+    if sde.discrete_chain is None:
       raise ValueError(
-          f"Discrete training (continuous=False) is only defined for VESDE (SMLD) and VPSDE "
-          f"(DDPM), got {type(sde).__name__}; use continuous=True.")
+          f"Discrete training (continuous=False) is only defined for "
+          f"{' and '.join(sde_lib.discrete_chain_sdes())}, got {type(sde).__name__}; use "
+          f"continuous=True.")
 
   def loss_fn(params: Params, rng: Array, batch: Array) -> Array:
     dropout_rng, noise_rng = jax.random.split(rng)

@@ -7,8 +7,6 @@ environment (``--multihost``); a single process uses all of its local devices.
 
 from __future__ import annotations
 
-import logging as py_logging
-import os
 import sys
 
 from absl import app, flags, logging
@@ -41,8 +39,6 @@ def main(argv):
   config = _load_config()
   try:
     if FLAGS.mode == "train":
-      checkpoints.check_writable(FLAGS.workdir)
-      _log_to_file(FLAGS.workdir, "train.log")
       run_lib.train(config, FLAGS.workdir)
     else:
       run_lib.evaluate(config, FLAGS.workdir, FLAGS.eval_folder)
@@ -62,12 +58,6 @@ def _load_config():
   if config is None:
     sys.exit("error: --config is required, e.g. --config configs/toy/gaussian_mixture.py")
   return config
-
-
-def _log_to_file(workdir: str, name: str) -> None:
-  handler = py_logging.FileHandler(os.path.join(workdir, name))
-  handler.setFormatter(py_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  py_logging.getLogger().addHandler(handler)
 
 
 def run() -> None:

@@ -2,8 +2,8 @@
 
 Every sampler takes an explicit PRNG key and a plain ``score_fn(x: [B, ...], t: [B]) ->
 [B, ...]`` (see :func:`models.utils.get_score_fn`), so it runs unchanged on exact scores
-in the tests and on networks in ``run_lib``. Times keep their forward meaning: sampling
-runs from ``t = T`` down to ``t = eps``.
+in the tests and on networks (``builders.build_sampler`` chooses one from a config). Times
+keep their forward meaning: sampling runs from ``t = T`` down to ``t = eps``.
 
 PC sampling (:func:`get_pc_sampler`)
 ------------------------------------
@@ -27,8 +27,8 @@ PC sampling (:func:`get_pc_sampler`)
   from traced model parameters, so new parameters do not recompile.
 
 Predictors and correctors share one interface each (:class:`Predictor`,
-:class:`Corrector`) and are looked up by case-insensitive name in registries filled by
-:func:`register_predictor` / :func:`register_corrector`. The correctors' step-size factor
+:class:`Corrector`) and are looked up by case-insensitive name in the registries
+:data:`PREDICTORS` / :data:`CORRECTORS`. The correctors' step-size factor
 ``alpha`` comes from ``sde.langevin_alpha`` (defined on every SDE, so sub-VP works; the
 authors' correctors read VP's DDPM ``alphas`` and crashed on sub-VP). The ``langevin``
 corrector averages its norms over the (global) batch, as the authors did, so its step
@@ -36,71 +36,34 @@ couples the samples of a batch; ``ald`` does not.
 
 ODE sampling (:func:`get_ode_sampler`)
 --------------------------------------
-Integrates the probability-flow ODE from ``T`` to ``eps`` with diffrax on device, the
-batch as one state (one shared step size, as the authors' flattened scipy solve). The
-``score_fn`` the caller passes is used as is, so discretely trained models get their
-integer noise-level labels (the authors hard-coded continuous conditioning here).
+Integrates the probability-flow ODE from ``T`` to ``eps`` with diffrax on device
+(:mod:`ode_solvers`), the batch as one state (one shared step size, as the authors'
+flattened scipy solve). The ``score_fn`` the caller passes is used as is, so discretely
+trained models get their integer noise-level labels (the authors hard-coded continuous
+conditioning here).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Callable, Dict, Optional, Tuple, Type, TypeVar, Union
+from typing import Callable, Optional, Tuple, Type, Union
 
-import diffrax
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+import ode_solvers
 import sde_lib
+from registry import Registry
 from sde_lib import batch_mul
 
 Array = jax.Array
 ScoreFn = sde_lib.ScoreFn
 Shape = Tuple[int, ...]
 SampleFn = Callable[[Array, ScoreFn], Tuple[Array, Union[int, Array]]]
+"""``sample(rng, score_fn) -> (x: [B, ...], nfe)``."""
 
-_PREDICTORS: Dict[str, Type["Predictor"]] = {}
-_CORRECTORS: Dict[str, Type["Corrector"]] = {}
-_C = TypeVar("_C")
-
-
-def _registrar(registry: Dict[str, type], kind: str, name: str) -> Callable[[_C], _C]:
-  def decorator(cls):
-    key = name.lower()
-    if key in registry:
-      raise ValueError(f"A {kind} named {name!r} is already registered.")
-    registry[key] = cls
-    return cls
-
-  return decorator
-
-
-def _lookup(registry: Dict[str, type], kind: str, name: str) -> type:
-  key = name.lower()
-  if key not in registry:
-    raise ValueError(f"Unknown {kind} {name!r}; valid names are: {', '.join(sorted(registry))}.")
-  return registry[key]
-
-
-def register_predictor(name: str) -> Callable[[_C], _C]:
-  """Class decorator registering a :class:`Predictor` under ``name`` (case-insensitive)."""
-  return _registrar(_PREDICTORS, "predictor", name)
-
-
-def register_corrector(name: str) -> Callable[[_C], _C]:
-  """Class decorator registering a :class:`Corrector` under ``name`` (case-insensitive)."""
-  return _registrar(_CORRECTORS, "corrector", name)
-
-
-def get_predictor(name: str) -> Type["Predictor"]:
-  """The predictor class registered as ``name``; unknown names raise ``ValueError``."""
-  return _lookup(_PREDICTORS, "predictor", name)
-
-
-def get_corrector(name: str) -> Type["Corrector"]:
-  """The corrector class registered as ``name``; unknown names raise ``ValueError``."""
-  return _lookup(_CORRECTORS, "corrector", name)
+PREDICTORS: Registry[Type["Predictor"]] = Registry("predictor")
+CORRECTORS: Registry[Type["Corrector"]] = Registry("corrector")
 
 
 def _normal_like(rng: Array, x: Array) -> Array:
@@ -122,7 +85,6 @@ class Predictor(abc.ABC):
     self.check(sde, probability_flow)
     self.sde = sde
     self.score_fn = score_fn
-    self.probability_flow = probability_flow
     self.rsde = sde.reverse(score_fn, probability_flow)
 
   @classmethod
@@ -137,7 +99,7 @@ class Predictor(abc.ABC):
     """
 
 
-@register_predictor("euler_maruyama")
+@PREDICTORS.register("euler_maruyama")
 class EulerMaruyamaPredictor(Predictor):
   """Euler-Maruyama on the reverse SDE (or Euler on the probability-flow ODE).
 
@@ -154,7 +116,7 @@ class EulerMaruyamaPredictor(Predictor):
     return x, x_mean
 
 
-@register_predictor("reverse_diffusion")
+@PREDICTORS.register("reverse_diffusion")
 class ReverseDiffusionPredictor(Predictor):
   """Reverses the SDE's own discretization: ``x' = x - f + G^2 score + G z``.
 
@@ -170,42 +132,30 @@ class ReverseDiffusionPredictor(Predictor):
     return x, x_mean
 
 
-@register_predictor("ancestral_sampling")
+@PREDICTORS.register("ancestral_sampling")
 class AncestralSamplingPredictor(Predictor):
-  """Ancestral sampling of SMLD (VE) and DDPM (VP), for any pair of times.
+  """Ancestral sampling of the SDE's discrete chain (SMLD for VE, DDPM for VP), any two times.
 
-  VE: with ``s = sigma(t)``, ``s' = sigma(t_next)``:
-  ``x' = x + (s^2 - s'^2) score + sqrt(s'^2 (s^2 - s'^2) / s^2) z``.
-  VP: with ``b = 1 - a(t)^2 / a(t_next)^2`` (``a = sde.mean_coeff``):
-  ``x' = (x + b score) / sqrt(1 - b) + sqrt(b) z``.
-  On the authors' grid these are their SMLD / DDPM ancestral steps (``b`` being DDPM's
-  ``beta_i`` to first order). Weak order 1; one score evaluation. VE and VP only, and
+  ``sde.ancestral_step`` gives the step; on the authors' grid these are their SMLD / DDPM
+  ancestral steps. Weak order 1; one score evaluation. Only SDEs with a discrete chain, and
   stochastic only (there is no probability-flow variant).
   """
 
   @classmethod
   def check(cls, sde, probability_flow):
-    if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
-      raise ValueError("ancestral_sampling is defined for VESDE and VPSDE only, got "
+    if sde.discrete_chain is None:
+      raise ValueError(f"ancestral_sampling is defined for "
+                       f"{' and '.join(sde_lib.discrete_chain_sdes())} only, got "
                        f"{type(sde).__name__}; use reverse_diffusion or euler_maruyama.")
     if probability_flow:
       raise ValueError("ancestral_sampling has no probability-flow (deterministic) variant.")
 
   def update(self, rng, x, t, t_next):
-    score = self.score_fn(x, t)
-    if isinstance(self.sde, sde_lib.VESDE):
-      var, var_next = self.sde.sigma(t)**2, self.sde.sigma(t_next)**2
-      x_mean = x + batch_mul(var - var_next, score)
-      std = jnp.sqrt(var_next * (var - var_next) / var)
-    else:
-      log_a, log_a_next = self.sde.log_mean_coeff(t), self.sde.log_mean_coeff(t_next)
-      beta = -jnp.expm1(2.0 * (log_a - log_a_next))
-      x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
-      std = jnp.sqrt(beta)
+    x_mean, std = self.sde.ancestral_step(x, self.score_fn(x, t), t, t_next)
     return x_mean + batch_mul(std, _normal_like(rng, x)), x_mean
 
 
-@register_predictor("none")
+@PREDICTORS.register("none")
 class NonePredictor(Predictor):
   """Leaves ``x`` unchanged (corrector-only sampling). No score evaluations."""
   score_evals = 0
@@ -218,10 +168,10 @@ class NonePredictor(Predictor):
 
 
 class Corrector(abc.ABC):
-  """``n_steps`` MCMC steps targeting the marginal ``p_t`` at a fixed time ``t``.
+  """MCMC steps targeting the marginal ``p_t`` at a fixed time ``t``.
 
   Attributes:
-    score_evals: score evaluations per :meth:`update` (``n_steps``; 0 for ``none``).
+    score_evals: score evaluations per :meth:`update`.
   """
 
   def __init__(self, sde: sde_lib.SDE, score_fn: ScoreFn, snr: float, n_steps: int):
@@ -237,11 +187,18 @@ class Corrector(abc.ABC):
     return self.n_steps
 
   @abc.abstractmethod
+  def update(self, rng: Array, x: Array, t: Array) -> Tuple[Array, Array]:
+    """Corrects ``x: [B, ...]`` at ``t: [B]``; returns ``(x, x_mean)``."""
+
+
+class _LangevinCorrector(Corrector):
+  """``n_steps`` Langevin steps ``x <- x + e score + sqrt(2 e) z``; subclasses set ``e``."""
+
+  @abc.abstractmethod
   def step_size(self, grad: Array, noise: Array, t: Array) -> Array:
     """Langevin step size ``[B]`` given the score ``grad`` and noise ``noise`` at ``t``."""
 
-  def update(self, rng: Array, x: Array, t: Array) -> Tuple[Array, Array]:
-    """Runs ``x <- x + e score + sqrt(2 e) z`` ``n_steps`` times; returns ``(x, x_mean)``."""
+  def update(self, rng, x, t):
     alpha = self.sde.langevin_alpha(t)
 
     def langevin_step(carry, key):
@@ -260,8 +217,8 @@ def _batch_mean_norm(v: Array) -> Array:
   return jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1))
 
 
-@register_corrector("langevin")
-class LangevinCorrector(Corrector):
+@CORRECTORS.register("langevin")
+class LangevinCorrector(_LangevinCorrector):
   """Langevin MCMC with the step size set by a target signal-to-noise ratio ``snr``.
 
   ``e = 2 alpha(t) (snr ||z|| / ||score||)^2`` (the paper's Algorithms 4/5, ``alpha`` =
@@ -276,8 +233,8 @@ class LangevinCorrector(Corrector):
     return jnp.full(t.shape, 2.0 * ratio**2, grad.dtype)
 
 
-@register_corrector("ald")
-class AnnealedLangevinCorrector(Corrector):
+@CORRECTORS.register("ald")
+class AnnealedLangevinCorrector(_LangevinCorrector):
   """Annealed Langevin dynamics (NCSN): ``e = 2 alpha(t) (snr std(t))^2``.
 
   ``std(t)`` is the perturbation kernel's std, so the step follows the noise scale
@@ -285,20 +242,16 @@ class AnnealedLangevinCorrector(Corrector):
   """
 
   def step_size(self, grad, noise, t):
-    std = self.sde.marginal_prob(jnp.zeros_like(grad), t)[1]
-    return 2.0 * (self.snr * std)**2
+    return 2.0 * (self.snr * self.sde.marginal_std(t))**2
 
 
-@register_corrector("none")
+@CORRECTORS.register("none")
 class NoneCorrector(Corrector):
   """Leaves ``x`` unchanged. No score evaluations."""
 
   @property
   def score_evals(self) -> int:
     return 0
-
-  def step_size(self, grad, noise, t):
-    return jnp.zeros_like(t)
 
   def update(self, rng, x, t):
     return x, x
@@ -309,7 +262,7 @@ class NoneCorrector(Corrector):
 
 def tweedie_denoise(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array) -> Array:
   """``E[x(0) | x(t)] = (x + std(t)^2 score(x, t)) / a(t)``; ``x: [B, ...]``, ``t: [B]``."""
-  std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+  std = sde.marginal_std(t)
   return batch_mul(1.0 / sde.mean_coeff(t), x + batch_mul(std**2, score_fn(x, t)))
 
 
@@ -332,7 +285,7 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: st
 
   The loop order, grid and NFE count are described in the module docstring.
   """
-  predictor_cls, corrector_cls = get_predictor(predictor), get_corrector(corrector)
+  predictor_cls, corrector_cls = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
   predictor_cls.check(sde, probability_flow)
   num_steps = sde.N if num_steps is None else int(num_steps)
   if num_steps < 1:
@@ -366,17 +319,6 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: st
   return pc_sample
 
 
-# Per method: (diffrax solver, adaptive?, vector-field evaluations per step attempt).
-# Tsit5 and Dopri5 have 7 stages, the last one first-same-as-last (FSAL): reused as the
-# next step's first stage, so a step attempt costs 6 new evaluations.
-_ODE_SOLVERS = {
-    "tsit5": (diffrax.Tsit5, True, 6),
-    "dopri5": (diffrax.Dopri5, True, 6),
-    "heun": (diffrax.Heun, False, 2),
-    "euler": (diffrax.Euler, False, 1),
-}
-
-
 def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol: float = 1e-5,
                     method: str = "tsit5", eps: float = 1e-3, denoise: bool = False,
                     max_steps: int = 16384, num_steps: Optional[int] = None
@@ -388,8 +330,8 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol:
     shape: ``(B, ...)`` of the samples (ignored when ``z`` is given).
     rtol, atol: tolerances of the adaptive methods' PID step-size controller (the error
       norm is the RMS over the whole batch).
-    method: ``tsit5`` or ``dopri5`` (adaptive, 5th order) or ``heun`` / ``euler`` (fixed
-      steps, 2nd / 1st order).
+    method: a solver of :data:`ode_solvers.SOLVERS`: ``tsit5``, ``dopri5``, ``dopri8``,
+      ``bosh3`` (adaptive) or ``heun`` / ``euler`` (fixed steps, 2nd / 1st order).
     eps: final time.
     denoise: finish with a Tweedie denoising step at ``eps`` (one more evaluation).
     max_steps: cap on step attempts of the adaptive methods; a solve that reaches it returns
@@ -398,78 +340,29 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol:
     num_steps: steps of the fixed-step methods; default ``sde.N``.
 
   ``ode_sample`` integrates from ``x(T) = z`` (default ``sde.prior_sampling(rng, shape)``)
-  down to ``eps`` and returns ``x: [B, ...]`` and ``nfe``, an int32 scalar counting
-  drift (= score) evaluations from diffrax's statistics, comparable to scipy's ``nfev``:
-
-  * adaptive: ``1 + 6 * num_steps``, with ``num_steps = sol.stats['num_steps']``, which
-    counts every step attempt, accepted and rejected. The first attempt evaluates the FSAL
-    first stage once; each attempt then costs 6 (Tsit5/Dopri5 have 7 stages, the last one
-    reused as the next first stage). The first step is ``1 %`` of ``T - eps``, so no
-    evaluations go into choosing it. (Should the very first attempt be rejected, diffrax
-    re-evaluates that first stage on the retry: one evaluation per such rejection that
-    the statistics cannot show.)
-  * fixed steps: ``num_steps * (2 for heun, 1 for euler)``.
-  * plus 1 with ``denoise``.
-
-  Jittable; everything stays on device.
+  down to ``eps`` and returns ``x: [B, ...]`` and ``nfe``, an int32 scalar counting drift
+  (= score) evaluations as :mod:`ode_solvers` derives them from the tableau (``1 + 6 n`` for
+  ``n`` Tsit5/Dopri5 step attempts, ``2 n`` for Heun, ``n`` for Euler), plus 1 with
+  ``denoise``. Jittable; everything stays on device.
   """
-  key = method.lower()
-  if key not in _ODE_SOLVERS:
-    raise ValueError(f"Unknown ODE method {method!r}; valid names are: "
-                     f"{', '.join(sorted(_ODE_SOLVERS))}.")
-  solver_cls, adaptive, evals_per_step = _ODE_SOLVERS[key]
+  ode_solvers.SOLVERS.get(method)
   if not 0 < eps < sde.T:
     raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
   num_steps = sde.N if num_steps is None else int(num_steps)
-  if adaptive:
-    controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    # An explicit first step, adapted from there on; no evaluations are spent choosing it.
-    dt0 = 0.01 * (eps - sde.T)
-  else:
-    # The exact grid linspace(T, eps, num_steps + 1), free of accumulated rounding.
-    controller = diffrax.StepTo(ts=jnp.linspace(sde.T, eps, num_steps + 1))
-    dt0 = None
 
   def ode_sample(rng: Array, score_fn: ScoreFn, z: Optional[Array] = None
                  ) -> Tuple[Array, Array]:
     x = sde.prior_sampling(rng, shape) if z is None else z
     rsde = sde.reverse(score_fn, probability_flow=True)
 
-    def drift(t, y, args):
-      del args
+    def drift(t, y):
       return rsde.sde(y, jnp.full((y.shape[0],), t, y.dtype))[0]
 
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(drift), solver_cls(), t0=sde.T, t1=eps, dt0=dt0, y0=x,
-        saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
-        max_steps=max_steps if adaptive else num_steps, throw=False)
-    x = jnp.where(sol.result == diffrax.RESULTS.successful, sol.ys[-1], jnp.nan)
-    steps = sol.stats["num_steps"]
-    nfe = evals_per_step * steps + (1 if adaptive else 0)
+    x, nfe = ode_solvers.solve(drift, x, sde.T, eps, method=method, rtol=rtol, atol=atol,
+                               num_steps=num_steps, max_steps=max_steps)
     if denoise:
       x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps, x.dtype))
       nfe = nfe + 1
-    return x, jnp.asarray(nfe, jnp.int32)
+    return x, nfe
 
   return ode_sample
-
-
-def get_sampling_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, shape: Shape,
-                    eps: float) -> SampleFn:
-  """``sample(rng, score_fn) -> (x, nfe)`` as chosen by ``config.sampling.method``.
-
-  ``pc`` uses ``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
-  ``probability_flow``, ``noise_removal`` and ``sde.N`` steps; ``ode`` uses ``ode_solver``,
-  ``ode_rtol``, ``ode_atol`` and ``noise_removal``.
-  """
-  cfg = config.sampling
-  method = cfg.method.lower()
-  if method == "pc":
-    return get_pc_sampler(sde, shape, cfg.predictor, cfg.corrector, snr=cfg.snr,
-                          n_steps=cfg.n_steps_each, probability_flow=cfg.probability_flow,
-                          denoise=cfg.noise_removal, eps=eps)
-  if method == "ode":
-    ode_sample = get_ode_sampler(sde, shape, rtol=cfg.ode_rtol, atol=cfg.ode_atol,
-                                 method=cfg.ode_solver, eps=eps, denoise=cfg.noise_removal)
-    return lambda rng, score_fn: ode_sample(rng, score_fn)
-  raise ValueError(f"Unknown sampling method {cfg.method!r}; valid names are: ode, pc.")

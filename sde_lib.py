@@ -1,6 +1,6 @@
 """Forward SDEs, their marginals, discretizations and time reversals.
 
-Conventions (see ``../shared/DESIGN.md``):
+Conventions:
 
 * ``x`` is batch-first, ``[B, ...]`` (images ``[B, H, W, C]``, toys ``[B, D]``);
   ``t`` has shape ``[B]`` and lies in ``[eps, T]``.
@@ -9,7 +9,19 @@ Conventions (see ``../shared/DESIGN.md``):
 * Every method is pure and safe under ``jit`` and ``vmap``.
 
 A subclass states only its drift/diffusion, its perturbation kernel and its prior;
-discretizations, reverse-time SDEs and the probability-flow ODE are derived here.
+discretizations, reverse-time SDEs and the probability-flow ODE are derived here. SDEs are
+registered by name in :data:`SDES` (``training.sde`` in a config); a new SDE is its class plus
+its ``@SDES.register`` line, and everything else (network conditioning, losses, samplers) asks
+the SDE through the attributes below instead of testing its type.
+
+What the rest of the code asks an SDE, besides its coefficients:
+
+* :meth:`SDE.noise_label` and :attr:`SDE.network_predicts_noise`: the authors' network
+  conventions, which ``models.utils.get_score_fn`` turns into a score.
+* :attr:`SDE.discrete_chain`: the discrete Markov chain the SDE is the limit of (``'SMLD'``
+  for VE, ``'DDPM'`` for VP; None for sub-VP), with its noise levels
+  (:meth:`SDE.discrete_marginal`, :meth:`SDE.discrete_level`) and ancestral sampling step
+  (:meth:`SDE.ancestral_step`). Discrete training and ancestral sampling need one.
 
 Time grids and discretizations. The samplers step between explicit time pairs
 ``t -> t_next`` of a grid they choose, and :meth:`SDE.discretize` takes both times, so
@@ -30,11 +42,13 @@ conditioning; all tests compare against this exact process.
 from __future__ import annotations
 
 import abc
-from typing import Callable, Dict, Tuple, Type
+from typing import Callable, Optional, Tuple, Type
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from registry import Registry
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -46,8 +60,13 @@ def batch_mul(a: Array, x: Array) -> Array:
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
 
 
-def _sum_non_batch(x: Array) -> Array:
+def sum_non_batch(x: Array) -> Array:
+  """Sums ``x: [B, ...]`` over every axis but the first, ``[B]``."""
   return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+SDES: Registry[Type["SDE"]] = Registry("SDE")
+"""The SDEs by name; constructors take keyword arguments named as in ``config.model``."""
 
 
 class SDE(abc.ABC):
@@ -55,7 +74,15 @@ class SDE(abc.ABC):
 
   Attributes:
     N: number of discretization steps (noise levels) the SDE is used with by default.
+    network_predicts_noise: the authors' convention for networks trained on this SDE: True if
+      the network outputs the noise ``z`` of ``x(t) = mean + std z`` (score ``-out / std``),
+      False if it outputs the score itself (optionally divided by ``std``, ``scale_by_sigma``).
+    discrete_chain: name of the discrete Markov chain this SDE is the continuous limit of
+      (``'SMLD'``, ``'DDPM'``), or None. Discretely trained models and ancestral sampling
+      exist only for SDEs that have one.
   """
+  network_predicts_noise: bool = False
+  discrete_chain: Optional[str] = None
 
   def __init__(self, N: int):
     if N < 1:
@@ -89,6 +116,40 @@ class SDE(abc.ABC):
   def mean_coeff(self, t: Array) -> Array:
     """The ``a(t): [B]`` in ``mean = a(t) x(0)``, for SDEs with affine drift."""
     return self.marginal_prob(jnp.ones((t.shape[0], 1)), t)[0][:, 0]
+
+  def marginal_std(self, t: Array) -> Array:
+    """The perturbation kernel's ``std(t): [B]``."""
+    return self.marginal_prob(jnp.zeros((t.shape[0], 1)), t)[1]
+
+  @abc.abstractmethod
+  def noise_label(self, t: Array) -> Array:
+    """The noise-level label ``[B]`` a continuously trained network is conditioned on at ``t``."""
+
+  def discrete_level(self, t: Array) -> Array:
+    """The level ``i = round(t / T (N - 1))``, int32 ``[B]``, of a discretely trained network."""
+    return jnp.round(t / self.T * (self.N - 1)).astype(jnp.int32)
+
+  def discrete_time(self, levels: Array) -> Array:
+    """``t_i = i / (N - 1) T``, float32 ``[B]``: the time whose :meth:`discrete_level` is ``i``."""
+    return levels.astype(jnp.float32) / max(self.N - 1, 1) * self.T
+
+  def discrete_marginal(self, levels: Array) -> Tuple[Array, Array]:
+    """``(a_i, s_i): [B]`` of the discrete chain's kernel ``x_i = a_i x(0) + s_i z``.
+
+    Defined where :attr:`discrete_chain` is set; ``levels: [B]`` are integers in ``[0, N)``.
+    """
+    raise ValueError(f"{type(self).__name__} has no discrete noise levels (only "
+                     f"{' and '.join(discrete_chain_sdes())} do); use continuous training.")
+
+  def ancestral_step(self, x: Array, score: Array, t: Array,
+                     t_next: Array) -> Tuple[Array, Array]:
+    """The discrete chain's ancestral step from ``t`` to ``t_next < t``: ``(x_mean, std)``.
+
+    ``x' = x_mean + std z``; ``score: [B, ...]`` is the score at ``(x, t)``, ``std: [B]``.
+    Defined where :attr:`discrete_chain` is set.
+    """
+    raise ValueError(f"{type(self).__name__} has no ancestral sampling step (only "
+                     f"{' and '.join(discrete_chain_sdes())} do).")
 
   def discretize(self, x: Array, t: Array, t_next: Array) -> Tuple[Array, Array]:
     """Forward transition over the interval between ``t`` and ``t_next``: ``x' = x + f + G z``.
@@ -148,14 +209,19 @@ class ReverseSDE:
     return rev_f, rev_G
 
 
+@SDES.register("vesde")
 class VESDE(SDE):
-  """Variance-exploding SDE (SMLD): ``dx = sigma(t) sqrt(2 log(sigma_max/sigma_min)) dw``."""
+  """Variance-exploding SDE (SMLD): ``dx = sigma(t) sqrt(2 log(sigma_max/sigma_min)) dw``.
+
+  Networks are conditioned on ``sigma(t)`` and output the score (NCSN).
+  """
+  discrete_chain = "SMLD"
 
   def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
     super().__init__(N)
     if not 0 < sigma_min < sigma_max:
-      raise ValueError(
-          f"VESDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+      raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
+                       f"sigma_max={sigma_max}.")
     self.sigma_min = float(sigma_min)
     self.sigma_max = float(sigma_max)
 
@@ -176,12 +242,26 @@ class VESDE(SDE):
   def mean_coeff(self, t):
     return jnp.ones_like(t)
 
+  def noise_label(self, t):
+    return self.sigma(t)
+
+  def discrete_marginal(self, levels):
+    """SMLD's ``(1, sigma_i)``."""
+    return jnp.ones(levels.shape, jnp.float32), self.discrete_sigmas()[levels]
+
+  def ancestral_step(self, x, score, t, t_next):
+    """SMLD's step: with ``s = sigma(t)``, ``s' = sigma(t_next)``,
+    ``x' = x + (s^2 - s'^2) score + sqrt(s'^2 (s^2 - s'^2) / s^2) z``."""
+    var, var_next = self.sigma(t)**2, self.sigma(t_next)**2
+    x_mean = x + batch_mul(var - var_next, score)
+    return x_mean, jnp.sqrt(var_next * (var - var_next) / var)
+
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape) * self.sigma_max
 
   def prior_logp(self, z):
     d = np.prod(z.shape[1:])
-    return -d / 2.0 * np.log(2 * np.pi * self.sigma_max**2) - _sum_non_batch(z**2) / (
+    return -d / 2.0 * np.log(2 * np.pi * self.sigma_max**2) - sum_non_batch(z**2) / (
         2 * self.sigma_max**2)
 
   def discretize(self, x, t, t_next):
@@ -191,7 +271,11 @@ class VESDE(SDE):
 
 
 class _BetaScheduleSDE(SDE):
-  """Shared linear ``beta(t) = beta_min + t (beta_max - beta_min)`` of VP and sub-VP."""
+  """Shared linear ``beta(t) = beta_min + t (beta_max - beta_min)`` of VP and sub-VP.
+
+  Networks are conditioned on ``999 t`` (DDPM's time scale) and predict the noise.
+  """
+  network_predicts_noise = True
 
   def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
     super().__init__(N)
@@ -215,16 +299,21 @@ class _BetaScheduleSDE(SDE):
     """DDPM's ``alpha_i = 1 - beta_i`` with ``beta_i = beta(t) / N``."""
     return 1.0 - self.beta(t) / self.N
 
+  def noise_label(self, t):
+    return 999.0 * t
+
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
 
   def prior_logp(self, z):
     d = np.prod(z.shape[1:])
-    return -d / 2.0 * np.log(2 * np.pi) - _sum_non_batch(z**2) / 2.0
+    return -d / 2.0 * np.log(2 * np.pi) - sum_non_batch(z**2) / 2.0
 
 
+@SDES.register("vpsde")
 class VPSDE(_BetaScheduleSDE):
   """Variance-preserving SDE (DDPM): ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dw``."""
+  discrete_chain = "DDPM"
 
   def discrete_betas(self) -> Array:
     """DDPM's ``beta_i = beta(i / (N - 1)) / N``, ``[N]``.
@@ -247,6 +336,14 @@ class VPSDE(_BetaScheduleSDE):
     log_alphas_cumprod = jnp.cumsum(jnp.log1p(-self.discrete_betas()))[i]
     return jnp.exp(0.5 * log_alphas_cumprod), jnp.sqrt(-jnp.expm1(log_alphas_cumprod))
 
+  def ancestral_step(self, x, score, t, t_next):
+    """DDPM's step: with ``b = 1 - a(t)^2 / a(t_next)^2`` (``a = mean_coeff``),
+    ``x' = (x + b score) / sqrt(1 - b) + sqrt(b) z``; ``b`` is DDPM's ``beta_i`` to first
+    order on the authors' grid."""
+    beta = -jnp.expm1(2.0 * (self.log_mean_coeff(t) - self.log_mean_coeff(t_next)))
+    x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
+    return x_mean, jnp.sqrt(beta)
+
   def sde(self, x, t):
     beta_t = self.beta(t)
     return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t)
@@ -268,6 +365,7 @@ class VPSDE(_BetaScheduleSDE):
     return f, jnp.sqrt(beta)
 
 
+@SDES.register("subvpsde")
 class subVPSDE(_BetaScheduleSDE):  # pylint: disable=invalid-name
   """sub-VP SDE: ``dx = -beta/2 x dt + sqrt(beta (1 - exp(-2 int_0^t beta)) ) dw``."""
 
@@ -282,12 +380,6 @@ class subVPSDE(_BetaScheduleSDE):  # pylint: disable=invalid-name
     return batch_mul(jnp.exp(log_mean_coeff), x), std
 
 
-SDES: Dict[str, Type[SDE]] = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
-
-
-def get_sde_class(name: str) -> Type[SDE]:
-  """Looks an SDE class up by (case-insensitive) name: ``vesde``, ``vpsde``, ``subvpsde``."""
-  key = name.lower()
-  if key not in SDES:
-    raise ValueError(f"Unknown SDE {name!r}; valid names are: {', '.join(sorted(SDES))}.")
-  return SDES[key]
+def discrete_chain_sdes() -> Tuple[str, ...]:
+  """Class names of the registered SDEs that have a :attr:`SDE.discrete_chain`."""
+  return tuple(cls.__name__ for _, cls in SDES.items() if cls.discrete_chain)

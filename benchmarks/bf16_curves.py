@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import builders
 import datasets
-import losses
-import run_lib
-from benchmarks.run import (apply_overrides, device_slug, environment, load_config,
-                            parse_override, synthetic_images)
+from benchmarks.run import device_slug, environment, synthetic_images
+from configs import apply_overrides, load_config, parse_override
+from devices import Devices
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,12 +44,12 @@ def _batches(config: ml_collections.ConfigDict, data: str, chunk: int):
   """
   batch_size = config.training.batch_size
   if data == "synthetic":
-    shape = run_lib.sample_shape(config, batch_size)
+    shape = builders.input_shape(config, batch_size)
     k = 0
     while True:
       yield synthetic_images((chunk,) + shape, config.data.centered, seed=k)
       k += 1
-  scaler, _ = run_lib.data_scalers(config)
+  scaler, _ = builders.data_scalers(config)
   stream = iter(datasets.get_dataset(config, split="train", batch_size=batch_size, train=True,
                                      shuffle_seed=config.seed, prefetch=0))
   while True:
@@ -61,19 +61,17 @@ def loss_curve(config: ml_collections.ConfigDict, steps: int, *, chunk: int = 50
                data: str = "config") -> Tuple[np.ndarray, Dict[str, Any]]:
   """Trains ``steps`` steps; returns the per-step losses ``[steps]`` and run facts.
 
-  Steps run ``chunk`` at a time through :func:`run_lib.compile_train_steps` (one compiled
-  ``lax.scan`` on accelerators, one compiled step per call on CPU); the state is donated.
+  Steps run ``chunk`` at a time through :func:`builders.build_train_steps`, as in training
+  (one compiled ``lax.scan`` on accelerators, one compiled step per call on CPU); the state is
+  donated.
   """
   if steps % chunk:
     raise ValueError(f"steps ({steps}) must be a multiple of chunk ({chunk}).")
-  devices = run_lib.Devices()
-  sde = run_lib.build_sde(config)
-  model, optimizer, state = run_lib.init_state(config, devices)
+  devices = Devices()
+  sde = builders.build_sde(config)
+  model, optimizer, state = builders.init_state(config, devices)
   first_params = jax.tree_util.tree_leaves(jax.device_get(state.params))
-  step_fn = losses.get_step_fn(run_lib.build_loss_fn(config, sde, model, train=True), optimizer,
-                               train=True, ema_rate=config.model.ema_rate)
-  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
-  train = run_lib.compile_train_steps(step_fn, state_sharding, devices)
+  train = builders.build_train_steps(config, sde, model, optimizer, state, devices)
   blocks = _batches(config, data, chunk)
   curve: List[np.ndarray] = []
   data_checksum = 0.0

@@ -23,15 +23,9 @@ import jax.numpy as jnp
 
 import sampling
 import sde_lib
+from benchmarks.run import device_slug
 from models.mlp import ToyMLP
 from models import utils as mutils
-
-
-def _device_name() -> str:
-  device = jax.devices()[0]
-  if device.platform == "cpu":
-    return "cpu"
-  return f"{device.platform}_{device.device_kind}".lower().replace(" ", "_")
 
 
 def bench(num_steps: int, batch: int, repeats: int, model: ToyMLP, params: Any,
@@ -75,7 +69,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     print(f"{r['num_steps']:>9d} {r['compile_s']:>12.3f} {r['run_s']:>9.4f} "
           f"{r['run_ms_per_step']:>14.4f}")
 
-  device = _device_name()
+  device = device_slug(jax.devices()[0].device_kind)
   result = {
       "device": device,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

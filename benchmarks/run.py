@@ -7,8 +7,10 @@ case-name prefixes such as ``train/ncsnpp``) measures on whatever accelerator JA
 ``.md`` (a table) to ``--out``.
 
 Every case builds its model from a config file plus recorded overrides and random (untrained)
-parameters, feeds synthetic data of the config's shape, compiles ahead of time (``compile_s``)
-and then times calls that end in ``block_until_ready``. Times are wall-clock seconds.
+parameters through ``builders`` -- the same train step, sampler and bits/dim function as
+``main.py`` -- feeds synthetic data of the config's shape, compiles ahead of time
+(``compile_s``) and then times calls that end in ``block_until_ready``. Times are wall-clock
+seconds.
 
 * ``train``: one optimizer step (loss, gradient, Adam, EMA) with the train state donated; the
   median over ``>= 20`` timed steps after warm-up, and the same compiled with
@@ -17,7 +19,7 @@ and then times calls that end in ``block_until_ready``. Times are wall-clock sec
 * ``sample``: predictor-corrector sampling (reverse diffusion + Langevin) and Euler-Maruyama.
 * ``ode`` / ``bpd``: probability-flow ODE sampling and bits/dim (Hutchinson), adaptive Tsit5 at
   ``rtol = atol = 1e-5``; ``nfe`` counts drift evaluations as scipy's ``nfev`` does (see
-  ``sampling.get_ode_sampler``). With random parameters the NFE is not that of a trained model;
+  ``ode_solvers``). With random parameters the NFE is not that of a trained model;
   ``ms_per_nfe`` is the comparable number.
 * ``forward``: the network alone, evaluation mode.
 * ``mnist``: training throughput of ``configs/vpsde_mnist.py`` (skipped when absent).
@@ -37,10 +39,8 @@ GPU): XLA:GPU's own buffer assignment and kernel count for that GPU.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -58,12 +58,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import likelihood
+import builders
 import losses
-import run_lib
-import sampling
-from models import ncsnpp  # noqa: F401  pylint: disable=unused-import  (registers the model)
-from models import utils as mutils
+from configs import apply_overrides, load_config
+from devices import Devices
 
 GROUPS = ("train", "sample", "ode", "bpd", "forward", "mnist")
 DDPMPP = "configs/vp/cifar10_ddpmpp_continuous.py"
@@ -82,8 +80,8 @@ TINY_CASES = ("train/ddpmpp/fp32", "train/ddpmpp/bf16/n_jitted=2", "sample/ddpmp
               "ode/ddpmpp", "bpd/ddpmpp", "forward/ddpmpp/bf16", "mnist/fp32")
 TINY_XLA_FLAGS = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
 
-# Published numbers of another implementation and this project's targets (issue 5), for the
-# full-size cases on one H100 (times per step / per call; see benchmarks/README.md).
+# Published numbers of another implementation and this project's targets, for the full-size
+# cases on one H100 (times per step / per call; see benchmarks/README.md).
 REFERENCE = {
     "train/ddpmpp/fp32": ("eager 128-166 ms; torch.compile 101.6 ms; GPU-busy 85.5 ms", "<= 50 ms"),
     "train/ddpmpp/bf16": ("GPU-busy 48.5 ms", "<= 32 ms"),
@@ -149,10 +147,12 @@ def suite(tiny: bool, compile_only: bool = False) -> List[Case]:
                          n_jitted=1, steps=timed, warmup=warmup))
   for name, predictor, corrector in (("pc", "reverse_diffusion", "langevin"),
                                      ("em", "euler_maruyama", "none")):
-    cases.append(_case(f"sample/ddpmpp/{name}", "sample", "pc", DDPMPP, base, batch=batch,
-                       predictor=predictor, corrector=corrector, num_steps=sampler_steps,
-                       repeats=repeats))
-  cases.append(_case("ode/ddpmpp", "ode", "ode", DDPMPP, base, batch=batch, repeats=repeats))
+    cases.append(_case(f"sample/ddpmpp/{name}", "sample", "sample", DDPMPP,
+                       dict(base, **{"sampling.predictor": predictor,
+                                     "sampling.corrector": corrector}),
+                       batch=batch, num_steps=sampler_steps, repeats=repeats))
+  cases.append(_case("ode/ddpmpp", "ode", "sample", DDPMPP,
+                     dict(base, **{"sampling.method": "ode"}), batch=batch, repeats=repeats))
   cases.append(_case("bpd/ddpmpp", "bpd", "bpd", DDPMPP, base, batch=batch, repeats=repeats))
   cases.append(_case("bpd/ddpmpp/compile_only", "bpd", "bpd", DDPMPP, base,
                      batch=16 if tiny else 1024, repeats=0))
@@ -170,46 +170,10 @@ def suite(tiny: bool, compile_only: bool = False) -> List[Case]:
   return [c for c in cases if c.name in TINY_CASES] if tiny else cases
 
 
-# ----------------------------------------------------------------------------- configs
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of a config file given relative to the repository root."""
-  module = os.path.splitext(os.path.normpath(path))[0].replace(os.sep, ".")
-  return importlib.import_module(module).get_config()
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Sequence[Tuple[str, Any]]) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with dotted ``key = value`` pairs set.
-
-  A key the config lacks raises ``KeyError``: a typo must not go unnoticed into the records.
-  """
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides:
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"Override {key!r}: the config has no such field.")
-    node[leaf] = value
-  return config
-
-
-def parse_override(text: str) -> Tuple[str, Any]:
-  """``'a.b=value'`` -> ``('a.b', value)``: a Python literal if it parses as one, else the text."""
-  key, _, value = text.partition("=")
-  try:
-    return key, ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return key, value
-
-
 # ----------------------------------------------------------------------------- compile targets
 
 
-class CompileTargetDevices(run_lib.Devices):
+class CompileTargetDevices(Devices):
   """Devices to compile for, present or not: placing an array gives its ``jax.ShapeDtypeStruct``
   with the sharding -- enough to lower and compile, nothing to run (so ``--compile_only``)."""
 
@@ -358,9 +322,9 @@ def _model_and_params(config: ml_collections.ConfigDict):
   if key not in _PARAMS_CACHE:
     fp32 = ml_collections.ConfigDict(config.to_dict())
     fp32.training.mixed_precision = False
-    _PARAMS_CACHE[key] = mutils.init_model(jax.random.PRNGKey(config.seed), fp32)[1]
+    _PARAMS_CACHE[key] = builders.init_model(jax.random.PRNGKey(config.seed), fp32)[1]
   # A private copy: the train state is donated and would delete the cached buffers.
-  return mutils.create_model(config), jax.tree_util.tree_map(jnp.copy, _PARAMS_CACHE[key])
+  return builders.build_model(config), jax.tree_util.tree_map(jnp.copy, _PARAMS_CACHE[key])
 
 
 def synthetic_images(shape: Tuple[int, ...], centered: bool, seed: int = 0) -> np.ndarray:
@@ -369,7 +333,7 @@ def synthetic_images(shape: Tuple[int, ...], centered: bool, seed: int = 0) -> n
   return 2.0 * x - 1.0 if centered else x
 
 
-def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, n_jitted: int,
+def bench_train(config: ml_collections.ConfigDict, devices: Devices, *, n_jitted: int,
                 steps: int, warmup: int) -> Dict[str, Any]:
   """Train-step time: ``steps`` timed calls of ``n_jitted`` steps each after ``warmup`` calls.
 
@@ -377,14 +341,13 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
   """
   batch_size = config.training.batch_size
   devices.check_batch(batch_size, "training.batch_size")
-  sde = run_lib.build_sde(config)
+  sde = builders.build_sde(config)
   model, params = _model_and_params(config)
-  optimizer = run_lib.build_optimizer(config)
+  optimizer = builders.build_optimizer(config)
   state = devices.put(losses.init_train_state(jax.random.PRNGKey(1), params, optimizer))
-  step_fn = losses.get_step_fn(run_lib.build_loss_fn(config, sde, model, train=True), optimizer,
-                               train=True, ema_rate=config.model.ema_rate)
+  step_fn = builders.build_train_step(config, sde, model, optimizer)
   state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
-  shape = mutils.input_shape(config, batch_size)
+  shape = builders.input_shape(config, batch_size)
   if n_jitted == 1:
     data = synthetic_images(shape, config.data.centered)
     batch = devices.put_batch(data)
@@ -443,21 +406,11 @@ def bench_train(config: ml_collections.ConfigDict, devices: run_lib.Devices, *, 
   }
 
 
-def _score_fn_builder(config, sde, model, devices):
-  def build(params):
-    score_fn = mutils.get_score_fn(sde, model, params, train=False,
-                                   continuous=config.training.continuous)
-    return lambda x, t: score_fn(devices.constrain(x), t)
-
-  return build
-
-
-def _run_sampler(sample: Callable, params, devices, repeats: int, batch: int) -> Dict[str, Any]:
-  """Compiles ``sample(rng, params) -> (x, nfe)`` and times ``repeats`` calls (fresh keys).
-
-  ``params``: already on ``devices`` (``devices.put``)."""
-  jitted = jax.jit(sample, out_shardings=(devices.batch, None))
-  compiled, compile_s = _compile(jitted, devices.put(jax.random.PRNGKey(0)), params)
+def _run_sampler(sample: Callable, args: Tuple[Any, ...], devices: Devices, repeats: int,
+                 batch: int) -> Dict[str, Any]:
+  """Compiles the jitted ``sample(rng, *args) -> (x, nfe)`` and times ``repeats`` calls (fresh
+  keys); ``args`` already on ``devices``."""
+  compiled, compile_s = _compile(sample, devices.put(jax.random.PRNGKey(0)), *args)
   result: Dict[str, Any] = {"batch_size": batch, "compile_s": compile_s, "repeats": repeats,
                             "compiled_bytes": _compiled_bytes(compiled),
                             **launch_counts(compiled.as_text())}
@@ -467,7 +420,7 @@ def _run_sampler(sample: Callable, params, devices, repeats: int, batch: int) ->
   walls, nfes = [], []
   for i in range(repeats):
     start = time.perf_counter()
-    x, nfe = jax.block_until_ready(compiled(jax.random.PRNGKey(i + 1), params))
+    x, nfe = jax.block_until_ready(compiled(jax.random.PRNGKey(i + 1), *args))
     walls.append(time.perf_counter() - start)
     nfes.append(int(nfe))
   if not np.all(np.isfinite(np.asarray(x))):
@@ -479,60 +432,37 @@ def _run_sampler(sample: Callable, params, devices, repeats: int, batch: int) ->
   return result
 
 
-def bench_pc(config, devices, *, batch: int, predictor: str, corrector: str, num_steps: int,
-             repeats: int) -> Dict[str, Any]:
-  """PC / EM sampling wall time (``num_steps`` predictor steps, denoised, NFE counted)."""
+def bench_sampler(config, devices, *, batch: int, repeats: int,
+                  num_steps: Optional[int] = None) -> Dict[str, Any]:
+  """Wall time and NFE of the config's sampler (``sampling.*``, as ``main.py`` samples), from
+  random parameters; ``num_steps`` overrides the ``sde.N`` steps; ``repeats=0``: compile only."""
   devices.check_batch(batch, "batch")
-  sde = run_lib.build_sde(config)
+  sde = builders.build_sde(config)
   model, params = _model_and_params(config)
-  sampler = sampling.get_pc_sampler(sde, mutils.input_shape(config, batch), predictor, corrector,
-                                    snr=config.sampling.snr, n_steps=config.sampling.n_steps_each,
-                                    denoise=config.sampling.noise_removal,
-                                    eps=config.sampling.eps, num_steps=num_steps)
-  build = _score_fn_builder(config, sde, model, devices)
-  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), devices.put(params), devices,
-                        repeats, batch)
-  result.update(predictor=predictor, corrector=corrector, num_steps=num_steps)
+  sampler = builders.build_sampler(config, sde, model, devices, batch, num_steps=num_steps)
+  result = _run_sampler(sampler, (devices.put(params),), devices, repeats, batch)
+  cfg = config.sampling
+  result["method"] = cfg.method
+  if cfg.method == "pc":
+    result.update(predictor=cfg.predictor, corrector=cfg.corrector,
+                  num_steps=sde.N if num_steps is None else num_steps)
+  else:
+    result.update(rtol=cfg.ode_rtol, atol=cfg.ode_atol, solver=cfg.ode_solver)
   return result
 
 
-def bench_ode(config, devices, *, batch: int, repeats: int, rtol: float = 1e-5,
-              atol: float = 1e-5) -> Dict[str, Any]:
-  """Probability-flow ODE sampling (adaptive Tsit5) wall time and NFE."""
+def bench_bpd(config, devices, *, batch: int, repeats: int) -> Dict[str, Any]:
+  """Bits/dim of a fixed synthetic batch as evaluation computes it (``eval.*``: Hutchinson,
+  tolerances, dequantization); ``repeats=0``: compile only."""
   devices.check_batch(batch, "batch")
-  sde = run_lib.build_sde(config)
+  sde = builders.build_sde(config)
   model, params = _model_and_params(config)
-  sampler = sampling.get_ode_sampler(sde, mutils.input_shape(config, batch), rtol=rtol, atol=atol,
-                                     method="tsit5", eps=config.sampling.eps,
-                                     denoise=config.sampling.noise_removal)
-  build = _score_fn_builder(config, sde, model, devices)
-  result = _run_sampler(lambda rng, p: sampler(rng, build(p)), devices.put(params), devices,
-                        repeats, batch)
-  result.update(rtol=rtol, atol=atol, method="tsit5")
-  return result
-
-
-def bench_bpd(config, devices, *, batch: int, repeats: int, rtol: float = 1e-5,
-              atol: float = 1e-5) -> Dict[str, Any]:
-  """Bits/dim (Hutchinson, Rademacher) of a fixed synthetic batch; ``repeats=0``: compile only."""
-  devices.check_batch(batch, "batch")
-  sde = run_lib.build_sde(config)
-  model, params = _model_and_params(config)
-  likelihood_fn = likelihood.get_likelihood_fn(
-      sde, hutchinson_type="rademacher", rtol=rtol, atol=atol,
-      bpd_offset=likelihood.dequantization_offset(config.data.centered))
-  build = _score_fn_builder(config, sde, model, devices)
-  images = devices.put_batch(synthetic_images(mutils.input_shape(config, batch),
-                                              config.data.centered))
-
-  def bpd(rng, inputs):
-    p, x = inputs
-    values, _, nfe = likelihood_fn(rng, build(p), x)
-    return values, nfe
-
-  # The images are an argument, not a constant folded into the program.
-  result = _run_sampler(bpd, (devices.put(params), images), devices, repeats, batch)
-  result.update(rtol=rtol, atol=atol, method="tsit5", hutchinson_type="rademacher")
+  bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
+  # Images in data space ([0, 1]), an argument rather than a constant folded into the program.
+  images = devices.put_batch(synthetic_images(builders.input_shape(config, batch), False))
+  result = _run_sampler(bpd_fn, (devices.put(params), images), devices, repeats, batch)
+  ev = config.eval
+  result.update(rtol=ev.rtol, atol=ev.atol, hutchinson_type=ev.hutchinson_type)
   return result
 
 
@@ -542,7 +472,8 @@ def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Di
   devices.check_batch(batch, "batch")
   model, params = _model_and_params(config)
   params = devices.put(params)
-  x = devices.put_batch(synthetic_images(mutils.input_shape(config, batch), config.data.centered))
+  x = devices.put_batch(synthetic_images(builders.input_shape(config, batch),
+                                         config.data.centered))
   labels = devices.put_batch(np.linspace(0.0, 999.0, batch, dtype=np.float32))
   jitted = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y, train=False),
                    out_shardings=devices.batch)
@@ -562,7 +493,7 @@ def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Di
           "peak_bytes_in_use": _peak_bytes()}
 
 
-KINDS = {"train": bench_train, "pc": bench_pc, "ode": bench_ode, "bpd": bench_bpd,
+KINDS = {"train": bench_train, "sample": bench_sampler, "bpd": bench_bpd,
          "forward": bench_forward}
 
 
@@ -573,7 +504,7 @@ def select(cases: Sequence[Case], only: str) -> List[Case]:
   return [c for c in cases if any(c.group == w or c.name.startswith(w) for w in wanted)]
 
 
-def run_case(case: Case, devices: run_lib.Devices) -> Dict[str, Any]:
+def run_case(case: Case, devices: Devices) -> Dict[str, Any]:
   """The record of one case; failures are recorded (``status``), not raised."""
   record: Dict[str, Any] = {"name": case.name, "group": case.group, "kind": case.kind,
                             "config": case.config, "overrides": dict(case.overrides),
@@ -616,9 +547,9 @@ def _run_isolated(case: Case, tiny: bool, compile_only: bool,
 # ----------------------------------------------------------------------------- reports
 
 
-def environment(devices: Optional[run_lib.Devices] = None) -> Dict[str, Any]:
+def environment(devices: Optional[Devices] = None) -> Dict[str, Any]:
   """Device (default: what JAX sees), library versions and host load, for a result header."""
-  devices = run_lib.Devices() if devices is None else devices
+  devices = Devices() if devices is None else devices
   import diffrax  # pylint: disable=import-outside-toplevel
   import flax  # pylint: disable=import-outside-toplevel
   import jaxlib  # pylint: disable=import-outside-toplevel
@@ -718,7 +649,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args.compile_only = True
     devices = gpu_target_devices(args.gpu_target)
   else:
-    devices = run_lib.Devices()
+    devices = Devices()
   cases = suite(args.tiny, args.compile_only)
 
   if args.case:  # child of --isolate
@@ -744,8 +675,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
           f"{json.dumps(record.get('metrics', record.get('error', record.get('note'))))}",
           flush=True)
 
-  stem = (f"speed{'_tiny' if args.tiny else ''}{'_compile_only' if args.compile_only else ''}_{device_slug(result['device']['device_kind'])}"
-          f"_{now.strftime('%Y-%m-%dT%H%MZ')}")
+  stem = (f"speed{'_tiny' if args.tiny else ''}{'_compile_only' if args.compile_only else ''}"
+          f"_{device_slug(result['device']['device_kind'])}_{now.strftime('%Y-%m-%dT%H%MZ')}")
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, stem + ".json"), "w") as f:
     json.dump(result, f, indent=2)

@@ -5,11 +5,11 @@
 --eval_examples 500 --max_minutes 9``
 
 Trains exactly as ``main.py --mode train`` does (the config's data stream, optimizer, EMA and
-``training.n_jitted_steps``; :func:`run_lib.compile_train_steps`) and every ``--eval_every`` steps
+``training.n_jitted_steps``; :func:`builders.build_train_steps`) and every ``--eval_every`` steps
 measures bits/dim of the EMA parameters (the network ``--mode eval`` scores) on the first
 ``--eval_examples`` images of the test split, with the evaluation's own likelihood settings
 (``config.eval``: Hutchinson type, rtol/atol; uniform dequantization and its offset, as
-:func:`run_lib.build_bpd_fn`). The images, dequantization noise and Hutchinson probes are the
+:func:`builders.build_bpd_fn`). The images, dequantization noise and Hutchinson probes are the
 same at every evaluation, so the curve shows the network improving, not noise being redrawn.
 
 The training clock stops while bits/dim are measured: ``train_s`` is the wall time of training
@@ -35,17 +35,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import builders
 import datasets
-import losses
 import run_lib
-from benchmarks.run import (apply_overrides, device_slug, environment, load_config,
-                            parse_override)
+from benchmarks.run import device_slug, environment
+from configs import apply_overrides, load_config, parse_override
+from devices import Devices, gather
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def first_test_images(config: ml_collections.ConfigDict, n: int, batch_size: int,
-                      devices: run_lib.Devices) -> List[np.ndarray]:
+                      devices: Devices) -> List[np.ndarray]:
   """The first ``n`` test images in stored order, ``[batch_size, H, W, C]`` in [0, 1] blocks.
 
   ``n`` must be a multiple of ``batch_size``, itself a multiple of the device count: every block
@@ -66,7 +67,7 @@ def first_test_images(config: ml_collections.ConfigDict, n: int, batch_size: int
   return blocks
 
 
-def measure_bpd(bpd_fn, params, blocks: Sequence[np.ndarray], devices: run_lib.Devices,
+def measure_bpd(bpd_fn, params, blocks: Sequence[np.ndarray], devices: Devices,
                 seed: int) -> Dict[str, float]:
   """Mean bits/dim, its standard error and the mean NFE over ``blocks``; the same noise for a
   given ``seed`` (block ``k`` uses ``fold_in(PRNGKey(seed), k)``)."""
@@ -75,7 +76,7 @@ def measure_bpd(bpd_fn, params, blocks: Sequence[np.ndarray], devices: run_lib.D
   for k, block in enumerate(blocks):
     bpd, nfe = bpd_fn(jax.random.fold_in(jax.random.PRNGKey(seed), k), params,
                       devices.put_batch(block))
-    values.append(run_lib.gather(bpd))
+    values.append(gather(bpd))
     nfes.append(float(nfe))
   values = np.concatenate(values)
   if not np.all(np.isfinite(values)):
@@ -107,18 +108,15 @@ def run(config: ml_collections.ConfigDict, *, targets: Sequence[float], eval_eve
   if eval_every < 1:
     raise ValueError(f"--eval_every must be >= 1, got {eval_every}.")
   wall_start = time.perf_counter()
-  devices = run_lib.Devices()
+  devices = Devices()
   training = config.training
   devices.check_batch(training.batch_size, "training.batch_size")
-  sde = run_lib.build_sde(config)
-  model, optimizer, state = run_lib.init_state(config, devices)
-  scaler, _ = run_lib.data_scalers(config)
+  sde = builders.build_sde(config)
+  model, optimizer, state = builders.init_state(config, devices)
+  scaler, _ = builders.data_scalers(config)
   blocks = first_test_images(config, eval_examples, eval_batch_size, devices)
-  bpd_fn = run_lib.build_bpd_fn(config, sde, model, devices)
-  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
-  step_fn = losses.get_step_fn(run_lib.build_loss_fn(config, sde, model, train=True), optimizer,
-                               train=True, ema_rate=config.model.ema_rate)
-  train_steps = run_lib.compile_train_steps(step_fn, state_sharding, devices)
+  bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
+  train_steps = builders.build_train_steps(config, sde, model, optimizer, state, devices)
   train_iter = iter(datasets.get_dataset(config, split="train", batch_size=training.batch_size,
                                          train=True, shuffle_seed=config.seed))
   result: Dict[str, Any] = {"curve": [], "targets": targets_reached([], targets),
@@ -190,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 eval={"examples": args.eval_examples, "batch_size": args.eval_batch_size,
                       "every_steps": args.eval_every, "params": "ema",
                       "hutchinson_type": config.eval.hutchinson_type, "rtol": config.eval.rtol,
-                      "atol": config.eval.atol, "offset_bits": run_lib.bpd_offset_bits(config)},
+                      "atol": config.eval.atol, "offset_bits": builders.bpd_offset_bits(config)},
                 command=" ".join(["python -m benchmarks.time_to_bpd"] + argv),
                 date=now.isoformat(timespec="seconds"))
   name = os.path.splitext(os.path.basename(args.config))[0]

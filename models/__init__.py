@@ -1,1 +1,8 @@
-"""Score networks. Importing this package registers every model with ``models.utils``."""
+"""Score networks. Importing this package registers every model in ``models.utils.MODELS``;
+a new network module is imported here."""
+
+# pylint: disable=unused-import
+from models import ddpm
+from models import mlp
+from models import ncsnpp
+from models import ncsnv2

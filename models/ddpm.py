@@ -47,7 +47,8 @@ class DDPM(nn.Module):
     normalization.get_normalization(self.normalization)
     if not self.ch_mult or self.num_res_blocks < 1 or self.nf < 1:
       raise ValueError("DDPM needs nf >= 1, a non-empty ch_mult and num_res_blocks >= 1, got "
-                       f"nf={self.nf}, ch_mult={self.ch_mult}, num_res_blocks={self.num_res_blocks}.")
+                       f"nf={self.nf}, ch_mult={self.ch_mult}, "
+                       f"num_res_blocks={self.num_res_blocks}.")
     if self.normalization == "GroupNorm" and self.nf % self.num_groups:
       raise ValueError(f"GroupNorm with {self.num_groups} groups needs nf divisible by it, got "
                        f"nf={self.nf}.")
@@ -60,8 +61,7 @@ class DDPM(nn.Module):
                resamp_with_conv=model.resamp_with_conv, conditional=model.conditional,
                nonlinearity=model.nonlinearity, normalization=model.normalization,
                num_groups=model.get("num_groups", 32), centered=config.data.centered,
-               scale_by_sigma=model.scale_by_sigma,
-               dtype=jnp.bfloat16 if config.training.get("mixed_precision", False) else jnp.float32)
+               scale_by_sigma=model.scale_by_sigma)
 
   def _check_input(self, x: jax.Array, labels: jax.Array) -> None:
     if x.ndim != 4:
@@ -75,7 +75,7 @@ class DDPM(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
-    """``x: [B, H, W, C]``, ``labels: [B]`` (time steps or noise levels) -> ``[B, H, W, C]`` float32."""
+    """``x: [B, H, W, C]``, ``labels: [B]`` (time steps or noise levels) -> float32 ``x``-shaped."""
     self._check_input(x, labels)
     act = layers.get_act(self.nonlinearity)
     normalize = normalization.get_normalization(self.normalization, num_groups=self.num_groups,

@@ -9,21 +9,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from registry import Registry
+
 Initializer = Callable[..., jax.Array]
+
+
+ACTIVATIONS: Registry[Callable[[jax.Array], jax.Array]] = Registry("activation")
+ACTIVATIONS.add("elu", nn.elu)
+ACTIVATIONS.add("relu", nn.relu)
+ACTIVATIONS.add("lrelu", lambda x: nn.leaky_relu(x, negative_slope=0.2))
+ACTIVATIONS.add("swish", nn.swish)
+ACTIVATIONS.add("silu", nn.swish)
 
 
 def get_act(name: str) -> Callable[[jax.Array], jax.Array]:
   """Activation by name: ``elu``, ``relu``, ``lrelu`` (slope 0.2), ``swish``/``silu``."""
-  acts = {
-      "elu": nn.elu,
-      "relu": nn.relu,
-      "lrelu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
-      "swish": nn.swish,
-      "silu": nn.swish,
-  }
-  if name.lower() not in acts:
-    raise ValueError(f"Unknown activation {name!r}; valid names are: {', '.join(sorted(acts))}.")
-  return acts[name.lower()]
+  return ACTIVATIONS.get(name)
 
 
 def default_init(scale: float = 1.0) -> Initializer:
@@ -49,7 +50,7 @@ def ddpm_conv3x3(out_planes: int, stride: int = 1, bias: bool = True, dilation: 
 
 
 class NIN(nn.Module):
-  """Network-in-network: a per-pixel dense layer over the channel axis, ``[..., C] -> [..., num_units]``."""
+  """Network-in-network: a per-pixel dense layer, ``[..., C] -> [..., num_units]``."""
   num_units: int
   init_scale: float = 0.1
   dtype: Any = jnp.float32
@@ -105,7 +106,7 @@ class AttnBlock(nn.Module):
 
 
 class Upsample(nn.Module):
-  """Nearest-neighbour 2x upsampling ``[B, H, W, C] -> [B, 2H, 2W, C]``, then an optional 3x3 conv."""
+  """Nearest-neighbour 2x upsampling ``[B, H, W, C] -> [B, 2H, 2W, C]``, then optionally a conv."""
   with_conv: bool = False
   dtype: Any = jnp.float32
 
@@ -183,7 +184,7 @@ def _symmetric_uniform(bound: float) -> Initializer:
 def ncsn_conv(out_planes: int, in_planes: int, kernel_size: int = 3, stride: int = 1,
               bias: bool = True, dilation: int = 1, init_scale: float = 1.0,
               dtype: Any = jnp.float32) -> nn.Conv:
-  """'SAME' ``kernel_size`` convolution with PyTorch's default init (``in_planes`` sets its fan-in)."""
+  """'SAME' ``kernel_size`` convolution, PyTorch's default init (``in_planes`` sets its fan-in)."""
   init_scale = 1e-10 if init_scale == 0 else init_scale
   bound = math.sqrt(init_scale / (in_planes * kernel_size ** 2))
   return nn.Conv(out_planes, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",

@@ -29,8 +29,7 @@ class ToyMLP(nn.Module):
     model = config.model
     return cls(nf=model.nf, num_blocks=model.num_blocks, act=model.get("nonlinearity", "swish"),
                embedding_scale=model.get("embedding_scale", 1.0),
-               scale_by_sigma=model.get("scale_by_sigma", False),
-               dtype=jnp.bfloat16 if config.training.get("mixed_precision", False) else jnp.float32)
+               scale_by_sigma=model.get("scale_by_sigma", False))
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:

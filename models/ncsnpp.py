@@ -115,7 +115,6 @@ class NCSNpp(nn.Module):
     if model.get("conv_size", 3) != 3:
       raise ValueError(f"NCSN++ uses 3x3 convolutions; conv_size={model.conv_size} is unsupported.")
     check_image_size(data.image_size, data.image_size, len(model.ch_mult))
-    mixed = config.training.get("mixed_precision", False)
     return cls(
         nf=model.nf, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
         attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
@@ -126,8 +125,7 @@ class NCSNpp(nn.Module):
         progressive_combine=model.progressive_combine.lower(), init_scale=model.init_scale,
         fourier_scale=model.get("fourier_scale", 16.0), embedding_type=embedding_type,
         nonlinearity=model.get("nonlinearity", "swish"), centered=data.centered,
-        scale_by_sigma=model.scale_by_sigma, dtype=jnp.bfloat16 if mixed else jnp.float32,
-        remat=config.training.get("remat", False))
+        scale_by_sigma=model.scale_by_sigma)
 
   def _embed(self, labels: Array) -> Optional[Array]:
     """``labels: [B] -> temb: [B, 4 nf]`` (None if unconditional)."""

@@ -47,7 +47,7 @@ def arch_for_image_size(image_size: int) -> int:
 
 
 def downsampling_factor(arch: int) -> int:
-  """How much the backbone of ``arch`` shrinks the image: 2 ** (number of undilated 'down' stages)."""
+  """How much the backbone of ``arch`` shrinks the image: 2 ** (undilated 'down' stages)."""
   return 2 ** sum(1 for _, dilation in _ARCHS[arch]["stages"][1:] if dilation == 1)
 
 
@@ -144,8 +144,7 @@ def _common_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return dict(nf=model.nf, nonlinearity=model.nonlinearity, normalization=model.normalization,
               interpolation=model.get("interpolation", "bilinear"),
               num_groups=model.get("num_groups", 32), centered=config.data.centered,
-              scale_by_sigma=model.scale_by_sigma,
-              dtype=jnp.bfloat16 if config.training.get("mixed_precision", False) else jnp.float32)
+              scale_by_sigma=model.scale_by_sigma)
 
 
 @register_model("ncsnv2")

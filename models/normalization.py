@@ -154,5 +154,6 @@ def get_normalization(name: str, conditional: bool = False, num_classes: Optiona
   modules = {"InstanceNorm": InstanceNorm2d, "InstanceNorm++": InstanceNorm2dPlus,
              "VarianceNorm": VarianceNorm2d}
   if name not in modules:
-    raise ValueError(f"Unknown normalization {name!r}; valid names are: {', '.join(NORMALIZATIONS)}.")
+    raise ValueError(f"Unknown normalization {name!r}; valid names are: "
+                     f"{', '.join(NORMALIZATIONS)}.")
   return functools.partial(modules[name], dtype=dtype)

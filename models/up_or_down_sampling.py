@@ -39,7 +39,7 @@ def setup_kernel(k: Sequence[Any]) -> np.ndarray:
 
 def upfirdn_2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0,
                pad1: int = 0) -> Array:
-  """Upsample by zero insertion, pad, convolve with the FIR filter ``k``, keep every ``down``-th pixel.
+  """Upsample by zero insertion, pad, convolve with the FIR filter ``k``, keep every ``down``-th.
 
   Same as scipy's ``upfirdn`` applied per channel along H then W (for separable ``k``):
   ``x: [B, H, W, C]``, ``k: [n, n]`` -> ``[B, (H*up + pad0 + pad1 - n) // down + 1, ..., C]``
@@ -83,7 +83,7 @@ def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
 
 
 def naive_downsample_2d(x: Array, factor: int = 2) -> Array:
-  """Average pooling over ``factor x factor`` blocks ``[B, H, W, C] -> [B, H//factor, W//factor, C]``."""
+  """Average pooling over ``factor x factor`` blocks: ``[B, H, W, C] -> [B, H/f, W/f, C]``."""
   b, h, w, c = x.shape
   x = x.reshape(b, h // factor, factor, w // factor, factor, c)
   return x.mean(axis=(2, 4))
@@ -108,7 +108,10 @@ def upsample_conv_2d(x: Array, w: Array, k: Optional[Sequence[Any]] = None, fact
 
 def conv_downsample_2d(x: Array, w: Array, k: Optional[Sequence[Any]] = None, factor: int = 2,
                        gain: float = 1.0) -> Array:
-  """Fused FIR filtering and strided convolution with ``w: [n, n, C, O]``: ``-> [B, H//factor, W//factor, O]``."""
+  """Fused FIR filtering and strided convolution with ``w: [n, n, C, O]``.
+
+  ``x: [B, H, W, C] -> [B, H // factor, W // factor, O]``.
+  """
   conv_size = w.shape[0]
   kernel = setup_kernel([1] * factor if k is None else k) * gain
   p = (kernel.shape[0] - factor) + (conv_size - 1)

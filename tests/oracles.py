@@ -24,7 +24,8 @@ import sde_lib
 
 @dataclass(frozen=True)
 class GaussianMixture:
-  """``weights: [K]`` (sum to 1), ``means: [K, D]``, ``covs: [K, D, D]``; samples shaped ``event_shape``."""
+  """``weights: [K]`` (sum to 1), ``means: [K, D]``, ``covs: [K, D, D]``; samples are
+  ``event_shape``-shaped."""
   weights: np.ndarray
   means: np.ndarray
   covs: np.ndarray
@@ -100,7 +101,8 @@ def two_moons_mixture() -> GaussianMixture:
   """A 2-D, 3-component mixture with unequal weights and anisotropic covariances."""
   weights = np.array([0.5, 0.3, 0.2])
   means = np.array([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]])
-  covs = np.array([[[0.3, 0.1], [0.1, 0.2]], [[0.2, 0.0], [0.0, 0.4]], [[0.25, -0.1], [-0.1, 0.25]]])
+  covs = np.array([[[0.3, 0.1], [0.1, 0.2]], [[0.2, 0.0], [0.0, 0.4]],
+                   [[0.25, -0.1], [-0.1, 0.25]]])
   return GaussianMixture(weights, means, covs, (2,))
 
 

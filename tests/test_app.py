@@ -13,9 +13,11 @@ import jax
 import numpy as np
 import pytest
 
+import builders
 import checkpoints
 import run_lib
 from configs.toy import gaussian_mixture
+from devices import Devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "toy", "gaussian_mixture.py")
@@ -70,8 +72,8 @@ def _env(devices):
 
 def final_state(workdir, config=None):
   config = config or toy_config()
-  devices = run_lib.Devices()
-  _, _, template = run_lib.init_state(config, devices)
+  devices = Devices()
+  _, _, template = builders.init_state(config, devices)
   store = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=None)
   try:
     return store.restore(store.latest_step(), template)
@@ -135,9 +137,11 @@ def test_toy_trains_and_evaluates(tmp_path):
   assert on_disk["600"]["bpd"] == pytest.approx(final["bpd"])
   assert os.path.exists(os.path.join(workdir, "eval", "step_600", "samples_0.npz"))
 
-  # A second evaluation resumes from the saved per-batch results and reproduces them exactly.
+  # A second evaluation resumes from the saved per-batch results and reproduces them exactly,
+  # the samples' NFE included (every batch comes from disk this time).
   again = run_lib.evaluate(config, workdir, "eval")
   assert again["600"]["bpd"] == final["bpd"]
+  assert again["600"]["sampling_nfe"] == final["sampling_nfe"] > 0
 
 
 def test_non_finite_samples_stop_evaluation_and_are_not_saved(tmp_path, reference_run,
@@ -148,7 +152,7 @@ def test_non_finite_samples_stop_evaluation_and_are_not_saved(tmp_path, referenc
     del args, kwargs
     return lambda rng, params: (np.full((5000, 2), np.nan, np.float32), 0)
 
-  monkeypatch.setattr(run_lib, "build_sampler", nan_sampler)
+  monkeypatch.setattr(builders, "build_sampler", nan_sampler)
   workdir = str(tmp_path / "run")
   shutil.copytree(reference_run, workdir)
   with pytest.raises(FloatingPointError, match="non-finite"):
@@ -156,12 +160,13 @@ def test_non_finite_samples_stop_evaluation_and_are_not_saved(tmp_path, referenc
   assert not os.path.exists(os.path.join(workdir, "eval_nan", "step_300", "samples_0.npz"))
 
 
-def test_non_finite_snapshot_samples_are_skipped_and_training_goes_on(tmp_path, monkeypatch, caplog):
+def test_non_finite_snapshot_samples_are_skipped_and_training_goes_on(tmp_path, monkeypatch,
+                                                                      caplog):
   def nan_sampler(*args, **kwargs):
     del args, kwargs
     return lambda rng, params: (np.full((64, 2), np.nan, np.float32), 0)
 
-  monkeypatch.setattr(run_lib, "build_sampler", nan_sampler)
+  monkeypatch.setattr(builders, "build_sampler", nan_sampler)
   config = toy_config(**{"training.n_iters": 50, "training.snapshot_freq": 50,
                          "training.snapshot_sampling": True})
   with caplog.at_level(logging.WARNING):
@@ -242,7 +247,8 @@ def _last_line(result):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ({"training.sde": "brownian"}, "Unknown SDE 'brownian'; valid names are: subvpsde, vesde, vpsde"),
+    ({"training.sde": "brownian"},
+     "Unknown SDE 'brownian'; valid names are: subvpsde, vesde, vpsde"),
     ({"model.name": "unet9000"}, "Unknown model 'unet9000'; valid names are:"),
     ({"sampling.predictor": "rk4"}, "Unknown predictor"),
     ({"data.dataset": "imagenet21k"}, "imagenet21k"),

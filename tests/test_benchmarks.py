@@ -20,9 +20,10 @@ import pytest
 from benchmarks import bf16_curves
 from benchmarks import run as bench
 from benchmarks import time_to_bpd
+import builders
+import configs
+from devices import Devices
 from configs.toy import gaussian_mixture
-from models import utils as mutils
-import run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,7 +109,7 @@ def test_full_suite_matches_the_issue():
     if case.kind == "train" and case.group == "train":
       assert overrides["training.batch_size"] == 128 and options["steps"] >= 20
       assert options["n_jitted"] in (1, 5)
-    if case.kind == "pc":
+    if case.group == "sample":
       assert options["num_steps"] == 1000 and options["batch"] == 128
     if case.kind == "forward":
       assert options["batch"] == 1024
@@ -121,13 +122,13 @@ def test_full_suite_builds_full_size_networks():
   for case in bench.suite(tiny=False):
     if not os.path.exists(os.path.join(REPO, case.config)):
       continue
-    config = bench.apply_overrides(bench.load_config(case.config), case.overrides)
-    model = mutils.create_model(config)
+    config = configs.apply_overrides(configs.load_config(case.config), case.overrides)
+    model = builders.build_model(config)
     bf16 = dict(case.overrides).get("training.mixed_precision", False)
     assert model.dtype == (jnp.bfloat16 if bf16 else jnp.float32), case.name
     if case.config not in built:
       shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                              jnp.zeros(mutils.input_shape(config, 1)), jnp.ones((1,)))
+                              jnp.zeros(builders.input_shape(config, 1)), jnp.ones((1,)))
       built[case.config] = sum(int(np.prod(p.shape))
                                for p in jax.tree_util.tree_leaves(shapes["params"]))
   assert built[bench.DDPMPP] > 50e6 and built[bench.NCSNPP] > 50e6, built
@@ -137,11 +138,11 @@ def test_full_suite_builds_full_size_networks():
 
 def test_apply_overrides():
   config = gaussian_mixture.get_config()
-  changed = bench.apply_overrides(config, (("training.batch_size", 8), ("model.nf", 4)))
+  changed = configs.apply_overrides(config, (("training.batch_size", 8), ("model.nf", 4)))
   assert (changed.training.batch_size, changed.model.nf) == (8, 4)
   assert config.training.batch_size == 512  # the original is untouched
   with pytest.raises(KeyError, match="no such field"):
-    bench.apply_overrides(config, (("training.batchsize", 8),))
+    configs.apply_overrides(config, (("training.batchsize", 8),))
 
 
 def test_window_std():
@@ -160,7 +161,7 @@ def test_bf16_toy_curve_matches_fp32():
   so bf16 lands much closer). bf16 must also differ from fp32 at all: an identical curve would
   mean mixed precision never reached the network.
   """
-  config = bench.apply_overrides(gaussian_mixture.get_config(), (("training.batch_size", 128),))
+  config = configs.apply_overrides(gaussian_mixture.get_config(), (("training.batch_size", 128),))
   result = bf16_curves.run(config, 200, chunk=50, last=100)
   stats = result["stats"]
   assert abs(stats["last_mean_diff"]) <= 3.0 * stats["last_mean_stderr"], stats
@@ -212,13 +213,13 @@ def test_time_to_bpd_on_real_mnist(tmp_path):
   assert result["targets"][0]["step"] == 5
   assert result["eval"]["offset_bits"] == 7.0 and result["precision"] == "fp32"
 
-  config = bench.apply_overrides(bench.load_config(bench.MNIST),
-                                 [bench.parse_override(o) for o in overrides])
-  devices = run_lib.Devices()
+  config = configs.apply_overrides(configs.load_config(bench.MNIST),
+                                   [configs.parse_override(o) for o in overrides])
+  devices = Devices()
   blocks = time_to_bpd.first_test_images(config, 8, 4, devices)
   assert [b.shape for b in blocks] == [(4, 28, 28, 1)] * 2
-  model, params = mutils.init_model(jax.random.PRNGKey(0), config)
-  bpd_fn = run_lib.build_bpd_fn(config, run_lib.build_sde(config), model, devices)
+  model, params = builders.init_model(jax.random.PRNGKey(0), config)
+  bpd_fn = builders.build_bpd_fn(config, builders.build_sde(config), model, devices)
   first, again = (time_to_bpd.measure_bpd(bpd_fn, params, blocks, devices, seed=3)
                   for _ in range(2))
   assert first["bpd"] == again["bpd"] and first["nfe"] == again["nfe"]
@@ -316,9 +317,10 @@ def test_compile_target_devices_compile_without_placing_data():
   devices = bench.CompileTargetDevices(jax.devices())
   placed = devices.put_batch(np.zeros((4, 2), np.float32))
   assert isinstance(placed, jax.ShapeDtypeStruct) and placed.sharding == devices.batch
-  config = bench.apply_overrides(bench.load_config(bench.DDPMPP), bench.TINY_MODEL.items())
+  config = configs.apply_overrides(configs.load_config(bench.DDPMPP), bench.TINY_MODEL.items())
   forward = bench.bench_forward(config, devices, batch=2, steps=0, warmup=0)
-  ode = bench.bench_ode(config, devices, batch=2, repeats=0)
+  config.sampling.method = "ode"
+  ode = bench.bench_sampler(config, devices, batch=2, repeats=0)
   for metrics in (forward, ode):
     assert metrics["compiled_bytes"] > 0 and metrics["kernels"] > 0, metrics
   assert forward["flops_per_call"] > 0

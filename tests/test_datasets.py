@@ -1,8 +1,10 @@
-"""Tests for datasets.py: readers (IDX, CIFAR-10 python, npz, TFDS on real MNIST), batching semantics
-(exact-once evaluation, resumption, process sharding, training streams), augmentation and toys.
+"""Tests for the input pipeline: ``readers`` (IDX, CIFAR-10 python, npz, crop/resize),
+``tf_readers`` (TFDS on real MNIST, TFRecords), ``batching`` (exact-once evaluation, resumption,
+process sharding, training streams, augmentation), ``toy_data`` and the ``datasets`` entry point.
 
 Statistical tolerances are 5 standard errors of the tested statistic at the stated sample size.
-The TFDS tests (``-m tfds``) prepare real MNIST offline once per module (~30 s with the TensorFlow import).
+The TFDS tests (``-m tfds``) prepare real MNIST offline once per module (~30 s with the TensorFlow
+import).
 """
 
 import collections
@@ -18,22 +20,27 @@ import numpy as np
 import pytest
 
 from configs.default_configs import get_default_configs
+import batching
 import datasets
+import readers
+import tf_readers
+import toy_data
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO_ROOT, "..", "shared", "data")
 MNIST_DIR = os.path.join(SHARED_DATA, "mnist")
 FASHION_DIR = os.path.join(SHARED_DATA, "fashion_mnist")
-# Class counts 0..9 from shared/data/README.md.
+# Class counts 0..9 of the official MNIST splits.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
-needs_mnist = pytest.mark.skipif(not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
-                                 reason=f"real MNIST IDX files not found in {MNIST_DIR}")
+needs_mnist = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
+    reason=f"real MNIST IDX files not found in {MNIST_DIR}")
 
 
-def make_config(dataset="mnist", source="idx", data_dir="", image_size=28, num_channels=1, random_flip=False,
-                dequantize=False, dim=0):
+def make_config(dataset="mnist", source="idx", data_dir="", image_size=28, num_channels=1,
+                random_flip=False, dequantize=False, dim=0):
   config = get_default_configs()
   config.data.dataset = dataset
   config.data.source = source
@@ -47,7 +54,10 @@ def make_config(dataset="mnist", source="idx", data_dir="", image_size=28, num_c
 
 
 def write_idx(path, array, magic=None, cut=0, extra=b""):
-  """Writes uint8 ``array`` as IDX (gzipped if ``path`` ends in .gz); ``cut`` drops trailing bytes."""
+  """Writes uint8 ``array`` as IDX (gzipped if ``path`` ends in .gz).
+
+  ``magic`` replaces the 4-byte magic number, ``cut`` drops trailing bytes, ``extra`` appends some.
+  """
   header = bytes([0, 0, 8, array.ndim]) if magic is None else magic
   raw = header + np.asarray(array.shape, ">u4").tobytes() + array.astype(np.uint8).tobytes()
   raw = raw[:len(raw) - cut] + extra
@@ -56,18 +66,19 @@ def write_idx(path, array, magic=None, cut=0, extra=b""):
 
 
 def indexed_split(n, h=4, w=5, c=1):
-  """Images whose pixels (0, 0) and (0, 1) encode the example index, marked in row 1 so that a left-right
-  flip is visible; labels i % 7."""
+  """Images ``[n, h, w, c]`` whose pixels (0, 0) and (0, 1) encode the example index, marked in
+  row 1 so that a left-right flip is visible; labels i % 7."""
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
   images[:, 0, 0, 0] = np.arange(n) % 256
   images[:, 0, 1, 0] = np.arange(n) // 256
-  images[:, 1, 0, 0], images[:, 1, w - 1, 0] = 0, 255  # orientation marker: 255 at (1, 0) iff flipped
-  return datasets.SplitData(images, (np.arange(n) % 7).astype(np.int32))
+  # Orientation marker: 255 at (1, 0) iff flipped.
+  images[:, 1, 0, 0], images[:, 1, w - 1, 0] = 0, 255
+  return readers.SplitData(images, (np.arange(n) % 7).astype(np.int32))
 
 
 def decode_index(batch):
-  """Example index of each row of a batch made from :func:`indexed_split` without flips/dequantization."""
+  """Example index of each row of a batch made from :func:`indexed_split` (no flips or noise)."""
   pixels = np.rint(batch["image"] * 255).astype(np.int64)
   return pixels[:, 0, 0, 0] + 256 * pixels[:, 0, 1, 0]
 
@@ -81,7 +92,7 @@ def collect(batches, n_batches=None):
   return out
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Scalers.
 
 
@@ -95,7 +106,7 @@ def test_scalers_round_trip():
   assert np.array_equal(datasets.get_data_inverse_scaler(False)(x), x)
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # No TensorFlow outside the TFDS path.
 
 
@@ -109,8 +120,8 @@ sys.path.insert(0, {REPO_ROOT!r})
 import datasets
 from configs.default_configs import get_default_configs
 c = get_default_configs()
-c.data.update(dict(dataset='mnist', source='idx', data_dir={str(tmp_path)!r}, image_size=28, num_channels=1,
-                   random_flip=False, uniform_dequantization=True))
+c.data.update(dict(dataset='mnist', source='idx', data_dir={str(tmp_path)!r}, image_size=28,
+                   num_channels=1, random_flip=False, uniform_dequantization=True))
 next(iter(datasets.get_dataset(c, split='test', batch_size=2, train=False)))
 c.data.update(dict(source='npz', data_dir={str(tmp_path / 'd.npz')!r}, image_size=8))
 next(iter(datasets.get_dataset(c, split='test', batch_size=2, train=True)))
@@ -126,31 +137,32 @@ print('OK')
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # IDX.
 
 
 @needs_mnist
 def test_idx_real_mnist_shapes_and_class_counts():
   for split, counts in (("train", MNIST_TRAIN_COUNTS), ("test", MNIST_TEST_COUNTS)):
-    data = datasets.load_idx(MNIST_DIR, split)
+    data = readers.load_idx(MNIST_DIR, split)
     n = sum(counts)
     assert data.images.shape == (n, 28, 28, 1) and data.images.dtype == np.uint8
     assert data.labels.shape == (n,) and data.labels.dtype == np.int32
     assert np.bincount(data.labels, minlength=10).tolist() == counts
     assert data.images.min() == 0 and data.images.max() == 255
-  # md5 of the decompressed test-image IDX from the README, recomputed from what we read.
+  # The published md5 of the decompressed test-image IDX, recomputed from what we read.
   header = bytes([0, 0, 8, 3]) + np.asarray([10000, 28, 28], ">u4").tobytes()
-  images = datasets.load_idx(MNIST_DIR, "test").images
+  images = readers.load_idx(MNIST_DIR, "test").images
   assert hashlib.md5(header + images.tobytes()).hexdigest() == "2646ac647ad5339dbf082846283269ea"
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason=f"Fashion-MNIST not found in {FASHION_DIR}")
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR),
+                    reason=f"Fashion-MNIST not found in {FASHION_DIR}")
 def test_idx_real_fashion_mnist_class_counts():
-  data = datasets.load_idx(FASHION_DIR, "test", "fashion_mnist")
+  data = readers.load_idx(FASHION_DIR, "test", "fashion_mnist")
   assert data.images.shape == (10000, 28, 28, 1)
   assert np.bincount(data.labels).tolist() == [1000] * 10
-  train_labels = datasets.read_idx(os.path.join(FASHION_DIR, "train-labels-idx1-ubyte.gz"))
+  train_labels = readers.read_idx(os.path.join(FASHION_DIR, "train-labels-idx1-ubyte.gz"))
   assert np.bincount(train_labels).tolist() == [6000] * 10
 
 
@@ -173,26 +185,27 @@ def test_idx_reader_round_trip_and_errors(tmp_path, gz):
   images = np.random.default_rng(1).integers(0, 256, (6, 28, 28), dtype=np.uint8)
   write_idx(str(tmp_path / f"train-images-idx3-ubyte{ext}"), images)
   write_idx(str(tmp_path / f"train-labels-idx1-ubyte{ext}"), np.arange(6) % 10)
-  data = datasets.load_idx(str(tmp_path), "train")
+  data = readers.load_idx(str(tmp_path), "train")
   assert np.array_equal(data.images[..., 0], images) and data.labels.tolist() == [0, 1, 2, 3, 4, 5]
 
   bad = str(tmp_path / f"bad{ext}")
   write_idx(bad, images, magic=bytes([0, 0, 9, 3]))  # 0x09: int8, not uint8
   with pytest.raises(ValueError, match="bad magic number"):
-    datasets.read_idx(bad)
+    readers.read_idx(bad)
   write_idx(bad, images, cut=5)
   with pytest.raises(ValueError, match="truncated"):
-    datasets.read_idx(bad)
+    readers.read_idx(bad)
   write_idx(bad, images, extra=b"\0")  # more data than the header promises
   with pytest.raises(ValueError, match=os.path.basename(bad) + ".*promises"):
-    datasets.read_idx(bad)
+    readers.read_idx(bad)
 
-  with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte\.gz.*config\.data\.data_dir"):
-    datasets.load_idx(str(tmp_path), "test")
+  with pytest.raises(FileNotFoundError,
+                     match=r"t10k-images-idx3-ubyte\.gz.*config\.data\.data_dir"):
+    readers.load_idx(str(tmp_path), "test")
   write_idx(str(tmp_path / f"t10k-images-idx3-ubyte{ext}"), images)
   write_idx(str(tmp_path / f"t10k-labels-idx1-ubyte{ext}"), np.arange(5))
   with pytest.raises(ValueError, match="6 images but 5 labels"):
-    datasets.load_idx(str(tmp_path), "test")
+    readers.load_idx(str(tmp_path), "test")
 
 
 def test_truncated_gzip_is_a_clear_error(tmp_path):
@@ -202,10 +215,10 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
   with open(path, "wb") as f:
     f.write(raw[:len(raw) // 2])
   with pytest.raises(ValueError, match="corrupt or truncated"):
-    datasets.read_idx(path)
+    readers.read_idx(path)
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # TFDS on real MNIST, prepared offline.
 
 
@@ -215,7 +228,7 @@ def tfds_mnist_dir(tmp_path_factory):
     pytest.skip(f"real MNIST IDX files not found in {MNIST_DIR}")
   pytest.importorskip("tensorflow_datasets")
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  datasets.prepare_tfds("mnist", data_dir, manual_dir=MNIST_DIR)
+  tf_readers.prepare_tfds("mnist", data_dir, manual_dir=MNIST_DIR)
   return data_dir
 
 
@@ -223,7 +236,7 @@ def tfds_mnist_dir(tmp_path_factory):
 def test_tfds_mnist_equals_idx_reader(tfds_mnist_dir, tmp_path):
   tfds_config = make_config(source="tfds", data_dir=tfds_mnist_dir)
   via_tfds = datasets.load_split(tfds_config, "test")
-  via_idx = datasets.load_idx(MNIST_DIR, "test")
+  via_idx = readers.load_idx(MNIST_DIR, "test")
   assert via_tfds.images.shape == (10000, 28, 28, 1) and via_tfds.images.dtype == np.uint8
   assert np.bincount(via_tfds.labels).tolist() == MNIST_TEST_COUNTS
 
@@ -235,14 +248,15 @@ def test_tfds_mnist_equals_idx_reader(tfds_mnist_dir, tmp_path):
   assert datasets.num_examples(tfds_config, "train") == 60000
   assert datasets.num_examples(tfds_config, "test") == 10000
 
-  # An evaluation pass through get_dataset reads the split again, in the same (stored) order, once; with a
-  # cache_dir the preprocessed split is then memory-mapped from there.
+  # An evaluation pass through get_dataset reads the split again, in the same (stored) order,
+  # once; with a cache_dir the preprocessed split is then memory-mapped from there.
   cache_dir = str(tmp_path / "cache")
   passes = collect(datasets.get_dataset(tfds_config, split="test", batch_size=3000, train=False,
                                         cache_dir=cache_dir))
   cached = datasets.load_split(tfds_config, "test", cache_dir=cache_dir)
   assert isinstance(cached.images, np.memmap)
-  assert np.array_equal(cached.images, via_tfds.images) and np.array_equal(cached.labels, via_tfds.labels)
+  assert np.array_equal(cached.images, via_tfds.images)
+  assert np.array_equal(cached.labels, via_tfds.labels)
   assert len(passes) == 4 and passes[-1]["mask"].sum() == 1000
   images = np.concatenate([b["image"][b["mask"] > 0] for b in passes])
   labels = np.concatenate([b["label"][b["mask"] > 0] for b in passes])
@@ -254,41 +268,45 @@ def test_tfds_mnist_equals_idx_reader(tfds_mnist_dir, tmp_path):
 def test_tensorflow_crop_and_resize_equal_the_numpy_ones():
   pytest.importorskip("tensorflow_datasets")
   # pylint: disable=protected-access
-  tf, _ = datasets._import_tf()
+  tf, _ = tf_readers._import_tf()
   rng = np.random.default_rng(12)
   images = rng.integers(0, 256, (3, 218, 178, 3), dtype=np.uint8)  # CelebA's size
   for size, crop, method in ((64, 140, "bilinear"), (32, 0, "bicubic"), (178, 0, "bilinear")):
-    ours = datasets.fit_images(images, size, crop=crop, method=method)
-    theirs = np.stack([datasets._tf_fit(tf, tf.constant(x), size, crop, method).numpy() for x in images])
+    ours = readers.fit_images(images, size, crop=crop, method=method)
+    theirs = np.stack([tf_readers._tf_fit(tf, tf.constant(x), size, crop, method).numpy()
+                       for x in images])
     # Same filter; float differences can only flip a rounding (measured: 1e-4 of the pixels).
     diff = np.abs(ours.astype(int) - theirs)
     assert ours.shape == (3, size, size, 3) and diff.max() <= 1 and np.mean(diff > 0) < 1e-3
-  assert np.array_equal(datasets.fit_images(images, 140, crop=140), images[:, 39:179, 19:159])
+  assert np.array_equal(readers.fit_images(images, 140, crop=140), images[:, 39:179, 19:159])
 
 
 @pytest.mark.tfds
 def test_tfrecords_reader(tmp_path):
-  """The authors' FFHQ / CelebA-HQ record format: features 'shape' = (C, H, W) and 'data' = CHW bytes."""
+  """The authors' FFHQ / CelebA-HQ records: features 'shape' = (C, H, W) and 'data' = CHW bytes."""
   pytest.importorskip("tensorflow_datasets")
-  tf, _ = datasets._import_tf()  # pylint: disable=protected-access
-  images = np.random.default_rng(14).integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)  # HWC, not square
+  tf, _ = tf_readers._import_tf()  # pylint: disable=protected-access
+  # HWC, not square.
+  images = np.random.default_rng(14).integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)
   path = str(tmp_path / "faces.tfrecords")
   with tf.io.TFRecordWriter(path) as writer:
     for image in images:
       chw = image.transpose(2, 0, 1)
       feature = {"shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(chw.shape))),
                  "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[chw.tobytes()]))}
-      writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+      example = tf.train.Example(features=tf.train.Features(feature=feature))
+      writer.write(example.SerializeToString())
   config = make_config("CelebAHQ", "tfrecords", image_size=10, num_channels=3)
   config.data.tfrecords_path = path
   got = datasets.load_split(config, "train")
   assert np.array_equal(got.images, images[:, 1:11]) and np.all(got.labels == -1)  # central square
   config.data.image_size = 4
   cache_dir = str(tmp_path / "cache")
-  batches = datasets.get_dataset(config, split="test", batch_size=4, train=False, cache_dir=cache_dir)
+  batches = datasets.get_dataset(config, split="test", batch_size=4, train=False,
+                                 cache_dir=cache_dir)
   assert batches.num_examples == 5 and batches.num_batches == 2
   first = batches.batch(0)["image"]
-  ours = datasets.fit_images(images, 4)
+  ours = readers.fit_images(images, 4)
   assert first.shape == (4, 4, 4, 3)
   assert np.abs(np.rint(first * 255) - ours[:4]).max() <= 1
   assert isinstance(datasets.load_split(config, "test", cache_dir=cache_dir).images, np.memmap)
@@ -300,7 +318,8 @@ def test_tfrecords_reader(tmp_path):
 @pytest.mark.tfds
 def test_tfds_failure_is_one_line_with_advice(tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  config = make_config(dataset="LSUN", source="tfds", data_dir=str(tmp_path), image_size=64, num_channels=3)
+  config = make_config(dataset="LSUN", source="tfds", data_dir=str(tmp_path), image_size=64,
+                       num_channels=3)
   config.data.category = "no_such_category"  # the authors' spelling of lsun/no_such_category
   with pytest.raises(RuntimeError) as info:
     datasets.get_dataset(config, split="test", batch_size=4, train=False)
@@ -310,14 +329,14 @@ def test_tfds_failure_is_one_line_with_advice(tmp_path):
   assert "manual_dir" in message and "lsun/no_such_category" in message
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Evaluation passes.
 
 
 @pytest.mark.parametrize("n,batch_size", [(103, 20), (40, 20), (7, 16)])
 def test_eval_visits_every_example_once_in_stored_order(n, batch_size):
   data = indexed_split(n)
-  batches = datasets.make_batches(data, batch_size=batch_size, train=False, prefetch=2)
+  batches = batching.make_batches(data, batch_size=batch_size, train=False, prefetch=2)
   assert batches.num_batches == -(-n // batch_size)
   got = collect(batches)
   assert len(got) == batches.num_batches
@@ -333,14 +352,14 @@ def test_eval_visits_every_example_once_in_stored_order(n, batch_size):
   images = np.concatenate([b["image"][b["mask"] > 0] for b in got])
   assert np.array_equal(np.rint(images * 255).astype(np.uint8), data.images)
   assert sum(b["mask"].sum() for b in got) == n
-  again = collect(datasets.make_batches(data, batch_size=batch_size, train=False, prefetch=0))
+  again = collect(batching.make_batches(data, batch_size=batch_size, train=False, prefetch=0))
   assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(got, again))
 
 
 def test_eval_resume_gives_the_suffix():
   data = indexed_split(103)
-  full = collect(datasets.make_batches(data, batch_size=20, train=False))
-  resumed = datasets.make_batches(data, batch_size=20, train=False, start_batch=3)
+  full = collect(batching.make_batches(data, batch_size=20, train=False))
+  resumed = batching.make_batches(data, batch_size=20, train=False, start_batch=3)
   assert len(resumed) == 3
   rest = collect(resumed)
   assert len(rest) == 3
@@ -357,8 +376,8 @@ def test_eval_resume_gives_the_suffix():
 def test_process_shards_concatenate_to_the_global_batch(train, process_count):
   data = indexed_split(50)
   kwargs = dict(batch_size=8, train=train, seed=3, random_flip=train, uniform_dequantization=True)
-  whole = datasets.make_batches(data, **kwargs)
-  shards = [datasets.make_batches(data, process_index=p, process_count=process_count, **kwargs)
+  whole = batching.make_batches(data, **kwargs)
+  shards = [batching.make_batches(data, process_index=p, process_count=process_count, **kwargs)
             for p in range(process_count)]
   assert shards[0].local_batch_size == 8 // process_count
   for k in range(whole.num_batches or 15):  # 15 training batches span 2.4 epochs
@@ -366,19 +385,19 @@ def test_process_shards_concatenate_to_the_global_batch(train, process_count):
     for key in ("image", "label", "mask"):
       assert np.array_equal(np.concatenate([p[key] for p in parts]), whole.batch(k)[key])
   with pytest.raises(ValueError, match="multiple of the process count"):
-    datasets.make_batches(data, batch_size=9, train=train, process_count=2)
+    batching.make_batches(data, batch_size=9, train=train, process_count=2)
   with pytest.raises(ValueError, match="process_index"):
-    datasets.make_batches(data, batch_size=8, train=train, process_index=2, process_count=2)
+    batching.make_batches(data, batch_size=8, train=train, process_index=2, process_count=2)
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Training streams.
 
 
 def test_train_stream_epochs_are_permutations_and_deterministic():
   n, batch_size = 50, 16
   data = indexed_split(n)
-  stream = datasets.make_batches(data, batch_size=batch_size, train=True, seed=7)
+  stream = batching.make_batches(data, batch_size=batch_size, train=True, seed=7)
   assert stream.num_batches is None
   got = collect(stream, 13)  # 208 examples: 4 full epochs and a bit
   assert all(b["image"].shape == (batch_size, 4, 5, 1) and np.all(b["mask"] == 1) for b in got)
@@ -388,11 +407,12 @@ def test_train_stream_epochs_are_permutations_and_deterministic():
     assert sorted(order.tolist()) == list(range(n))  # each epoch: every example exactly once
   assert all(not np.array_equal(epochs[0], e) for e in epochs[1:])  # reshuffled every epoch
   assert not np.array_equal(epochs[0], np.arange(n))
-  same = collect(datasets.make_batches(data, batch_size=batch_size, train=True, seed=7), 13)
+  same = collect(batching.make_batches(data, batch_size=batch_size, train=True, seed=7), 13)
   assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(got, same))
-  other = collect(datasets.make_batches(data, batch_size=batch_size, train=True, seed=8), 4)
+  other = collect(batching.make_batches(data, batch_size=batch_size, train=True, seed=8), 4)
   assert not np.array_equal(np.concatenate([decode_index(b) for b in other]), index[:64])
-  resumed = collect(datasets.make_batches(data, batch_size=batch_size, train=True, seed=7, start_batch=5), 3)
+  resumed = collect(batching.make_batches(data, batch_size=batch_size, train=True, seed=7,
+                                          start_batch=5), 3)
   assert all(np.array_equal(a["label"], b["label"]) for a, b in zip(got[5:8], resumed))
 
 
@@ -403,7 +423,7 @@ def test_random_flip_only_when_enabled_and_only_in_training():
 
   def flipped_fraction(**kwargs):
     flips = []
-    for b in collect(datasets.make_batches(data, batch_size=100, seed=1, **kwargs), 20):
+    for b in collect(batching.make_batches(data, batch_size=100, seed=1, **kwargs), 20):
       for image in b["image"]:
         flipped = image[1, 0, 0] == 1.0
         oriented = image[:, ::-1] if flipped else image
@@ -420,9 +440,11 @@ def test_random_flip_only_when_enabled_and_only_in_training():
 
 def test_uniform_dequantization_range_and_distribution():
   data = indexed_split(64, h=8, w=8)
-  batches = datasets.make_batches(data, batch_size=64, train=False, uniform_dequantization=True, seed=5)
+  batches = batching.make_batches(data, batch_size=64, train=False, uniform_dequantization=True,
+                                  seed=5)
   x = batches.batch(0)["image"]
-  u = x.astype(np.float64) * 256 - data.images  # the added noise, exactly (x * 256 is exact in float32)
+  # The added noise, exactly (x * 256 is exact in float32).
+  u = x.astype(np.float64) * 256 - data.images
   n = u.size  # 4096 pixels
   assert 0.0 <= x.min() and x.max() <= 1.0
   assert u.min() >= 0.0 and u.max() <= 1.0
@@ -431,18 +453,19 @@ def test_uniform_dequantization_range_and_distribution():
   assert abs(u.var() - 1 / 12) < 5 * np.sqrt(1 / 180 / n)
   assert np.histogram(u, bins=4, range=(0, 1))[0].min() > n / 4 - 5 * np.sqrt(n * 3 / 16)
   # Same seed: same noise; another seed: new noise (e.g. for another bits/dim repeat).
-  assert np.array_equal(datasets.make_batches(data, batch_size=64, train=False, uniform_dequantization=True,
-                                              seed=5).batch(0)["image"], x)
-  assert not np.array_equal(datasets.make_batches(data, batch_size=64, train=False, uniform_dequantization=True,
-                                                  seed=6).batch(0)["image"], x)
-  plain = datasets.make_batches(data, batch_size=64, train=False).batch(0)["image"]
+  def noisy(seed):
+    return batching.make_batches(data, batch_size=64, train=False, uniform_dequantization=True,
+                                 seed=seed).batch(0)["image"]
+  assert np.array_equal(noisy(5), x)
+  assert not np.array_equal(noisy(6), x)
+  plain = batching.make_batches(data, batch_size=64, train=False).batch(0)["image"]
   assert np.array_equal(plain * np.float32(255), data.images.astype(np.float32))
 
 
 def test_prefetch_matches_direct_batches_and_propagates_errors():
   data = indexed_split(30)
-  direct = datasets.make_batches(data, batch_size=4, train=True, prefetch=0)
-  ahead = datasets.make_batches(data, batch_size=4, train=True, prefetch=3)
+  direct = batching.make_batches(data, batch_size=4, train=True, prefetch=0)
+  ahead = batching.make_batches(data, batch_size=4, train=True, prefetch=3)
   for k, b in enumerate(collect(ahead, 10)):
     assert np.array_equal(b["image"], direct.batch(k)["image"])
 
@@ -450,20 +473,20 @@ def test_prefetch_matches_direct_batches_and_propagates_errors():
     if k == 2:
       raise RuntimeError("boom")
     return {"k": k}
-  failing = datasets.Batches(produce, batch_size=1, local_batch_size=1, num_batches=5, num_examples=5,
-                             start_batch=0, prefetch=2)
+  failing = batching.Batches(produce, batch_size=1, local_batch_size=1, num_batches=5,
+                             num_examples=5, start_batch=0, prefetch=2)
   it = iter(failing)
   assert next(it) == {"k": 0} and next(it) == {"k": 1}
   with pytest.raises(RuntimeError, match="boom"):
     next(it)
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # CIFAR-10 python batches and npz.
 
 
 def write_cifar(root, sizes):
-  """Writes synthetic CIFAR-10 batches in the official format (protocol-2 pickles of dicts, bytes keys)."""
+  """Writes synthetic CIFAR-10 batches in the official format (protocol-2 pickles, bytes keys)."""
   folder = os.path.join(root, "cifar-10-batches-py")
   os.makedirs(folder)
   rng = np.random.default_rng(4)
@@ -489,24 +512,26 @@ def test_cifar_python_reader(tmp_path):
   os.makedirs(tmp_path / "tar_only")
   os.rename(archive, tmp_path / "tar_only" / "cifar-10-python.tar.gz")
   archive = str(tmp_path / "tar_only" / "cifar-10-python.tar.gz")
-  for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+  train_names = [f"data_batch_{i}" for i in range(1, 6)]
+  for split, names in (("train", train_names), ("test", ["test_batch"])):
     data_rows = np.concatenate([truth[m][0] for m in names])
     labels = sum((truth[m][1] for m in names), [])
     for where in (folder, str(tmp_path / "src"), archive, str(tmp_path / "tar_only")):
-      got = datasets.load_cifar_python(where, split)
+      got = readers.load_cifar_python(where, split)
       assert got.images.shape == (len(labels), 32, 32, 3) and got.images.dtype == np.uint8
       assert got.labels.tolist() == labels
       # Row layout: 1024 red, 1024 green, 1024 blue values, each a row-major 32 x 32 plane.
       for ch in range(3):
         assert np.array_equal(got.images[:, 5, 7, ch], data_rows[:, ch * 1024 + 5 * 32 + 7])
-  config = make_config("cifar10", "cifar_python", folder, image_size=32, num_channels=3, random_flip=True)
+  config = make_config("cifar10", "cifar_python", folder, image_size=32, num_channels=3,
+                       random_flip=True)
   batch = next(iter(datasets.get_dataset(config, split="train", batch_size=5, train=True)))
   assert batch["image"].shape == (5, 32, 32, 3)
   config.data.num_channels = 1
   with pytest.raises(ValueError, match="3 channel"):
     datasets.get_dataset(config, split="train", batch_size=5, train=True)
   with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
-    datasets.load_cifar_python(str(tmp_path), "test")
+    readers.load_cifar_python(str(tmp_path), "test")
 
 
 class _Hostile:
@@ -520,33 +545,35 @@ def test_cifar_reader_refuses_arbitrary_pickles(tmp_path):
   with open(folder / "test_batch", "wb") as f:
     pickle.dump({b"data": _Hostile(), b"labels": []}, f, protocol=2)
   with pytest.raises(ValueError, match="refusing to unpickle"):
-    datasets.load_cifar_python(str(folder), "test")
+    readers.load_cifar_python(str(folder), "test")
 
 
 def test_npz_reader(tmp_path):
   rng = np.random.default_rng(6)
   gray = rng.integers(0, 256, (5, 8, 8), dtype=np.uint8)
   np.savez(tmp_path / "gray.npz", train=gray, train_labels=np.arange(5), test=gray[:2])
-  got = datasets.load_npz(str(tmp_path / "gray.npz"), "train")
+  got = readers.load_npz(str(tmp_path / "gray.npz"), "train")
   assert got.images.shape == (5, 8, 8, 1) and np.array_equal(got.images[..., 0], gray)
   assert got.labels.tolist() == [0, 1, 2, 3, 4]
-  assert datasets.load_npz(str(tmp_path / "gray.npz"), "test").labels.tolist() == [-1, -1]
+  assert readers.load_npz(str(tmp_path / "gray.npz"), "test").labels.tolist() == [-1, -1]
 
   color = rng.integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
-  np.savez(tmp_path / "mine.npz", x_train=color, y_train=np.arange(4), x_test=color, y_test=np.arange(4))
-  config = make_config("mine", "npz", str(tmp_path), image_size=6, num_channels=3)  # folder + <dataset>.npz
+  np.savez(tmp_path / "mine.npz", x_train=color, y_train=np.arange(4), x_test=color,
+           y_test=np.arange(4))
+  # data_dir is the folder, holding <dataset>.npz.
+  config = make_config("mine", "npz", str(tmp_path), image_size=6, num_channels=3)
   batches = datasets.get_dataset(config, split="test", batch_size=3, train=False)
   got = collect(batches)
   assert np.array_equal(np.rint(got[0]["image"] * 255).astype(np.uint8), color[:3])
 
   np.savez(tmp_path / "bad.npz", images=gray)
   with pytest.raises(ValueError, match=r"expected key train or x_train.*found \['images'\]"):
-    datasets.load_npz(str(tmp_path / "bad.npz"), "train")
+    readers.load_npz(str(tmp_path / "bad.npz"), "train")
   np.savez(tmp_path / "float.npz", train=gray.astype(np.float32))
   with pytest.raises(ValueError, match="expected uint8"):
-    datasets.load_npz(str(tmp_path / "float.npz"), "train")
+    readers.load_npz(str(tmp_path / "float.npz"), "train")
   with pytest.raises(FileNotFoundError, match="npz file"):
-    datasets.load_npz(str(tmp_path / "absent.npz"), "train")
+    readers.load_npz(str(tmp_path / "absent.npz"), "train")
 
 
 def test_npz_crop_and_resize(tmp_path):
@@ -565,7 +592,7 @@ def test_npz_crop_and_resize(tmp_path):
   assert np.all(got.images[0] == 77) and np.all(got.images[1] == 200)
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Toys.
 
 
@@ -573,7 +600,7 @@ def toy_config(name):
   return make_config(name, "toy", image_size=0, dim=2)
 
 
-@pytest.mark.parametrize("name", datasets.TOY_DATASETS)
+@pytest.mark.parametrize("name", toy_data.TOYS.names())
 def test_toy_streams_are_seeded_and_sharded(name):
   config = toy_config(name)
   stream = datasets.get_dataset(config, split="train", batch_size=64, train=True, shuffle_seed=1)
@@ -586,10 +613,11 @@ def test_toy_streams_are_seeded_and_sharded(name):
   other = datasets.get_dataset(config, split="train", batch_size=64, train=True, shuffle_seed=2)
   assert not np.array_equal(other.batch(0)["image"], got[0]["image"])
   halves = [datasets.get_dataset(config, split="train", batch_size=64, train=True, shuffle_seed=1,
-                                 process_index=p, process_count=2).batch(1)["image"] for p in range(2)]
+                                 process_index=p, process_count=2).batch(1)["image"]
+            for p in range(2)]
   assert np.array_equal(np.concatenate(halves), got[1]["image"])
   test = datasets.get_dataset(config, split="test", batch_size=4096, train=False, shuffle_seed=9)
-  assert test.num_examples == datasets.TOY_TEST_SIZE and test.num_batches == 3
+  assert test.num_examples == toy_data.TOY_TEST_SIZE and test.num_batches == 3
   again = datasets.get_dataset(config, split="test", batch_size=4096, train=False, shuffle_seed=1)
   assert np.array_equal(test.batch(0)["image"], again.batch(0)["image"])  # a fixed test set
 
@@ -607,23 +635,26 @@ def test_toy_distributions_moments_and_support():
   n = 20000
   rng = np.random.default_rng(11)
   # pylint: disable=protected-access
-  x, labels = datasets._sample_toy("gaussian_mixture", n, rng)
+  x, labels = toy_data.sample_with_labels("gaussian_mixture", n, rng)
   assert moments_close(x, np.zeros(2), np.ones(2))
   assert set(np.unique(labels)) == set(range(8))
-  centres = np.sqrt(2 * (1 - 0.01)) * np.stack([np.cos(np.pi * labels / 4), np.sin(np.pi * labels / 4)], -1)
+  angles = np.pi * labels / 4
+  centres = np.sqrt(2 * (1 - 0.01)) * np.stack([np.cos(angles), np.sin(angles)], -1)
   assert np.abs(x - centres).max() < 6 * 0.1  # each point near its own component's centre
 
-  x, labels = datasets._sample_toy("checkerboard", n, rng)
+  x, labels = toy_data.sample_with_labels("checkerboard", n, rng)
   assert moments_close(x, np.zeros(2), np.ones(2))
   assert np.all(np.abs(x) <= np.sqrt(3)) and np.all(labels == -1)
   cell = np.floor((x / np.sqrt(3) + 1) * 2).astype(int)  # 4 x 4 cells on [-sqrt 3, sqrt 3]^2
   assert np.all((cell.sum(1) % 2) == 0)
-  assert np.bincount(cell[:, 0] * 4 + cell[:, 1], minlength=16)[[0, 2, 5, 7, 8, 10, 13, 15]].min() > n / 8 * 0.9
+  dark_counts = np.bincount(cell[:, 0] * 4 + cell[:, 1], minlength=16)[[0, 2, 5, 7, 8, 10, 13, 15]]
+  assert dark_counts.min() > n / 8 * 0.9
 
-  x = datasets.sample_toy("Swiss_Roll", n, seed=13)  # the public form: case-insensitive, seeded
+  x = toy_data.sample_toy("Swiss_Roll", n, seed=13)  # the public form: case-insensitive, seeded
   assert x.shape == (n, 2) and x.dtype == np.float32
-  assert np.array_equal(x, datasets.sample_toy("swiss_roll", n, seed=13))
-  # Exact moments by quadrature over u ~ U[0, 1) (midpoint rule, 10^6 nodes), plus the noise variance.
+  assert np.array_equal(x, toy_data.sample_toy("swiss_roll", n, seed=13))
+  # Exact moments by quadrature over u ~ U[0, 1) (midpoint rule, 10^6 nodes), plus the noise
+  # variance.
   u = (np.arange(10**6) + 0.5) / 10**6
   t = 1.5 * np.pi * (1 + 2 * u)
   clean = np.stack([t * np.cos(t), t * np.sin(t)], -1) / 7
@@ -631,19 +662,20 @@ def test_toy_distributions_moments_and_support():
   assert 0.3 < np.std(x) < 3  # roughly unit scale
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Names and configuration errors.
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):
   with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10"):
     datasets.get_dataset(make_config("imagenet", "tfds"), split="test", batch_size=2, train=False)
-  with pytest.raises(ValueError, match="tfds, idx, cifar_python, npz, tfrecords, toy"):
+  with pytest.raises(ValueError, match="cifar_python, idx, npz, tfds, tfrecords, toy"):
     datasets.get_dataset(make_config("mnist", "hdf5"), split="test", batch_size=2, train=False)
-  with pytest.raises(ValueError, match="swiss_roll, gaussian_mixture, checkerboard"):
+  with pytest.raises(ValueError, match="checkerboard, gaussian_mixture, swiss_roll"):
     datasets.get_dataset(toy_config("moons"), split="train", batch_size=2, train=True)
   with pytest.raises(ValueError, match="valid sources for it: tfds, cifar_python, npz"):
-    datasets.get_dataset(make_config("CIFAR10", "idx", str(tmp_path)), split="test", batch_size=2, train=False)
+    datasets.get_dataset(make_config("CIFAR10", "idx", str(tmp_path)), split="test", batch_size=2,
+                         train=False)
   with pytest.raises(ValueError, match="train, test"):
     datasets.get_dataset(toy_config("checkerboard"), split="validation", batch_size=2, train=False)
   with pytest.raises(ValueError, match="source = 'toy'"):
@@ -656,6 +688,9 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
     datasets.get_dataset(config, split="train", batch_size=2, train=True)
   with pytest.raises(ValueError, match="data_dir"):
     datasets.get_dataset(make_config("mnist", "idx", ""), split="test", batch_size=2, train=False)
+  with pytest.raises(ValueError, match="set config.data.tfrecords_path or config.data.data_dir"):
+    datasets.get_dataset(make_config("ffhq", "tfrecords", "", image_size=256, num_channels=3),
+                         split="train", batch_size=2, train=True)
   with pytest.raises(ValueError, match="config.data.category"):
     datasets.get_dataset(make_config("LSUN", "tfds"), split="test", batch_size=2, train=False)
 

@@ -273,7 +273,7 @@ def test_failed_solve_returns_nan():
 
 def test_invalid_arguments_raise_clear_errors():
   sde = SDES["vp"]()
-  with pytest.raises(ValueError, match="rademacher, gaussian, exact"):
+  with pytest.raises(ValueError, match="exact, gaussian, rademacher"):
     likelihood.get_likelihood_fn(sde, hutchinson_type="skilling")
   with pytest.raises(ValueError, match="tsit5"):
     likelihood.get_likelihood_fn(sde, method="rk45")

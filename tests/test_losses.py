@@ -16,6 +16,7 @@ import optax
 import pytest
 from scipy import stats
 
+import builders
 import losses
 import sde_lib
 from models import utils as mutils
@@ -179,9 +180,9 @@ def test_smld_loss_zero_for_point_data():
     sigma = sde.discrete_sigmas()[_label(sde, t)]
     return sde_lib.batch_mul(-1.0 / sigma**2, y - x0)
 
-  assert float(losses.smld_loss(score_fn, sde, jax.random.PRNGKey(0), x)) < 1e-6
+  assert float(losses.discrete_loss(score_fn, sde, jax.random.PRNGKey(0), x)) < 1e-6
   wrong_level = lambda y, t: score_fn(y, jnp.minimum(t + 1.0 / (sde.N - 1), 1.0))
-  assert float(losses.smld_loss(wrong_level, sde, jax.random.PRNGKey(0), x)) > 0.1
+  assert float(losses.discrete_loss(wrong_level, sde, jax.random.PRNGKey(0), x)) > 0.1
 
 
 def test_ddpm_loss_zero_for_point_data_with_discrete_kernel():
@@ -199,8 +200,8 @@ def test_ddpm_loss_zero_for_point_data_with_discrete_kernel():
     return sde_lib.batch_mul(-1.0 / std**2, y - mean)
 
   rng = jax.random.PRNGKey(0)
-  assert float(losses.ddpm_loss(discrete_score, sde, rng, x)) < 1e-6
-  assert float(losses.ddpm_loss(continuous_score, sde, rng, x)) > 1e-2
+  assert float(losses.discrete_loss(discrete_score, sde, rng, x, reduce_mean=True)) < 1e-6
+  assert float(losses.discrete_loss(continuous_score, sde, rng, x, reduce_mean=True)) > 1e-2
 
 
 def _record_times(loss, sde, batch=20000):
@@ -215,8 +216,8 @@ def _record_times(loss, sde, batch=20000):
   return np.concatenate(seen)
 
 
-@pytest.mark.parametrize("loss, sde", [(losses.smld_loss, sde_lib.VESDE(N=10)),
-                                       (losses.ddpm_loss, sde_lib.VPSDE(N=25))])
+@pytest.mark.parametrize("loss, sde", [(losses.discrete_loss, sde_lib.VESDE(N=10)),
+                                       (losses.discrete_loss, sde_lib.VPSDE(N=25))])
 def test_discrete_levels_uniform_on_grid(loss, sde):
   t = _record_times(loss, sde)
   levels = t * (sde.N - 1)
@@ -252,7 +253,7 @@ def test_smld_equals_continuous_ve_on_its_grid():
   levels = jnp.asarray(np.round(fractions * (sde.N - 1)).astype(np.int32))
   t = levels / (sde.N - 1)
   score_fn = _gaussian_score(data, sde)
-  discrete, continuous = jax.jit(lambda: (losses.smld_losses(score_fn, sde, x, levels, z),
+  discrete, continuous = jax.jit(lambda: (losses.discrete_losses(score_fn, sde, x, levels, z),
                                           losses.dsm_losses(score_fn, sde, x, t, z)))()
   # Only float32 rounding separates sigma_i = discrete_sigmas()[i] from sigma(t_i).
   np.testing.assert_allclose(discrete, continuous, rtol=1e-4, atol=1e-5)
@@ -273,7 +274,7 @@ def test_ddpm_converges_to_continuous_vp_at_rate_one_over_n():
     levels = jnp.asarray(np.round(fractions * (n - 1)).astype(np.int32))
     score_fn = _gaussian_score(data, sde)
     discrete, continuous = jax.jit(lambda lv, sde=sde, f=score_fn: (
-        losses.ddpm_losses(f, sde, x, lv, z, reduce_mean=False),
+        losses.discrete_losses(f, sde, x, lv, z, reduce_mean=False),
         losses.dsm_losses(f, sde, x, lv / (sde.N - 1), z)))(levels)
     errors.append(float(jnp.max(jnp.abs(discrete - continuous))))
     relative_mean_error = float(jnp.mean(jnp.abs(discrete - continuous)) / jnp.mean(continuous))
@@ -290,7 +291,7 @@ def test_losses_float32_for_low_precision_scores_and_jittable():
   score_fn = lambda y, t: sde_lib.batch_mul(-1.0 / (0.1 + t), y - 0.2)
   low = lambda y, t: score_fn(y, t).astype(jnp.bfloat16)
   rng = jax.random.PRNGKey(1)
-  cases = ((losses.sde_loss, sde_lib.VPSDE(N=100)), (losses.smld_loss, sde_lib.VESDE(N=100)))
+  cases = ((losses.sde_loss, sde_lib.VPSDE(N=100)), (losses.discrete_loss, sde_lib.VESDE(N=100)))
   results = jax.jit(lambda r, y: [(loss(score_fn, sde, r, y), loss(low, sde, r, y))
                                   for loss, sde in cases])(rng, x)
   for full, reduced in results:
@@ -308,7 +309,7 @@ def _toy_model():
       "data": {"dim": 2},
       "training": {"mixed_precision": False},
   })
-  return mutils.init_model(jax.random.PRNGKey(0), config)
+  return builders.init_model(jax.random.PRNGKey(0), config)
 
 
 TOY_BATCH = 64
@@ -344,8 +345,8 @@ def test_get_loss_fn_discrete_rejects_other_sdes():
 
 @pytest.mark.parametrize("sde, continuous, loss", [
     (sde_lib.subVPSDE(N=100), True, losses.sde_loss),
-    (sde_lib.VPSDE(N=100), False, losses.ddpm_loss),
-    (sde_lib.VESDE(N=100), False, losses.smld_loss),
+    (sde_lib.VPSDE(N=100), False, losses.discrete_loss),
+    (sde_lib.VESDE(N=100), False, losses.discrete_loss),
 ])
 def test_get_loss_fn_dispatch(sde, continuous, loss):
   """loss_fn = the matching objective on the network's score, with the noise half of the rng."""

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import builders
 import sde_lib
 from configs.default_configs import get_default_configs
 from models import ddpm, ncsnv2, normalization
@@ -73,7 +74,8 @@ def _test_params(model, x, labels, seed=0):
 
   Compiling ``model.init`` costs tens of seconds on CPU (one PRNG expansion per parameter), so
   the parameter tree is taken from ``jax.eval_shape`` and filled with a LeCun-style draw: kernels
-  and embeddings ``N(0, 1/fan_in)``, biases ``N(0, 0.1^2)``, normalization scales ``1 + N(0, 0.1^2)``.
+  and embeddings ``N(0, 1/fan_in)``, biases ``N(0, 0.1^2)``, normalization scales
+  ``1 + N(0, 0.1^2)``.
   Unlike the real init, no output layer starts at zero, so every path through the network shows.
   """
   shapes = jax.eval_shape(model.init, {"params": KEY, "dropout": KEY}, x, labels)["params"]
@@ -122,7 +124,7 @@ def _images(shape, seed=0):
 def test_parameter_count_matches_authors(module, size, expected):
   config = _get_config(module)
   assert config.data.image_size == size
-  model = mutils.create_model(config)
+  model = builders.build_model(config)
   out, variables = _abstract_init(model, (1, size, size, config.data.num_channels))
   assert set(variables) == {"params"}
   assert _param_count(variables["params"]) == expected
@@ -200,7 +202,8 @@ def test_dropout_only_in_training():
 
 def _assert_heavy_ops_in_bf16(model, params, x, labels):
   jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, x, labels))(params)
-  heavy = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("conv_general_dilated", "dot_general")]
+  heavy = [e for e in jaxpr.jaxpr.eqns
+           if e.primitive.name in ("conv_general_dilated", "dot_general")]
   assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
 
 
@@ -208,7 +211,7 @@ def _assert_heavy_ops_in_bf16(model, params, x, labels):
 def test_mixed_precision_dtypes(name):
   config = _tiny_config(name)
   config.training.mixed_precision = True
-  model = mutils.create_model(config)
+  model = builders.build_model(config)
   assert model.dtype == jnp.bfloat16
   x, labels = _images((2, 8, 8, 3)), jnp.array([1.0, 2.0])
   out, variables = _abstract_init(model, x.shape)
@@ -271,7 +274,7 @@ def _dsm_problem(name, x, noise, levels):
 
 @pytest.mark.parametrize("name", ["ddpm", "ncsnv2", "ncsn"])
 def test_training_lowers_the_loss_and_labels_condition_per_example(name):
-  model = mutils.create_model(_tiny_config(name))
+  model = builders.build_model(_tiny_config(name))
   keys = jax.random.split(KEY, 2)
   x = 2 * _images((4, 8, 8, 3)) - 1 if name == "ddpm" else _images((4, 8, 8, 3))
   noise = jax.random.normal(keys[0], x.shape)
@@ -325,7 +328,7 @@ def test_config_builds_its_model(module):
   # No stray keys (the authors had `training.continuouse` and `training.loss`).
   for section in ("training", "sampling", "eval", "optim"):
     assert set(config[section].keys()) <= set(defaults[section].keys()), section
-  model = mutils.create_model(config)
+  model = builders.build_model(config)
   name = config.model.name
   assert isinstance(model, ddpm.DDPM if name == "ddpm" else ncsnv2.NCSNv2)
   assert model.centered == config.data.centered
@@ -357,7 +360,7 @@ def test_continuous_ncsn_v1_is_refused():
   config = _get_config("configs.ve.ncsn.cifar10")
   config.training.continuous = True
   with pytest.raises(ValueError, match="continuous"):
-    mutils.create_model(config)
+    builders.build_model(config)
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ncsnv2", "ncsn"])
@@ -365,7 +368,7 @@ def test_remat_is_refused_where_not_implemented(name):
   config = _tiny_config(name)
   config.training.remat = True
   with pytest.raises(ValueError, match="training.remat is implemented for the ncsnpp network"):
-    mutils.create_model(config)
+    builders.build_model(config)
 
 
 def test_bad_label_shape_fails():
@@ -397,7 +400,8 @@ def test_bad_options_fail_at_construction(build, match):
 def _instance_norm_plus_reference(x, alpha, gamma, beta):
   x = np.asarray(x, np.float64)
   means = x.mean(axis=(1, 2))
-  means_plus = (means - means.mean(-1, keepdims=True)) / np.sqrt(means.var(-1, keepdims=True) + 1e-5)
+  means_plus = ((means - means.mean(-1, keepdims=True))
+                / np.sqrt(means.var(-1, keepdims=True) + 1e-5))
   h = (x - means[:, None, None]) / np.sqrt(x.var(axis=(1, 2))[:, None, None] + 1e-5)
   return gamma * (h + alpha * means_plus[:, None, None]) + beta
 

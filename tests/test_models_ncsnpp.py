@@ -14,6 +14,7 @@ import optax
 import pytest
 import scipy.signal
 
+import builders
 from models import layerspp
 from models import ncsnpp
 from models import up_or_down_sampling as updown
@@ -113,8 +114,8 @@ def abstract_init(model, shape, labels_dtype=jnp.float32):
 # ----------------------------------------------------------------------------------------------
 # Fidelity to the authors' networks.
 
-# Reference counts: /work/shared/DESIGN.md "Reference numbers" (the authors' CIFAR-10 networks
-# built from their modules, in millions). The exact integers were obtained by building the
+# Reference counts: the authors' CIFAR-10 networks built from their modules, in millions, as
+# their design notes list them. The exact integers were obtained by building the
 # authors' own JAX modules (yang-song/score_sde models/ncsnpp.py) with jax.eval_shape; the same
 # check showed identical parameter trees and outputs equal to ~1e-6 on random weights.
 @pytest.mark.parametrize("config_name, millions, exact", [
@@ -125,7 +126,7 @@ def abstract_init(model, shape, labels_dtype=jnp.float32):
 ])
 def test_cifar10_parameter_counts_match_authors(config_name, millions, exact):
   config = get_config(config_name)
-  model = mutils.create_model(config)
+  model = builders.build_model(config)
   assert isinstance(model, ncsnpp.NCSNpp)
   out, params = abstract_init(model, (2, 32, 32, 3))
   n = count(params)
@@ -329,7 +330,7 @@ def test_fir_ops_run_in_bfloat16():
 def test_mixed_precision_model_matches_float32():
   config = get_config("configs.ve.cifar10_ncsnpp_continuous")
   config.training.mixed_precision = True
-  assert ncsnpp.NCSNpp.from_config(config).dtype == jnp.bfloat16
+  assert builders.build_model(config).dtype == jnp.bfloat16
   x = normal(0, (2, 8, 8, 3))
   labels = jnp.array([0.5, 5.0])
   y32, params = random_apply(small_model(), x, labels)
@@ -349,7 +350,7 @@ def test_remat_changes_memory_not_math():
   output -- dropout masks included -- and the same gradients, computed with recomputation."""
   config = get_config("configs.vp.cifar10_ddpmpp_continuous")
   config.training.remat = True
-  assert ncsnpp.NCSNpp.from_config(config).remat
+  assert builders.build_model(config).remat
   x = normal(0, (4, 8, 8, 3))
   labels = jnp.array([0.1, 0.5, 2.0, 9.0])
   plain, rematted = small_model(dropout=0.3), small_model(dropout=0.3, remat=True)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import builders
 import sampling
 import sde_lib
 from configs import default_configs
@@ -227,7 +228,7 @@ def test_pc_probability_flow_predictors_are_deterministic_and_sample_p_eps():
   x0 = jax.random.normal(jax.random.PRNGKey(0), (5, 2))
   t, t_next = jnp.full((5,), 0.5), jnp.full((5,), 0.49)
   for name in ("euler_maruyama", "reverse_diffusion"):
-    x, x_mean = sampling.get_predictor(name)(sde, fast_score(mix, sde), True).update(
+    x, x_mean = sampling.PREDICTORS.get(name)(sde, fast_score(mix, sde), True).update(
         jax.random.PRNGKey(1), x0, t, t_next)
     np.testing.assert_array_equal(x, x_mean)
   # Euler on the ODE: no bias detectable with 40 000 samples at 200 steps. (reverse_diffusion's
@@ -356,7 +357,7 @@ def test_corrector_step_size_on_every_sde(sde, name):
   x0 = jax.random.normal(jax.random.PRNGKey(0), (5, 4, 4, 1))
   t = jnp.full((5,), 0.4)
   score_fn = lambda x, t: -x / 0.7
-  corrector = sampling.get_corrector(name)(sde, score_fn, 0.2, 1)
+  corrector = sampling.CORRECTORS.get(name)(sde, score_fn, 0.2, 1)
   assert corrector.score_evals == 1
   x, x_mean = jax.jit(corrector.update)(jax.random.PRNGKey(1), x0, t)
   grad = score_fn(x0, t).reshape(5, -1)
@@ -380,14 +381,14 @@ def test_ancestral_sampling_matches_authors_on_their_grid():
   i = jnp.array([999, 500, 1])
   t, t_next = i / 999.0, (i - 1) / 999.0
   ve = sde_lib.VESDE()
-  _, x_mean = sampling.get_predictor("ancestral_sampling")(ve, score_fn).update(
+  _, x_mean = sampling.PREDICTORS.get("ancestral_sampling")(ve, score_fn).update(
       jax.random.PRNGKey(1), x, t, t_next)
   sig = ve.discrete_sigmas()
   expected = x + sde_lib.batch_mul(sig[i]**2 - sig[i - 1]**2, score_fn(x, t))
   np.testing.assert_allclose(x_mean, expected, rtol=1e-5)
 
   vp = sde_lib.VPSDE()
-  _, x_mean = sampling.get_predictor("ancestral_sampling")(vp, score_fn).update(
+  _, x_mean = sampling.PREDICTORS.get("ancestral_sampling")(vp, score_fn).update(
       jax.random.PRNGKey(1), x, t, t_next)
   beta = vp.discrete_betas()[i]
   expected = sde_lib.batch_mul(1 / jnp.sqrt(1 - beta), x + sde_lib.batch_mul(beta, score_fn(x, t)))
@@ -484,7 +485,7 @@ class _LabelRecorder(nn.Module):
 _LABELS: List[np.ndarray] = []
 
 
-def test_ode_sampler_honours_discrete_conditioning_via_get_sampling_fn():
+def test_ode_sampler_honours_discrete_conditioning_via_build_sampling_fn():
   """A discretely trained VE model gets integer noise levels from the ODE sampler.
 
   (The authors' ODE sampler hard-coded continuous conditioning, i.e. labels sigma(t).)
@@ -495,7 +496,7 @@ def test_ode_sampler_honours_discrete_conditioning_via_get_sampling_fn():
   sde = sde_lib.VESDE(N=50)
   model = _LabelRecorder(sde.N, sde.sigma_min, sde.sigma_max)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
-  sample = sampling.get_sampling_fn(config, sde, (1000, 2), eps=1e-3)
+  sample = builders.build_sampling_fn(config, sde, (1000, 2))
   _LABELS.clear()
 
   @jax.jit
@@ -516,24 +517,12 @@ def test_ode_sampler_honours_discrete_conditioning_via_get_sampling_fn():
 # ------------------------------------------------------------------ config & name lookup
 
 
-def test_get_sampling_fn_pc_counts_nfe():
-  config = default_configs.get_default_configs()  # reverse_diffusion + langevin, denoised
-  sde = sde_lib.VPSDE(N=6)
-  sample = sampling.get_sampling_fn(config, sde, (3, 4, 4, 1), eps=1e-3)
-  x, nfe = jax.jit(lambda rng: sample(rng, lambda x, t: -x))(jax.random.PRNGKey(0))
-  assert x.shape == (3, 4, 4, 1) and nfe == 6 * 2 + 1
-
-
 def test_unknown_names_raise_listing_valid_ones():
-  assert sampling.get_predictor("Euler_Maruyama") is sampling.get_predictor("euler_maruyama")
-  assert sampling.get_corrector("ALD") is sampling.get_corrector("ald")
+  assert sampling.PREDICTORS.get("Euler_Maruyama") is sampling.PREDICTORS.get("euler_maruyama")
+  assert sampling.CORRECTORS.get("ALD") is sampling.CORRECTORS.get("ald")
   with pytest.raises(ValueError, match="ancestral_sampling, euler_maruyama, none, reverse"):
-    sampling.get_predictor("leapfrog")
+    sampling.PREDICTORS.get("leapfrog")
   with pytest.raises(ValueError, match="ald, langevin, none"):
-    sampling.get_corrector("hmc")
-  with pytest.raises(ValueError, match="dopri5, euler, heun, tsit5"):
+    sampling.CORRECTORS.get("hmc")
+  with pytest.raises(ValueError, match="bosh3, dopri5, dopri8, euler, heun, tsit5"):
     sampling.get_ode_sampler(sde_lib.VPSDE(), (1, 2), method="rk4")
-  config = default_configs.get_default_configs()
-  config.sampling.method = "ddim"
-  with pytest.raises(ValueError, match="ode, pc"):
-    sampling.get_sampling_fn(config, sde_lib.VPSDE(), (1, 2), eps=1e-3)

@@ -382,12 +382,12 @@ def test_jit_and_vmap_safe(name):
 # ----------------------------------------------------------------------------- registry, validation
 
 
-def test_get_sde_class():
-  assert sde_lib.get_sde_class("vesde") is sde_lib.VESDE
-  assert sde_lib.get_sde_class("VPSDE") is sde_lib.VPSDE
-  assert sde_lib.get_sde_class("subVPSDE") is sde_lib.subVPSDE
+def test_sde_registry():
+  assert sde_lib.SDES.get("vesde") is sde_lib.VESDE
+  assert sde_lib.SDES.get("VPSDE") is sde_lib.VPSDE
+  assert sde_lib.SDES.get("subVPSDE") is sde_lib.subVPSDE
   with pytest.raises(ValueError) as info:
-    sde_lib.get_sde_class("cosine")
+    sde_lib.SDES.get("cosine")
   for valid in ("vesde", "vpsde", "subvpsde"):
     assert valid in str(info.value)
   assert "cosine" in str(info.value)

@@ -1,0 +1,317 @@
+"""Config -> objects: the one place a config becomes an SDE, a network, an optimizer, train and
+eval steps, a sampler or a bits/dim function.
+
+``run_lib`` (train, evaluate) and the benchmarks build everything here, so a config means the
+same thing everywhere. The modules the objects come from take explicit arguments and plain
+callables and never read a config (``sde_lib``, ``losses``, ``sampling``, ``ode_solvers``,
+``likelihood``); a network class reads its own ``config.model`` fields in ``from_config``, as in
+the authors' code.
+
+Where each config field takes effect:
+
+====================================================  ========================================
+fields                                                read by
+====================================================  ========================================
+``training.sde``; ``model.num_scales`` and the SDE's  :func:`build_sde` (``N = num_scales``;
+``model.sigma_min/sigma_max`` or ``beta_min/max``     other constructor arguments by name)
+``model.*``; ``data.image_size, num_channels, dim``;  :func:`build_model` (the network's
+``training.mixed_precision, remat``                   ``from_config``; dtype and remat here)
+``optim.*``                                           :func:`build_optimizer`
+``training.continuous, reduce_mean,                   :func:`build_loss_fn` and the steps
+likelihood_weighting, eps``; ``model.ema_rate``       built from it
+``sampling.*``                                        :func:`build_sampling_fn`
+                                                      (:data:`SAMPLING_METHODS`)
+``eval.hutchinson_type, rtol, atol``                  :func:`build_bpd_fn`
+``data.centered``                                     :func:`data_scalers`, :func:`build_bpd_fn`
+``data.*`` (source, dataset, files, augmentation)     ``datasets.get_dataset``
+``training.batch_size, n_iters, *_freq, ...``;        ``run_lib`` (the train loop, evaluation)
+``eval.batch_size, num_samples, *_ckpt, ...``; ``seed``
+====================================================  ========================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from typing import Any, Callable, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+import datasets
+import likelihood
+import losses
+import sampling
+import sde_lib
+from devices import Devices
+from models import utils as mutils
+from registry import Registry
+
+Array = jax.Array
+Config = ml_collections.ConfigDict
+Params = Any
+Shape = Tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def is_vector_data(config: Config) -> bool:
+  """Vector (toy) data ``[B, D]`` rather than images ``[B, H, W, C]``."""
+  return bool(config.data.get("dim", 0))
+
+
+def input_shape(config: Config, batch_size: int = 1) -> Shape:
+  """``(B, H, W, C)`` for image data, ``(B, D)`` for vector (toy) data."""
+  data = config.data
+  if is_vector_data(config):
+    return (batch_size, data.dim)
+  return (batch_size, data.image_size, data.image_size, data.num_channels)
+
+
+def data_scalers(config: Config) -> Tuple[Callable, Callable]:
+  """``(scaler, inverse_scaler)`` between data space ([0, 1] images) and model space.
+
+  Images go to [-1, 1] if ``data.centered``; vector (toy) data are not images and pass as they
+  are.
+  """
+  if is_vector_data(config):
+    return (lambda x: x), (lambda x: x)
+  return (datasets.get_data_scaler(config.data.centered),
+          datasets.get_data_inverse_scaler(config.data.centered))
+
+
+# ----------------------------------------------------------------------------- SDE and model
+
+
+def build_sde(config: Config) -> sde_lib.SDE:
+  """The SDE named by ``training.sde``, its constructor arguments read from ``config.model``.
+
+  ``N`` is ``model.num_scales``; every other argument is the ``config.model`` field of its name
+  (``sigma_min``, ``beta_max``, ...), so a new SDE needs no change here.
+  """
+  sde_class = sde_lib.SDES.get(config.training.sde)
+  kwargs = {}
+  for name in inspect.signature(sde_class).parameters:
+    field = "num_scales" if name == "N" else name
+    if field not in config.model:
+      raise ValueError(f"{sde_class.__name__} needs config.model.{field}; add it to the config.")
+    kwargs[name] = config.model[field]
+  return sde_class(**kwargs)
+
+
+def build_model(config: Config) -> nn.Module:
+  """The network named by ``model.name``, in bf16 if ``training.mixed_precision`` (parameters
+  stay float32) and recomputing its blocks in the backward pass if ``training.remat``."""
+  model = mutils.get_model(config.model.name)(config)
+  fields = {field.name for field in dataclasses.fields(model)}
+  options = {}
+  if config.training.get("mixed_precision", False):
+    options["dtype"] = jnp.bfloat16
+  if config.training.get("remat", False):
+    if "remat" not in fields:
+      raise ValueError(f"training.remat is implemented for the ncsnpp network only, not for "
+                       f"{config.model.name!r}; set --config.training.remat=False.")
+    options["remat"] = True
+  return model.clone(**options) if options else model
+
+
+def init_model(rng: Array, config: Config) -> Tuple[nn.Module, Params]:
+  """Builds the network and initializes its parameters. Returns ``(model, params)``."""
+  model = build_model(config)
+  params_rng, dropout_rng = jax.random.split(rng)
+  x = jnp.zeros(input_shape(config), jnp.float32)
+  labels = jnp.ones((1,), jnp.float32)
+  variables = jax.jit(model.init, static_argnames="train")(
+      {"params": params_rng, "dropout": dropout_rng}, x, labels, train=False)
+  return model, variables["params"]
+
+
+# ----------------------------------------------------------------------------- training
+
+OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
+# One optimizer under the authors' two names: decoupled weight decay when optim.weight_decay > 0.
+OPTIMIZERS.add("adam", losses.get_optimizer)
+OPTIMIZERS.add("adamw", losses.get_optimizer)
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+  optim = config.optim
+  return OPTIMIZERS.get(optim.optimizer)(
+      optim.lr, beta1=optim.beta1, eps=optim.eps, weight_decay=optim.weight_decay,
+      warmup=optim.warmup, grad_clip=optim.grad_clip)
+
+
+def init_state(config: Config, devices: Devices
+               ) -> Tuple[nn.Module, optax.GradientTransformation, losses.TrainState]:
+  """The network, the optimizer and the replicated initial train state for ``config.seed``."""
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  model, params = init_model(init_rng, config)
+  optimizer = build_optimizer(config)
+  return model, optimizer, devices.put(losses.init_train_state(state_rng, params, optimizer))
+
+
+def build_loss_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                  train: bool) -> losses.LossFn:
+  training = config.training
+  return losses.get_loss_fn(sde, model, train=train, continuous=training.continuous,
+                            reduce_mean=training.reduce_mean,
+                            likelihood_weighting=training.likelihood_weighting, eps=training.eps)
+
+
+def build_train_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                     optimizer: optax.GradientTransformation) -> losses.StepFn:
+  """The pure ``train_step(state, batch: [B, ...]) -> (state, loss)``."""
+  return losses.get_step_fn(build_loss_fn(config, sde, model, train=True), optimizer,
+                            train=True, ema_rate=config.model.ema_rate)
+
+
+def build_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                      optimizer: optax.GradientTransformation, state: losses.TrainState,
+                      devices: Devices) -> Callable[..., Tuple[losses.TrainState, Array]]:
+  """``steps(state, batches: [n, B, ...]) -> (state, losses: [n])``, compiled, state donated.
+
+  ``state`` is read for its structure only. On accelerators the ``n`` steps are one compiled
+  ``lax.scan`` (``training.n_jitted_steps`` per call). XLA:CPU runs convolutions inside a loop
+  about 8x slower than outside one (DDPM++ on MNIST, 2 cores: 3.3 s vs 0.43 s per step), so on
+  CPU each step is its own call of one compiled step -- the same arithmetic, in the same order.
+  """
+  train_step = build_train_step(config, sde, model, optimizer)
+  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
+  if jax.default_backend() != "cpu":
+    return jax.jit(losses.get_multi_step_fn(train_step),
+                   in_shardings=(state_sharding, devices.stacked_batch),
+                   out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+  single = jax.jit(train_step, in_shardings=(state_sharding, devices.batch),
+                   out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+
+  def steps(state, batches):
+    step_losses = []
+    for i in range(batches.shape[0]):
+      state, loss = single(state, batches[i])
+      step_losses.append(loss)
+    return state, jnp.stack(step_losses)
+
+  return steps
+
+
+def build_eval_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                    optimizer: optax.GradientTransformation, state: losses.TrainState,
+                    devices: Devices) -> losses.StepFn:
+  """``eval_step(state, batch) -> (state, loss)`` of the EMA parameters, jitted."""
+  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
+  eval_step = losses.get_step_fn(build_loss_fn(config, sde, model, train=False), optimizer,
+                                 train=False, ema_rate=config.model.ema_rate)
+  return jax.jit(eval_step, in_shardings=(state_sharding, devices.batch),
+                 out_shardings=(state_sharding, devices.replicated))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def build_score_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                   devices: Devices) -> Callable[[Params], sde_lib.ScoreFn]:
+  """``params -> score_fn(x, t)`` of the network in evaluation mode, inputs kept batch-sharded
+  (``training.continuous`` picks continuous or integer-level conditioning)."""
+
+  def score_fn_of(params: Params) -> sde_lib.ScoreFn:
+    score_fn = mutils.get_score_fn(sde, model, params, train=False,
+                                   continuous=config.training.continuous)
+    return lambda x, t: score_fn(devices.constrain(x), t)
+
+  return score_fn_of
+
+
+SamplerFactory = Callable[[sde_lib.SDE, Shape, Config, Optional[int]], sampling.SampleFn]
+SAMPLING_METHODS: Registry[SamplerFactory] = Registry("sampling method")
+"""``sampling.method`` -> ``factory(sde, shape, config.sampling, num_steps) -> sample``."""
+
+
+@SAMPLING_METHODS.register("pc")
+def _pc_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config,
+                num_steps: Optional[int]) -> sampling.SampleFn:
+  """Predictor-corrector: ``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
+  ``probability_flow``, ``noise_removal``, ``eps``; ``num_steps`` (default ``sde.N``) steps."""
+  return sampling.get_pc_sampler(sde, shape, cfg.predictor, cfg.corrector, snr=cfg.snr,
+                                 n_steps=cfg.n_steps_each, probability_flow=cfg.probability_flow,
+                                 denoise=cfg.noise_removal, eps=cfg.eps, num_steps=num_steps)
+
+
+@SAMPLING_METHODS.register("ode")
+def _ode_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config,
+                 num_steps: Optional[int]) -> sampling.SampleFn:
+  """Probability-flow ODE: ``ode_solver``, ``ode_rtol``, ``ode_atol``, ``noise_removal``,
+  ``eps``; ``num_steps`` (default ``sde.N``) for the fixed-step solvers."""
+  ode_sample = sampling.get_ode_sampler(sde, shape, rtol=cfg.ode_rtol, atol=cfg.ode_atol,
+                                        method=cfg.ode_solver, eps=cfg.eps,
+                                        denoise=cfg.noise_removal, num_steps=num_steps)
+  return lambda rng, score_fn: ode_sample(rng, score_fn)
+
+
+def build_sampling_fn(config: Config, sde: sde_lib.SDE, shape: Shape,
+                      num_steps: Optional[int] = None) -> sampling.SampleFn:
+  """``sample(rng, score_fn) -> (x: shape, nfe)`` of ``sampling.method``, not jitted.
+
+  ``num_steps`` overrides the number of steps (default ``sde.N``, i.e. ``model.num_scales``).
+  """
+  factory = SAMPLING_METHODS.get(config.sampling.method)
+  return factory(sde, shape, config.sampling, num_steps)
+
+
+def build_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
+                  batch_size: int, num_steps: Optional[int] = None
+                  ) -> Callable[[Array, Params], Tuple[Array, Array]]:
+  """``sample(rng, params) -> (samples: [batch_size, ...], nfe)``, jitted, samples sharded.
+
+  Samples are in model space (apply :func:`data_scalers`' inverse for data space). The
+  parameters are an argument, so new parameters do not recompile.
+  """
+  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps)
+  score_fn_of = build_score_fn(config, sde, model, devices)
+
+  def sample(rng, params):
+    return sampling_fn(rng, score_fn_of(params))
+
+  return jax.jit(sample, out_shardings=(devices.batch, None))
+
+
+# ----------------------------------------------------------------------------- likelihood
+
+
+def bpd_offset_bits(config: Config) -> float:
+  """Bits/dim added for uniform dequantization of 8-bit images; 0 for continuous vector data."""
+  if is_vector_data(config):
+    return 0.0
+  return likelihood.dequantization_offset(config.data.centered)
+
+
+def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                 devices: Devices) -> Callable[[Array, Params, Array], Tuple[Array, Array]]:
+  """``bpd_fn(rng, params, images) -> (bpd: [B], nfe)``, jitted; ``images`` in data space.
+
+  Image data are 8-bit, so each example is uniformly dequantized here, ``(255 x + u) / 256`` with
+  ``u ~ U[0, 1)`` drawn from ``rng``, and the dequantization offset is added: the result is the
+  bits/dim of the dequantized discrete data (the paper's CIFAR-10 number). Vector (toy) data are
+  continuous: their bits/dim is that of the continuous density, with no offset.
+  """
+  ev = config.eval
+  vector = is_vector_data(config)
+  likelihood_fn = likelihood.get_likelihood_fn(sde, hutchinson_type=ev.hutchinson_type,
+                                               rtol=ev.rtol, atol=ev.atol,
+                                               bpd_offset=bpd_offset_bits(config))
+  scaler, _ = data_scalers(config)
+  score_fn_of = build_score_fn(config, sde, model, devices)
+
+  @functools.partial(jax.jit, out_shardings=(devices.batch, None))
+  def bpd_fn(rng, params, images):
+    dq_rng, rng = jax.random.split(rng)
+    if not vector:
+      images = (images * 255.0 + jax.random.uniform(dq_rng, images.shape)) / 256.0
+    bpd, _, nfe = likelihood_fn(rng, score_fn_of(params), scaler(images))
+    return bpd, nfe
+
+  return bpd_fn

@@ -1,0 +1,71 @@
+"""The device mesh: where arrays live, how batches are sharded and gathered.
+
+One ``Mesh`` over all devices of all processes with a single ``data`` axis: batches are sharded
+along their batch axis, the train state is replicated, and each process feeds only its own
+slice of every global batch. The same code runs on 1 CPU, 1 GPU, 8 GPUs or a TPU slice; no
+``pmap``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+Array = jax.Array
+
+
+class Devices:
+  """The mesh and its shardings: replicated state, batch-sharded data.
+
+  Attributes:
+    mesh: the ``Mesh`` with one axis, ``data``.
+    replicated: sharding of the train state and other replicated values.
+    batch: sharding of ``[B, ...]`` arrays along ``B``.
+    stacked_batch: sharding of ``[n, B, ...]`` blocks of ``n`` batches along ``B``.
+    count: number of devices.
+  """
+
+  def __init__(self, devices: Optional[Sequence[jax.Device]] = None):
+    """Over ``devices`` (default: all of ``jax.devices()``)."""
+    devices = list(jax.devices() if devices is None else devices)
+    self.mesh = Mesh(np.asarray(devices), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch = NamedSharding(self.mesh, P("data"))
+    self.stacked_batch = NamedSharding(self.mesh, P(None, "data"))
+    self.count = len(devices)
+
+  def check_batch(self, batch_size: int, what: str) -> None:
+    """Raises a one-line ``ValueError`` unless ``batch_size`` splits evenly over the mesh."""
+    if batch_size % self.count or batch_size % jax.process_count():
+      raise ValueError(
+          f"{what} ({batch_size}) must be divisible by the number of devices ({self.count}) and "
+          f"processes ({jax.process_count()}); change it with --config.{what}=...")
+
+  def round_batch(self, n: int) -> int:
+    """``n`` rounded down to a multiple of the device count (at least one per device)."""
+    return max(self.count, (n // self.count) * self.count)
+
+  def put(self, tree: Any, sharding: Optional[NamedSharding] = None) -> Any:
+    """``tree`` on the devices, replicated unless ``sharding`` says otherwise."""
+    return jax.device_put(tree, self.replicated if sharding is None else sharding)
+
+  def put_batch(self, local: np.ndarray, stacked: bool = False) -> Array:
+    """This process's slice of a global batch -> a global array sharded over ``data``."""
+    sharding = self.stacked_batch if stacked else self.batch
+    return jax.make_array_from_process_local_data(sharding, local)
+
+  def constrain(self, x: Array) -> Array:
+    """Inside a jitted function: keep ``x: [B, ...]`` sharded along ``B``."""
+    return jax.lax.with_sharding_constraint(x, self.batch)
+
+
+def gather(x: Array) -> np.ndarray:
+  """A sharded global array as one host numpy array (on every process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
