@@ -100,7 +100,7 @@ def test_tiny_markdown(tiny):
   assert table.count("\n|") == len(result["records"]) + 2  # header and rule
 
 
-def test_full_suite_matches_the_issue():
+def test_full_suite_matches_the_reference_setup():
   cases = {c.name: c for c in bench.suite(tiny=False)}
   assert set(bench.REFERENCE) <= set(cases)
   for case in cases.values():
