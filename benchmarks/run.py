@@ -406,11 +406,11 @@ def bench_train(config: ml_collections.ConfigDict, devices: Devices, *, n_jitted
   }
 
 
-def _run_sampler(sample: Callable, args: Tuple[Any, ...], devices: Devices, repeats: int,
-                 batch: int) -> Dict[str, Any]:
-  """Compiles the jitted ``sample(rng, *args) -> (x, nfe)`` and times ``repeats`` calls (fresh
-  keys); ``args`` already on ``devices``."""
-  compiled, compile_s = _compile(sample, devices.put(jax.random.PRNGKey(0)), *args)
+def _compile_and_time(fn: Callable, args: Tuple[Any, ...], devices: Devices, repeats: int,
+                      batch: int) -> Dict[str, Any]:
+  """Compiles the jitted ``fn(rng, *args) -> (x, nfe)`` (a sampler or a bits/dim function) and
+  times ``repeats`` calls with fresh keys; ``args`` already on ``devices``."""
+  compiled, compile_s = _compile(fn, devices.put(jax.random.PRNGKey(0)), *args)
   result: Dict[str, Any] = {"batch_size": batch, "compile_s": compile_s, "repeats": repeats,
                             "compiled_bytes": _compiled_bytes(compiled),
                             **launch_counts(compiled.as_text())}
@@ -440,10 +440,10 @@ def bench_sampler(config, devices, *, batch: int, repeats: int,
   sde = builders.build_sde(config)
   model, params = _model_and_params(config)
   sampler = builders.build_sampler(config, sde, model, devices, batch, num_steps=num_steps)
-  result = _run_sampler(sampler, (devices.put(params),), devices, repeats, batch)
+  result = _compile_and_time(sampler, (devices.put(params),), devices, repeats, batch)
   cfg = config.sampling
   result["method"] = cfg.method
-  if cfg.method == "pc":
+  if cfg.method.lower() == "pc":
     result.update(predictor=cfg.predictor, corrector=cfg.corrector,
                   num_steps=sde.N if num_steps is None else num_steps)
   else:
@@ -460,7 +460,7 @@ def bench_bpd(config, devices, *, batch: int, repeats: int) -> Dict[str, Any]:
   bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
   # Images in data space ([0, 1]), an argument rather than a constant folded into the program.
   images = devices.put_batch(synthetic_images(builders.input_shape(config, batch), False))
-  result = _run_sampler(bpd_fn, (devices.put(params), images), devices, repeats, batch)
+  result = _compile_and_time(bpd_fn, (devices.put(params), images), devices, repeats, batch)
   ev = config.eval
   result.update(rtol=ev.rtol, atol=ev.atol, hutchinson_type=ev.hutchinson_type)
   return result
