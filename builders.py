@@ -163,6 +163,11 @@ def build_loss_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
                             likelihood_weighting=training.likelihood_weighting, eps=training.eps)
 
 
+def _replicated_like(state: losses.TrainState, devices: Devices) -> Any:
+  """The sharding pytree of a replicated ``state``."""
+  return jax.tree_util.tree_map(lambda _: devices.replicated, state)
+
+
 def build_train_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
                      optimizer: optax.GradientTransformation) -> losses.StepFn:
   """The pure ``train_step(state, batch: [B, ...]) -> (state, loss)``."""
@@ -181,7 +186,7 @@ def build_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
   CPU each step is its own call of one compiled step -- the same arithmetic, in the same order.
   """
   train_step = build_train_step(config, sde, model, optimizer)
-  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
+  state_sharding = _replicated_like(state, devices)
   if jax.default_backend() != "cpu":
     return jax.jit(losses.get_multi_step_fn(train_step),
                    in_shardings=(state_sharding, devices.stacked_batch),
@@ -203,7 +208,7 @@ def build_eval_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
                     optimizer: optax.GradientTransformation, state: losses.TrainState,
                     devices: Devices) -> losses.StepFn:
   """``eval_step(state, batch) -> (state, loss)`` of the EMA parameters, jitted."""
-  state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
+  state_sharding = _replicated_like(state, devices)
   eval_step = losses.get_step_fn(build_loss_fn(config, sde, model, train=False), optimizer,
                                  train=False, ema_rate=config.model.ema_rate)
   return jax.jit(eval_step, in_shardings=(state_sharding, devices.batch),

@@ -20,15 +20,14 @@ of :data:`TOY_TEST_SIZE` samples, the same for every training seed.
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Tuple
 
 import numpy as np
 
+from batching import Sampler
 from registry import Registry
 
-# sampler(n, rng) -> (points [n, 2], labels [n]); sample_with_labels fixes the dtypes.
-Sampler = Callable[[int, np.random.Generator], Tuple[np.ndarray, np.ndarray]]
-
+# Each entry: sampler(n, rng) -> (points [n, 2], labels [n]); sample_with_labels fixes dtypes.
 TOYS: Registry[Sampler] = Registry("toy dataset")
 
 TOY_TEST_SIZE = 10_000
