@@ -72,6 +72,12 @@ class Batches:
     self.start_batch = start_batch
     self._prefetch = prefetch
 
+  def starting_at(self, k: int) -> "Batches":
+    """The same batches, iteration starting at global batch ``k`` (resuming a stream)."""
+    return Batches(self._produce, batch_size=self.batch_size,
+                   local_batch_size=self.local_batch_size, num_batches=self.num_batches,
+                   num_examples=self.num_examples, start_batch=k, prefetch=self._prefetch)
+
   def batch(self, k: int) -> Batch:
     """This process's part of global batch ``k`` (deterministic; no prefetching)."""
     if k < 0 or (self.num_batches is not None and k >= self.num_batches):

@@ -31,12 +31,15 @@ Restoring into an incompatible target raises :class:`IncompatibleCheckpointError
 reading any array; a damaged checkpoint raises :class:`CorruptCheckpointError`. Neither
 touches files.
 
-Fallback policy of :func:`restore_latest`: a corrupted checkpoint is skipped (with a logged
-warning) in favour of the next newest one, across both stores; once an older checkpoint
-has restored, each skipped one is renamed to ``<step>.corrupt-<UTC time>`` (kept for
-inspection, ignored by orbax) so that the resumed run can save that step again (this
-rename assumes a single host). An incompatible checkpoint is never skipped: it means the
-config does not match the workdir.
+Finiteness: :meth:`CheckpointStore.save` refuses a state holding NaN or infinite values
+(:class:`NonFiniteStateError`), so a diverged run never leaves a checkpoint to resume from.
+
+Fallback policy of :func:`restore_latest`: a corrupted checkpoint, or a non-finite one, is
+skipped (with a logged warning) in favour of the next newest one, across both stores; once an
+older checkpoint has restored, each skipped one is renamed to ``<step>.corrupt-<UTC time>``
+or ``<step>.nonfinite-<UTC time>`` (kept for inspection, ignored by orbax) so that the resumed
+run can save that step again (process 0 renames, the others wait). An incompatible checkpoint
+is never skipped: it means the config does not match the workdir.
 
 Leaves and sharding. Saved leaves must be ``jax.Array`` s; target leaves may also be
 ``jax.ShapeDtypeStruct`` s (e.g. from ``jax.eval_shape``). Restored arrays get the sharding
@@ -49,17 +52,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 PyTree = Any
 
 _FORMAT_VERSION = 1
+_SPACE_MARGIN = 1 << 20  # bytes kept free beyond a checkpoint's size (metadata, logs)
 _STATE = "state"
 _META = "meta"
 
@@ -76,6 +83,10 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint's files are missing, truncated or garbled."""
+
+
+class NonFiniteStateError(CheckpointError):
+  """A state to save, or a restored checkpoint, holds NaN or infinite values."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,6 +191,26 @@ def _from_stored(restored: jax.Array, key_impl: Optional[str]) -> jax.Array:
   return restored if key_impl is None else jax.random.wrap_key_data(restored, impl=key_impl)
 
 
+@jax.jit
+def _finite_flags(leaves: List[jax.Array]) -> List[jax.Array]:
+  return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
+def non_finite_leaves(tree: PyTree) -> List[str]:
+  """Path names (as in the checkpoint metadata) of the floating-point leaves of ``tree`` that
+  hold a NaN or an infinity; empty if every value is finite.
+
+  One jitted reduction per leaf, on the leaves' devices: only the flags travel to the host.
+  """
+  parts, leaves, _ = _named_leaves(tree)
+  floats = [(p, x) for p, x in zip(parts, leaves)
+            if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not floats:
+    return []
+  flags = jax.device_get(_finite_flags([x for _, x in floats]))
+  return ["/".join(p) for (p, _), ok in zip(floats, flags) if not ok]
+
+
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   return f"{type(e).__name__}: {text[0][:200] if text else ''}"
@@ -267,6 +298,11 @@ class CheckpointStore:
           "resume from the newest checkpoint (restore_latest) or use a fresh workdir")
     parts, leaves, _ = _named_leaves(state)
     _check_leaf_types(["/".join(p) for p in parts], leaves, (jax.Array,), "state")
+    bad = non_finite_leaves(state)
+    if bad:
+      raise NonFiniteStateError(
+          f"refusing to save step {step} to {self.directory}: {bad[0]} holds non-finite values"
+          + (f" (and {len(bad) - 1} more leaves)" if len(bad) > 1 else ""))
     values = [_stored_value(x) for x in leaves]
     meta = {
         "format_version": _FORMAT_VERSION,
@@ -277,15 +313,33 @@ class CheckpointStore:
     items = _nest(parts, values)
     try:
       os.makedirs(self.directory, exist_ok=True)
+      self._check_free_space(step, values)
       manager = self._get_manager()
       manager.save(step, args=ocp.args.Composite(
           **{_STATE: ocp.args.StandardSave(items), _META: ocp.args.JsonSave(meta)}),
                    force=True)
       manager.wait_until_finished()
+    except CheckpointError:
+      raise
     except Exception as e:
       raise CheckpointError(
           f"saving step {step} to {self.directory} failed ({_first_line(e)}); "
           "check free disk space and permissions of the workdir") from e
+
+  def _check_free_space(self, step: int, values: Sequence[jax.Array]) -> None:
+    """Refuses a save that cannot fit, before orbax starts writing.
+
+    A write that fails halfway leaves only a temporary directory, but orbax's worker threads
+    report it at length; checking first keeps the common case (a disk already nearly full) to
+    one line. The estimate is the uncompressed size: an upper bound of what orbax writes.
+    """
+    need = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in values) + _SPACE_MARGIN
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise CheckpointError(
+          f"not enough free disk space to save step {step} to {self.directory}: a checkpoint "
+          f"needs up to {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; free some "
+          "space (e.g. older snapshots) and rerun to resume from the newest checkpoint")
 
   def _read_meta(self, step: int) -> Dict[str, Any]:
     try:
@@ -347,13 +401,13 @@ class CheckpointStore:
     return jax.tree_util.tree_unflatten(
         treedef, [_from_stored(v, stored[name]["key_impl"]) for name, v in zip(names, values)])
 
-  def quarantine(self, step: int) -> str:
-    """Renames the checkpoint of ``step`` to ``<step>.corrupt-<UTC time>``; returns the path.
+  def quarantine(self, step: int, reason: str = "corrupt") -> str:
+    """Renames the checkpoint of ``step`` to ``<step>.<reason>-<UTC time>``; returns the path.
 
     The renamed directory is no longer a step of this store, so ``step`` can be saved again.
     """
     src = self.step_dir(step)
-    dst = f"{src}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    dst = f"{src}.{reason}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     os.rename(src, dst)
     if self._manager is not None:
       self._manager.reload()
@@ -389,11 +443,13 @@ def _check_compatible(where: str, stored: Dict[str, Dict[str, Any]], names: Sequ
 
 
 def restore_latest(stores: Sequence[CheckpointStore], target: PyTree) -> Optional[PyTree]:
-  """Restores the newest checkpoint across ``stores`` into ``target``'s structure.
+  """Restores the newest usable checkpoint across ``stores`` into ``target``'s structure.
 
   Candidates are tried newest step first (on a tie, the earlier store in ``stores``).
-  A corrupted one is skipped with a logged warning; once an older one restores, the
-  skipped ones are quarantined (see :meth:`CheckpointStore.quarantine`).
+  A corrupted one, or one holding non-finite values (written before saves refused them), is
+  skipped with a logged warning; once an older one restores, the skipped ones are quarantined
+  as ``<step>.corrupt-*`` / ``<step>.nonfinite-*`` (see :meth:`CheckpointStore.quarantine`), so
+  the resumed run can save those steps again.
 
   Returns:
     The restored state, or None if no store holds a checkpoint.
@@ -401,25 +457,38 @@ def restore_latest(stores: Sequence[CheckpointStore], target: PyTree) -> Optiona
   Raises:
     IncompatibleCheckpointError: the newest readable checkpoint does not fit ``target``.
     CorruptCheckpointError: every checkpoint is corrupted (nothing is renamed then).
+    CheckpointError: every checkpoint is corrupted or non-finite, some of them non-finite.
   """
   candidates = sorted(((step, i) for i, store in enumerate(stores)
                        for step in store.all_steps()), key=lambda c: (-c[0], c[1]))
-  skipped: List[Tuple[CheckpointStore, int, CorruptCheckpointError]] = []
+  skipped: List[Tuple[CheckpointStore, int, str, str]] = []
   for step, i in candidates:
     store = stores[i]
     try:
       state = store.restore(step, target)
     except CorruptCheckpointError as e:
       _log.warning("skipping corrupted checkpoint: %s", e)
-      skipped.append((store, step, e))
+      skipped.append((store, step, "corrupt", str(e)))
       continue
-    for bad_store, bad_step, _ in skipped:
-      moved = bad_store.quarantine(bad_step)
-      _log.warning("moved corrupted checkpoint %s to %s", bad_store.step_dir(bad_step), moved)
+    bad = non_finite_leaves(state)
+    if bad:
+      why = f"checkpoint {store.step_dir(step)} holds non-finite values ({bad[0]})"
+      _log.warning("skipping %s", why)
+      skipped.append((store, step, "nonfinite", why))
+      continue
+    for bad_store, bad_step, reason, _ in skipped:
+      # One process renames; the others wait for it so that their next listing agrees.
+      if jax.process_index() == 0:
+        moved = bad_store.quarantine(bad_step, reason)
+        _log.warning("moved unusable checkpoint %s to %s", bad_store.step_dir(bad_step), moved)
+    if skipped and jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoints.restore_latest quarantine")
     _log.info("restored step %d from %s", step, store.step_dir(step))
     return state
   if skipped:
-    raise CorruptCheckpointError(
-        f"all {len(skipped)} checkpoints in {[s.directory for s in stores]} are corrupted "
-        f"(newest: {skipped[0][2]})")
+    kinds = {reason for _, _, reason, _ in skipped}
+    error = CorruptCheckpointError if kinds == {"corrupt"} else CheckpointError
+    raise error(
+        f"all {len(skipped)} checkpoints in {[s.directory for s in stores]} are unusable "
+        f"(newest: {skipped[0][3]}); start again in a fresh workdir")
   return None

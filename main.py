@@ -1,15 +1,18 @@
 """Command line: ``python main.py --config CONFIG --workdir DIR --mode train|eval``.
 
 Config fields can be overridden on the command line, e.g. ``--config.training.batch_size=64``.
-Multi-host runs call ``jax.distributed.initialize()`` when launched with JAX's cluster
-environment (``--multihost``); a single process uses all of its local devices.
+A single process uses all of its local devices. ``--multihost`` runs it as one of several
+processes (:mod:`distributed`): give every process ``--coordinator_address=host:port
+--num_processes=N --process_id=i`` (or the environment variables ``SCORE_SDE_COORDINATOR_ADDRESS``,
+``SCORE_SDE_NUM_PROCESSES``, ``SCORE_SDE_PROCESS_ID``), or launch them under a cluster manager
+JAX detects (SLURM, Open MPI, Cloud TPU, ...); any of those settings implies ``--multihost``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -19,53 +22,125 @@ config_flags.DEFINE_config_file("config", None, "Training/evaluation config file
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and logs.")
 flags.DEFINE_enum("mode", None, ["train", "eval"], "Run mode: train or eval.")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation outputs.")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-process runs).")
+flags.DEFINE_bool("multihost", False,
+                  "Run as one of several processes over one device mesh; where this process "
+                  "belongs comes from the next three flags, their environment variables, or a "
+                  "detected cluster manager (SLURM, Open MPI, Cloud TPU, ...).")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 (it serves there) for --multihost; default: "
+                    "$SCORE_SDE_COORDINATOR_ADDRESS. Implies --multihost.")
+flags.DEFINE_integer("num_processes", None,
+                     "Number of processes for --multihost; default: $SCORE_SDE_NUM_PROCESSES. "
+                     "Implies --multihost.")
+flags.DEFINE_integer("process_id", None,
+                     "This process's index in [0, num_processes) for --multihost; default: "
+                     "$SCORE_SDE_PROCESS_ID. Implies --multihost.")
+flags.DEFINE_integer("peer_timeout_s", 60,
+                     "--multihost: a process silent for this long counts as dead and the run "
+                     "stops; an exiting process waits at most half this long for the others.")
+flags.DEFINE_integer("init_timeout_s", 300,
+                     "--multihost: how long to wait for every process to join the run.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume (or evaluate) although fields that define the trained model differ "
+                  "from the workdir's recorded config.json; the new config is recorded.")
 flags.mark_flags_as_required(["workdir", "mode"])
 
-# Errors a user can fix from the command line: reported in one line, non-zero exit.
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-                FloatingPointError)
+# Errors a user can fix from the command line: reported in one line, non-zero exit. OSError
+# covers a full disk or a missing directory; ``outputs`` names the file in its message.
+_USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  import jax  # pylint: disable=import-outside-toplevel
+    sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}; flags take the form "
+             "--name=value (see --help)")
   import checkpoints  # pylint: disable=import-outside-toplevel
+  import distributed  # pylint: disable=import-outside-toplevel
+  import logs  # pylint: disable=import-outside-toplevel
   import run_lib  # pylint: disable=import-outside-toplevel
 
-  if FLAGS.multihost:
-    jax.distributed.initialize()
-  config = _load_config()
+  logs.configure_console()
+  multi_process = distributed.requested(FLAGS.multihost, FLAGS.coordinator_address,
+                                        FLAGS.num_processes, FLAGS.process_id)
   try:
+    if multi_process:
+      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                             peer_timeout_s=FLAGS.peer_timeout_s,
+                             init_timeout_s=FLAGS.init_timeout_s)
     if FLAGS.mode == "train":
-      run_lib.train(config, FLAGS.workdir)
+      run_lib.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     else:
-      run_lib.evaluate(config, FLAGS.workdir, FLAGS.eval_folder)
+      run_lib.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder,
+                       allow_config_change=FLAGS.allow_config_change)
   except _USER_ERRORS + (checkpoints.CheckpointError,) as e:
-    logging.error("%s", e)
     sys.exit(f"error: {e}")
+  except RuntimeError as e:
+    if not multi_process:
+      raise
+    # A collective failed because another process died: say so instead of XLA's traceback.
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    sys.exit(f"error: a collective with the other processes failed ({first}); if one of them "
+             "died, start every process again with the same command to resume.")
 
 
-def _load_config():
-  """``FLAGS.config``, which config_flags loads lazily; any failure becomes one line."""
+def _parse_flags(argv):
+  """absl's flag parsing, with every way of passing a bad config reported in one line."""
   try:
+    remaining = FLAGS(argv)
+    # A file that fails to load becomes a stand-in raising on first use: use it now.
     config = FLAGS.config
+    if config is not None:
+      config.to_dict()
+  except flags.Error as e:
+    if "config file" in str(e):  # config_flags wraps a failed load in a flags error
+      sys.exit(f"error: {_config_error(argv, e)}")
+    sys.exit(f"error: {str(e).strip().splitlines()[0]}")
   except Exception as e:  # pylint: disable=broad-except
-    path = FLAGS["config"].config_filename if hasattr(FLAGS["config"], "config_filename") else ""
-    sys.exit(f"error: cannot load config {path!r}: {type(e).__name__}: {e}. "
-             "Pass an existing file from configs/ that defines get_config().")
+    # config_flags loads the file and applies ``--config.a.b=v`` while parsing.
+    sys.exit(f"error: {_config_error(argv, e)}")
   if config is None:
     sys.exit("error: --config is required, e.g. --config configs/toy/gaussian_mixture.py")
-  return config
+  return remaining
+
+
+def _config_error(argv, error: Exception) -> str:
+  """What went wrong loading ``--config`` or applying an override, in one line."""
+  import configs  # pylint: disable=import-outside-toplevel
+  path = _config_path(argv)
+  try:
+    config = configs.load_config(path)
+  except Exception as e:  # pylint: disable=broad-except
+    return (f"cannot load config {path!r}: {type(e).__name__}: {str(e).rstrip('.')}. Pass a "
+            "config file that defines get_config(), e.g. --config configs/vpsde_mnist.py")
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].partition("=")[0]
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        where = ".".join(parts[:i]) or "the config"
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
+        return (f"--config.{key}: {where} has no field {part!r} (its fields: {known}).")
+      node = node[part]
+  return f"bad --config override: {type(error).__name__}: {error}"
+
+
+def _config_path(argv) -> str:
+  """The value of ``--config`` in ``argv`` (``--config=PATH`` or ``--config PATH``)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return ""
 
 
 def run() -> None:
-  # A missing or broken config file is reported by the flag parser; keep it to one line.
   try:
-    app.run(main)
-  except flags.IllegalFlagValueError as e:
-    sys.exit(f"error: {e}")
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # before training's own handler is installed, or after
+    sys.exit("error: interrupted; what was saved is kept: rerun the same command to resume.")
 
 
 if __name__ == "__main__":

@@ -36,21 +36,38 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` so readers see either the old file or the whole new one.
 
   Writes a temporary file in the same directory, fsyncs it and renames it over ``path``;
-  creates missing parent directories.
+  creates missing parent directories. The file gets the usual mode (``0666`` less the umask).
+
+  Raises:
+    OSError: naming ``path`` and what to do, if it cannot be written (a full disk, say).
   """
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+  tmp = None
   try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+    # mkstemp makes the file private (0600); give it the mode a plain open() would.
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError):
+      error = OSError(f"cannot write {path} ({e.strerror or e}); free disk space or fix the "
+                      "directory's permissions, then rerun (finished results are kept)")
+      error.errno = e.errno
+      raise error from e
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _json_default(obj: Any) -> Any:

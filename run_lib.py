@@ -6,7 +6,8 @@ Workdir layout (``train``)::
   workdir/checkpoints-meta/   preemption checkpoint, every ``snapshot_freq_for_preemption`` steps
   workdir/samples/iter_<step>/sample.png, sample.npz   snapshot samples (EMA parameters)
   workdir/tensorboard/        TensorBoard event files (train/eval loss)
-  workdir/train.log           the training log
+  workdir/config.json         the config of the first start (resumes are checked against it)
+  workdir/train.log           the training log (process 0)
 
 ``evaluate`` writes ``workdir/<eval_folder>/``: per-checkpoint bits/dim results saved batch by
 batch (a preempted evaluation resumes), samples as ``.npz`` and PNG grids, and ``summary.json``.
@@ -19,23 +20,28 @@ same code on its own slice of each global batch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from typing import Any, Dict, Iterator
+import signal
+import threading
+from typing import Any, Dict, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 import batching
 import builders
 import checkpoints
 import datasets
+import eval_cache
 import evaluation
+import logs
 import losses
 import outputs
+import run_config
 import toy_data
 from devices import Devices, gather
 
@@ -55,101 +61,168 @@ def stack_batches(iterator: Iterator[Dict[str, np.ndarray]], n: int, scaler) -> 
   return np.stack([np.asarray(scaler(next(iterator)["image"]), np.float32) for _ in range(n)])
 
 
-@contextlib.contextmanager
-def _log_to_file(path: str):
-  handler = logging.FileHandler(path)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  logging.getLogger().addHandler(handler)
-  try:
-    yield
-  finally:
-    logging.getLogger().removeHandler(handler)
-    handler.close()
+class _StopSignals:
+  """SIGTERM and SIGINT during training: the first asks the loop to stop at the end of the
+  current step (it then saves a preemption checkpoint); a second one exits at once.
+
+  Cloud schedulers send SIGTERM shortly before they preempt a machine; Ctrl-C sends SIGINT.
+  Handlers can only be installed from the main thread; elsewhere (a training thread) this does
+  nothing. In a multi-process run the processes agree: all stop once any has been signalled.
+  """
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: Optional[str] = None
+    self._previous: Dict[int, Any] = {}
+
+  def __enter__(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.received is not None:
+      os.write(2, f"error: second {name}: exiting now, without saving.\n".encode())
+      os._exit(128 + signum)
+    self.received = name
+    logging.warning("%s received: stopping after this step and saving a checkpoint "
+                    "(send it again to exit at once).", name)
+
+  def requested(self) -> bool:
+    """Whether this process, or (multi-process) any process, has been signalled."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+    if self.received is None and np.any(flags):
+      self.received = "a peer's stop signal"
+    return bool(np.any(flags))
 
 
-def train(config: Config, workdir: str) -> None:
-  """Trains from scratch or resumes exactly from the newest checkpoint in ``workdir``."""
-  outputs.check_writable(workdir)
-  with _log_to_file(os.path.join(workdir, "train.log")):
-    _train(config, workdir)
+def train(config: Config, workdir: str, allow_config_change: bool = False) -> None:
+  """Trains from scratch or resumes exactly from the newest checkpoint in ``workdir``.
 
-
-def _train(config: Config, workdir: str) -> None:
+  Everything the config names is built before the workdir is touched, so a bad value fails
+  without leaving anything behind. The config is recorded in the workdir at the first start and
+  a resume must match it (:mod:`run_config`; ``allow_config_change`` accepts a deliberate
+  change). No checkpoint holds non-finite values: a diverged run stops with a
+  ``FloatingPointError`` instead of saving. SIGTERM or SIGINT stops after the current step with a
+  preemption checkpoint (see :class:`_StopSignals`).
+  """
   devices = Devices()
   training = config.training
   devices.check_batch(training.batch_size, "training.batch_size")
   if training.n_jitted_steps < 1:
-    raise ValueError("training.n_jitted_steps must be >= 1.")
+    raise ValueError("training.n_jitted_steps must be >= 1; set --config.training.n_jitted_steps.")
   sde = builders.build_sde(config)
   model, optimizer, state = builders.init_state(config, devices)
-  snapshots = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=None)
-  preemption = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints-meta"), max_to_keep=1)
-  restored = checkpoints.restore_latest([preemption, snapshots], state)
-  if restored is not None:
-    state = restored
-  initial_step = int(jax.device_get(state.step))
-  if initial_step:
-    logging.info("Resuming from step %d.", initial_step)
-
-  scaler, inverse_scaler = builders.data_scalers(config)
   stream = dict(batch_size=training.batch_size, train=True, process_index=jax.process_index(),
                 process_count=jax.process_count())
-  train_iter = iter(datasets.get_dataset(config, split="train", shuffle_seed=config.seed,
-                                         start_batch=initial_step, **stream))
-  eval_iter = iter(datasets.get_dataset(
-      config, split="test", shuffle_seed=config.seed + 1,
-      start_batch=initial_step // max(training.eval_freq, 1), **stream))
-
+  train_data = datasets.get_dataset(config, split="train", shuffle_seed=config.seed, **stream)
+  eval_data = datasets.get_dataset(config, split="test", shuffle_seed=config.seed + 1, **stream)
   train_steps = builders.build_train_steps(config, sde, model, optimizer, state, devices)
   eval_step = builders.build_eval_step(config, sde, model, optimizer, state, devices)
   # Built even when unused so that a bad sampler name fails now, not at the first snapshot.
   sampler = builders.build_sampler(config, sde, model, devices,
                                    devices.round_batch(min(training.batch_size, 64)))
 
-  summary = outputs.Summary(os.path.join(workdir, "tensorboard"))
-  progress = _progress_bar(training.n_iters, initial_step)
-  step = initial_step
-  try:
-    while step < training.n_iters:
-      n = min(training.n_jitted_steps, training.n_iters - step)
-      batch = devices.put_batch(stack_batches(train_iter, n, scaler), stacked=True)
-      state, loss_values = train_steps(state, batch)
-      step += n
-      progress.update(n)
-      if _crossed(step, n, training.log_freq):
-        loss = float(jnp.mean(loss_values))
-        if not np.isfinite(loss):
-          raise FloatingPointError(
-              f"Training loss is {loss} at step {step}; no checkpoint was written for this step. "
-              "Lower optim.lr or check the data scaling.")
-        progress.set_postfix(loss=f"{loss:.4g}")
-        logging.info("step %d, training loss %.6g", step, loss)
-        summary.scalar("train/loss", loss, step)
-      if _crossed(step, n, training.eval_freq):
-        eval_batch = devices.put_batch(np.asarray(scaler(next(eval_iter)["image"]), np.float32))
-        _, eval_loss = eval_step(state, eval_batch)
-        summary.scalar("eval/loss", float(eval_loss), step)
-      # The kept snapshot first: a crash between the two saves must not skip a snapshot.
-      if _crossed(step, n, training.snapshot_freq) or step == training.n_iters:
-        snapshots.save(step, state)
-        if training.snapshot_sampling:
-          samples, _ = sampler(jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
-                               state.ema_params)
-          samples = np.asarray(inverse_scaler(gather(samples)))
-          if not np.all(np.isfinite(samples)):
-            # Training goes on (its checkpoint is saved); only the snapshot's picture is lost.
-            logging.warning("Snapshot samples at step %d are non-finite (sampling.method=%s: "
-                            "the network diverged, or the ODE solver hit its step cap); not "
-                            "saved.", step, config.sampling.method)
-          elif jax.process_index() == 0:
-            outputs.save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"))
-      if _crossed(step, n, training.snapshot_freq_for_preemption) or step == training.n_iters:
-        preemption.save(step, state)
-  finally:
-    progress.close()
-    summary.close()
-    snapshots.close()
-    preemption.close()
+  snapshots = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  preemption = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints-meta"), max_to_keep=1)
+  resuming = bool(snapshots.all_steps() or preemption.all_steps())
+  if resuming:
+    run_config.check(workdir, config, run_config.MAY_CHANGE_ON_RESUME, allow_config_change)
+  outputs.check_writable(workdir)
+  with logs.to_file(os.path.join(workdir, "train.log"), enabled=jax.process_index() == 0):
+    restored = checkpoints.restore_latest([preemption, snapshots], state)
+    if restored is not None:
+      state = restored
+    initial_step = int(jax.device_get(state.step))
+    if jax.process_index() == 0 and (restored is None or allow_config_change
+                                     or run_config.load(workdir) is None):
+      run_config.save(workdir, config)
+    if initial_step:
+      logging.info("Resuming from step %d.", initial_step)
+    scaler, inverse_scaler = builders.data_scalers(config)
+    train_iter = iter(train_data.starting_at(initial_step))
+    eval_iter = iter(eval_data.starting_at(initial_step // max(training.eval_freq, 1)))
+    summary = outputs.Summary(os.path.join(workdir, "tensorboard"))
+    progress = _progress_bar(training.n_iters, initial_step)
+    step = last_saved = initial_step
+
+    def save(store: checkpoints.CheckpointStore) -> None:
+      nonlocal last_saved
+      try:
+        store.save(step, state)
+      except checkpoints.NonFiniteStateError as e:
+        resume = (f"rerunning resumes from step {last_saved}" if last_saved
+                  else "no checkpoint was saved, so rerunning starts afresh")
+        raise FloatingPointError(
+            f"Training diverged by step {step}: {e}. Lower optim.lr or check the data "
+            f"scaling; {resume}.") from e
+      last_saved = step
+
+    try:
+      with _StopSignals() as signals:
+        while step < training.n_iters:
+          n = min(training.n_jitted_steps, training.n_iters - step)
+          batch = devices.put_batch(stack_batches(train_iter, n, scaler), stacked=True)
+          state, loss_values = train_steps(state, batch)
+          step += n
+          progress.update(n)
+          if _crossed(step, n, training.log_freq):
+            loss = float(jnp.mean(loss_values))
+            if not np.isfinite(loss):
+              raise FloatingPointError(
+                  f"Training loss is {loss} at step {step}; no checkpoint was written for this "
+                  "step. Lower optim.lr or check the data scaling.")
+            progress.set_postfix(loss=f"{loss:.4g}")
+            logging.info("step %d, training loss %.6g", step, loss)
+            summary.scalar("train/loss", loss, step)
+          if _crossed(step, n, training.eval_freq):
+            eval_batch = devices.put_batch(np.asarray(scaler(next(eval_iter)["image"]),
+                                                      np.float32))
+            _, eval_loss = eval_step(state, eval_batch)
+            summary.scalar("eval/loss", float(eval_loss), step)
+          stop = signals.requested()
+          # The kept snapshot first: a crash between the two saves must not skip a snapshot.
+          if _crossed(step, n, training.snapshot_freq) or step == training.n_iters:
+            save(snapshots)
+            if training.snapshot_sampling:
+              _snapshot_samples(config, sampler, state, step, inverse_scaler, workdir)
+          if (_crossed(step, n, training.snapshot_freq_for_preemption)
+              or step == training.n_iters or stop):
+            save(preemption)
+          if stop and step < training.n_iters:
+            logging.warning(
+                "Stopped by %s at step %d; the checkpoint is in %s. Run the same command to "
+                "resume.", signals.received, step, preemption.step_dir(step))
+            break
+    finally:
+      progress.close()
+      summary.close()
+      snapshots.close()
+      preemption.close()
+
+
+def _snapshot_samples(config: Config, sampler, state: losses.TrainState, step: int,
+                      inverse_scaler, workdir: str) -> None:
+  """Samples with the EMA parameters into ``samples/iter_<step>/`` (skipped if non-finite)."""
+  samples, _ = sampler(jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
+                       state.ema_params)
+  samples = np.asarray(inverse_scaler(gather(samples)))
+  if not np.all(np.isfinite(samples)):
+    # Training goes on (its checkpoint is saved); only the snapshot's picture is lost.
+    logging.warning("Snapshot samples at step %d are non-finite (sampling.method=%s: the "
+                    "network diverged, or the ODE solver hit its step cap); not saved.",
+                    step, config.sampling.method)
+  elif jax.process_index() == 0:
+    outputs.save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"))
 
 
 def _progress_bar(total: int, initial: int):
@@ -161,15 +234,55 @@ def _progress_bar(total: int, initial: int):
 # ----------------------------------------------------------------------------- evaluate
 
 
-def evaluate(config: Config, workdir: str, eval_folder: str = "eval") -> Dict:
-  """Evaluates every snapshot in ``[eval.begin_ckpt, eval.end_ckpt]``; returns the summary."""
+# config.eval fields that pick which checkpoints and pieces run, or how many pieces a summary
+# aggregates, without changing any piece; eval.batch_size and eval.bpd_dataset are recorded on
+# their own (the batch size used, the split and its size). Every other eval field is taken to
+# change bits/dim, so a new likelihood option invalidates saved pieces until it is listed here.
+_EVAL_SELECTION_FIELDS = frozenset({
+    "begin_ckpt", "end_ckpt", "enable_loss", "enable_bpd", "enable_sampling", "num_samples",
+    "bpd_num_repeats", "bpd_num_examples", "batch_size", "bpd_dataset"})
+
+
+def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
+             allow_config_change: bool = False) -> Dict:
+  """Evaluates every snapshot in ``[eval.begin_ckpt, eval.end_ckpt]``; returns the summary.
+
+  The summary (also ``<eval_folder>/summary.json``) maps each step to its results and the
+  ``"settings"`` they were computed with. Bits/dim and samples are saved piece by piece under
+  ``<eval_folder>/step_<step>/`` with the settings that produced each piece (:mod:`eval_cache`):
+  a re-run with the same settings reuses them, one with other settings (batch size, sampler,
+  tolerances, a retrained checkpoint, ...) recomputes them. A snapshot holding non-finite values
+  is skipped with a warning and gets no summary entry.
+
+  The config must match the one the workdir was trained with in every field that defines the
+  trained model (:data:`run_config.MAY_CHANGE_IN_EVAL` lists those that may differ);
+  ``allow_config_change`` accepts a deliberate difference.
+
+  Raises:
+    ValueError: a bad eval or sampling setting, found before any checkpoint is evaluated, or a
+      config change (:class:`run_config.ConfigChangedError`).
+    FileNotFoundError: no checkpoint in the range.
+  """
+  run_config.check(workdir, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
   eval_dir = os.path.join(workdir, eval_folder)
   outputs.check_writable(eval_dir)
   devices = Devices()
   ev = config.eval
   devices.check_batch(ev.batch_size, "eval.batch_size")
+  _check_eval_counts(config)
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)
+  # Built once, up front: a bad hutchinson_type, split or sampling.method fails before the long
+  # passes, and new parameters reuse the compiled programs.
+  bpd_fn, bpd_examples = None, 0
+  if ev.enable_bpd:
+    bpd_examples = datasets.num_examples(config, ev.bpd_dataset)
+    bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
+  sampler, sample_batch = None, 0
+  if ev.enable_sampling:
+    sample_batch = devices.round_batch(min(ev.batch_size, ev.num_samples))
+    sampler = builders.build_sampler(config, sde, model, devices, sample_batch)
+
   snapshots = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=None)
   freq = config.training.snapshot_freq
   steps = [s for s in snapshots.all_steps() if ev.begin_ckpt * freq <= s <= ev.end_ckpt * freq]
@@ -182,23 +295,105 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval") -> Dict:
 
   summary_path = os.path.join(eval_dir, "summary.json")
   summary = outputs.load_json(summary_path) if os.path.exists(summary_path) else {}
-  for step in steps:
-    state = snapshots.restore(step, template)
-    ckpt_dir = os.path.join(eval_dir, f"step_{step}")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    result: Dict[str, Any] = {"step": step}
-    if ev.enable_loss:
-      result["loss"] = _eval_loss(config, sde, model, state, devices)
-    if ev.enable_bpd:
-      result.update(_eval_bpd(config, sde, model, state.ema_params, devices, ckpt_dir, step))
-    if ev.enable_sampling:
-      result.update(_eval_samples(config, sde, model, state.ema_params, devices, ckpt_dir, step))
-    logging.info("checkpoint at step %d: %s", step, result)
-    summary[str(step)] = result
-    if jax.process_index() == 0:
-      outputs.save_json(summary_path, summary)
-  snapshots.close()
+  try:
+    for step in steps:
+      state = snapshots.restore(step, template)
+      bad = checkpoints.non_finite_leaves(state)
+      if bad:
+        more = f" and {len(bad) - 1} more leaves" if len(bad) > 1 else ""
+        logging.warning("Skipping the checkpoint at step %d: it holds non-finite values (%s%s).",
+                        step, bad[0], more)
+        # An entry left from an earlier evaluation would describe another checkpoint.
+        if summary.pop(str(step), None) is not None and jax.process_index() == 0:
+          outputs.save_json(summary_path, summary)
+        continue
+      cache = eval_cache.EvalCache(os.path.join(eval_dir, f"step_{step}"))
+      shared = _network_settings(config, step, eval_cache.tree_digest(state.ema_params))
+      settings = dict(shared)
+      result: Dict[str, Any] = {"step": step}
+      if ev.enable_loss:
+        result["loss"] = _eval_loss(config, sde, model, state, devices)
+        settings.update(_loss_settings(config))
+      if ev.enable_bpd:
+        bpd_settings = {**shared, **_bpd_settings(config, bpd_examples)}
+        result.update(_eval_bpd(config, bpd_fn, bpd_examples, state.ema_params, devices, cache,
+                                bpd_settings, step))
+        settings.update({**bpd_settings, "eval.bpd_num_repeats": ev.bpd_num_repeats,
+                         "eval.bpd_num_examples": _bpd_limit(config)})
+      if ev.enable_sampling:
+        sample_settings = {**shared, **_sample_settings(config, sample_batch)}
+        result.update(_eval_samples(config, sde, sampler, sample_batch, state.ema_params, cache,
+                                    sample_settings, step))
+        settings.update({**sample_settings, "eval.num_samples": ev.num_samples})
+      logging.info("checkpoint at step %d: %s", step, result)
+      result["settings"] = eval_cache.canonical(settings)
+      summary[str(step)] = result
+      if jax.process_index() == 0:
+        outputs.save_json(summary_path, summary)
+  finally:
+    snapshots.close()
   return summary
+
+
+def _check_eval_counts(config: Config) -> None:
+  """One-line ValueErrors for counts that would leave an enabled evaluation with nothing."""
+  ev = config.eval
+  if ev.enable_sampling and ev.num_samples < 1:
+    raise ValueError(f"eval.num_samples must be >= 1 to evaluate samples, got {ev.num_samples}; "
+                     "set --config.eval.num_samples=... (or set "
+                     "--config.eval.enable_sampling=False).")
+  if ev.enable_bpd and ev.bpd_num_repeats < 1:
+    raise ValueError(f"eval.bpd_num_repeats must be >= 1 to evaluate bits/dim, got "
+                     f"{ev.bpd_num_repeats}; set --config.eval.bpd_num_repeats=... (or set "
+                     "--config.eval.enable_bpd=False).")
+  if ev.enable_bpd and _bpd_limit(config) < 0:
+    raise ValueError(f"eval.bpd_num_examples must be >= 0 (0: the whole split), got "
+                     f"{_bpd_limit(config)}.")
+
+
+def _bpd_limit(config: Config) -> int:
+  """``eval.bpd_num_examples``: bits/dim over only the first that many examples; 0: all."""
+  return int(config.eval.get("bpd_num_examples", 0) or 0)
+
+
+def _section(config: Config, name: str) -> Dict[str, Any]:
+  """The fields of ``config.<name>`` as ``{"<name>.<field>": value}``."""
+  return run_config.flatten(config[name].to_dict(), f"{name}.")
+
+
+def _network_settings(config: Config, step: int, digest: str) -> Dict[str, Any]:
+  """What every result of the checkpoint at ``step`` depends on: its EMA parameters (``digest``,
+  :func:`eval_cache.tree_digest`), the network and SDE they are run in, the data and the seed."""
+  training = config.training
+  return {"checkpoint.step": step, "checkpoint.digest": digest,
+          "training.sde": training.sde, "training.continuous": training.continuous,
+          # bf16 activations change every output of the network.
+          "training.mixed_precision": bool(training.get("mixed_precision", False)),
+          **_section(config, "model"), **_section(config, "data"), "seed": config.seed}
+
+
+def _loss_settings(config: Config) -> Dict[str, Any]:
+  """The fields the evaluation loss reads beyond :func:`_network_settings`."""
+  training = config.training
+  return {"training.reduce_mean": training.reduce_mean,
+          "training.likelihood_weighting": training.likelihood_weighting,
+          "training.eps": training.eps, "eval.batch_size": config.eval.batch_size}
+
+
+def _bpd_settings(config: Config, num_examples: int) -> Dict[str, Any]:
+  """Bits/dim settings beyond :func:`_network_settings`: the likelihood fields of ``config.eval``
+  (``hutchinson_type``, ``rtol``, ``atol``, ...), the split, its size and the batch size."""
+  ev = config.eval
+  likelihood = {name: value for name, value in _section(config, "eval").items()
+                if name.split(".")[1] not in _EVAL_SELECTION_FIELDS}
+  return {**likelihood, "eval.batch_size": ev.batch_size, "eval.bpd_dataset": ev.bpd_dataset,
+          "eval.bpd_dataset_size": num_examples}
+
+
+def _sample_settings(config: Config, batch_size: int) -> Dict[str, Any]:
+  """Sampling settings beyond :func:`_network_settings`: ``config.sampling`` and the batch size
+  the sampler runs (``eval.batch_size`` capped by ``eval.num_samples``)."""
+  return {**_section(config, "sampling"), "eval.sampling_batch_size": batch_size}
 
 
 def _eval_batches(config: Config, split: str, batch_size: int) -> batching.Batches:
@@ -228,80 +423,99 @@ def _eval_loss(config: Config, sde, model, state: losses.TrainState, devices: De
   return total / max(count, 1.0)
 
 
-def _eval_bpd(config: Config, sde, model, params, devices: Devices, ckpt_dir: str,
+def _eval_bpd(config: Config, bpd_fn, num_examples: int, params, devices: Devices,
+              cache: eval_cache.EvalCache, settings: eval_cache.Settings,
               step: int) -> Dict[str, Any]:
-  """Bits/dim (``builders.build_bpd_fn``) over every example of ``eval.bpd_dataset``, repeated.
+  """Bits/dim over every example of ``eval.bpd_dataset``, repeated, in batches of
+  ``eval.batch_size``.
 
   ``eval.bpd_num_repeats`` passes; ``eval.bpd_num_examples > 0`` restricts each to the first that
-  many examples of the split's fixed order (a quick, reproducible subset; 0 means all). Per-batch
-  results are saved, so a preempted evaluation resumes where it stopped.
+  many examples of the split's fixed order (a quick, reproducible subset; 0 means all). Each batch
+  of each pass is one piece of ``cache``, ``bpd_repeat{r}_batch{k}`` (its bits/dim per example and
+  its NFE), so a preempted evaluation resumes where it stopped.
+
+  Args:
+    bpd_fn: ``builders.build_bpd_fn``'s ``bpd_fn(rng, params, images: [B, ...]) -> (bpd: [B],
+      nfe)``.
+    num_examples: the number of examples in the split.
+    settings: what every piece depends on; each piece adds its repeat and batch index.
   """
   ev = config.eval
-  bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
+  limit = _bpd_limit(config)
+  covered = min(num_examples, limit) if limit else num_examples
+  pieces = [(repeat, k) for repeat in range(ev.bpd_num_repeats)
+            for k in range(-(-covered // ev.batch_size))]
+
+  def piece(repeat: int, k: int):
+    return (f"bpd_repeat{repeat}_batch{k}",
+            {**settings, "piece.repeat": repeat, "piece.batch_index": k})
+
+  # Every process decides what to reuse before any piece is (re)written: the computation is
+  # collective, so a piece one process computes, all must.
+  done = {p: cache.load(*piece(*p), ("bpd", "nfe")) for p in pieces}
   base = jax.random.PRNGKey(config.seed + 3)
-  limit = int(ev.get("bpd_num_examples", 0) or 0)
-  all_bpd, all_nfe = [], []
-  for repeat in range(ev.bpd_num_repeats):
-    for k, batch in enumerate(_eval_batches(config, ev.bpd_dataset, ev.batch_size)):
-      if limit and k * ev.batch_size >= limit:
-        break
-      path = os.path.join(ckpt_dir, f"bpd_repeat{repeat}_batch{k}.npz")
-      saved = outputs.load_npz(path, ("bpd", "nfe"))
-      if saved is not None:
-        bpd, nfe = saved["bpd"], saved["nfe"]
-      else:
-        rng = jax.random.fold_in(jax.random.fold_in(base, repeat), k)
-        images = devices.put_batch(np.asarray(batch["image"], np.float32))
-        bpd, nfe = bpd_fn(rng, params, images)
-        mask = np.asarray(gather(devices.put_batch(batch["mask"]))) > 0
-        bpd = np.asarray(gather(bpd))[mask]
-        nfe = np.asarray(nfe)
-        if jax.process_index() == 0:
-          outputs.save_npz(path, bpd=bpd, nfe=nfe)
-      if limit:
-        bpd = bpd[:limit - k * ev.batch_size]
-      all_bpd.append(bpd)
-      all_nfe.append(float(nfe))
-  bpd = np.concatenate(all_bpd)
+  batches = None
+  for repeat, k in pieces:
+    if done[repeat, k] is not None:
+      continue
+    if batches is None:
+      batches = _eval_batches(config, ev.bpd_dataset, ev.batch_size)
+    batch = batches.batch(k)
+    rng = jax.random.fold_in(jax.random.fold_in(base, repeat), k)
+    images = devices.put_batch(np.asarray(batch["image"], np.float32))
+    bpd, nfe = bpd_fn(rng, params, images)
+    mask = np.asarray(gather(devices.put_batch(batch["mask"]))) > 0
+    done[repeat, k] = {"bpd": np.asarray(gather(bpd))[mask], "nfe": np.asarray(nfe)}
+    cache.save(*piece(repeat, k), **done[repeat, k])
+  # The last batch may reach past eval.bpd_num_examples: only the examples before it count.
+  bpd = np.concatenate([done[r, k]["bpd"][:covered - k * ev.batch_size] for r, k in pieces])
+  nfe = [float(done[p]["nfe"]) for p in pieces]
   logging.info("step %d: bits/dim %.4f over %d evaluations", step, bpd.mean(), bpd.size)
   return {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / np.sqrt(bpd.size)),
-          "bpd_count": int(bpd.size), "bpd_mean_nfe": float(np.mean(all_nfe)),
+          "bpd_count": int(bpd.size), "bpd_mean_nfe": float(np.mean(nfe)),
           "bpd_dataset": ev.bpd_dataset, "bpd_offset_bits": builders.bpd_offset_bits(config)}
 
 
-def _eval_samples(config: Config, sde, model, params, devices: Devices, ckpt_dir: str,
+def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
+                  cache: eval_cache.EvalCache, settings: eval_cache.Settings,
                   step: int) -> Dict[str, Any]:
-  """Draws ``eval.num_samples`` samples in batches (saved one ``.npz`` per batch, resumable).
+  """Draws ``eval.num_samples`` samples in batches, each one piece of ``cache``, ``samples_{k}``
+  (the samples in data space, ``[batch_size, ...]``, their NFE and a picture), resumable.
 
-  Each batch's file keeps its NFE, so a resumed evaluation reports the same ``sampling_nfe``
-  (the mean over batches) as an uninterrupted one.
+  Each piece keeps its NFE, so a resumed evaluation reports the same ``sampling_nfe`` (the mean
+  over batches) as an uninterrupted one.
+
+  Args:
+    sampler: ``builders.build_sampler``'s ``sample(rng, params) -> (samples: [batch_size, ...],
+      nfe)``, in model space.
+    settings: what every piece depends on; each piece adds its batch index.
   """
   ev = config.eval
-  batch_size = devices.round_batch(min(ev.batch_size, ev.num_samples))
-  sampler = builders.build_sampler(config, sde, model, devices, batch_size)
   _, inverse_scaler = builders.data_scalers(config)
+  pieces = range(-(-ev.num_samples // batch_size))
+
+  def piece(k: int):
+    return f"samples_{k}", {**settings, "piece.batch_index": k}
+
+  # As in _eval_bpd: every process decides what to reuse before any piece is rewritten.
+  done: Dict[int, Optional[Dict[str, np.ndarray]]] = {
+      k: cache.load(*piece(k), ("samples", "nfe")) for k in pieces}
   base = jax.random.PRNGKey(config.seed + 4)
-  collected, nfes = [], []
-  for k in range(-(-ev.num_samples // batch_size)):
-    name = f"samples_{k}"
-    saved = outputs.load_npz(os.path.join(ckpt_dir, name + ".npz"), ("samples", "nfe"))
-    if saved is not None:
-      samples, nfe = saved["samples"], saved["nfe"]
-    else:
-      samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(base, step), k), params)
-      samples, nfe = np.asarray(inverse_scaler(gather(samples))), np.asarray(nfe)
-      if not np.all(np.isfinite(samples)):
-        raise FloatingPointError(
-            f"Sampling the step-{step} checkpoint gave non-finite values (sampling.method="
-            f"{config.sampling.method}: the network diverged, or the ODE solver hit its step "
-            "cap); nothing was saved for this batch.")
-      if jax.process_index() == 0:
-        outputs.save_samples(samples, ckpt_dir, name, nfe=nfe)
-    collected.append(samples)
-    nfes.append(float(nfe))
-  samples = np.concatenate(collected)[:ev.num_samples]
+  for k in pieces:
+    if done[k] is not None:
+      continue
+    samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(base, step), k), params)
+    samples, nfe = np.asarray(inverse_scaler(gather(samples))), np.asarray(nfe)
+    if not np.all(np.isfinite(samples)):
+      raise FloatingPointError(
+          f"Sampling the step-{step} checkpoint gave non-finite values (sampling.method="
+          f"{config.sampling.method}: the network diverged, or the ODE solver hit its step "
+          "cap); nothing was saved for this batch.")
+    cache.save_samples(*piece(k), samples, nfe=nfe)
+    done[k] = {"samples": samples, "nfe": nfe}
+  samples = np.concatenate([done[k]["samples"] for k in pieces])[:ev.num_samples]
   result: Dict[str, Any] = {"num_samples": int(len(samples)),
-                            "sampling_nfe": float(np.mean(nfes))}
+                            "sampling_nfe": float(np.mean([float(done[k]["nfe"]) for k in pieces]))}
   if builders.is_vector_data(config):
     # Two-sample statistics against fresh data, and the prior's as a reference point.
     data = toy_data.sample_toy(config.data.dataset, len(samples), seed=config.seed + 5)

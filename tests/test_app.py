@@ -201,31 +201,6 @@ def test_training_compiles_each_program_once(tmp_path):
   assert sorted(os.listdir(tmp_path / "samples")) == ["iter_10", "iter_20", "iter_30"]
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path, reference_run):
-  workdir = str(tmp_path)
-  meta = os.path.join(workdir, "checkpoints-meta")
-  # Slow enough (more steps) that the kill lands mid-run; the reference has the same 600 steps
-  # because we restart with the original length.
-  proc = subprocess.Popen(main_command(workdir, **{"training.n_iters": 100000}), cwd=REPO,
-                          env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    if os.path.isdir(meta) and any(d.isdigit() and int(d) >= 200 for d in os.listdir(meta)):
-      break
-    if proc.poll() is not None:
-      pytest.fail(f"training exited early: {proc.stderr.read()[-2000:]}")
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  killed_at = max(int(d) for d in os.listdir(meta) if d.isdigit())
-  assert 200 <= killed_at < 600, killed_at
-
-  result = run_main(workdir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert_states_close(final_state(workdir), final_state(reference_run))
-
-
 def test_four_devices_match_one_device(tmp_path, reference_run):
   workdir = str(tmp_path)
   result = run_main(workdir, devices=4)
@@ -246,6 +221,138 @@ def _last_line(result):
   return lines[-1] if lines else ""
 
 
+def _wait_for_preemption_checkpoint(proc, workdir, at_least):
+  """Waits until ``checkpoints-meta`` holds a step >= ``at_least`` (the run is mid-way)."""
+  meta = os.path.join(workdir, "checkpoints-meta")
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if os.path.isdir(meta) and any(d.isdigit() and int(d) >= at_least for d in os.listdir(meta)):
+      return
+    if proc.poll() is not None:
+      pytest.fail(f"training exited early: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.02)
+  pytest.fail("training made no progress")
+
+
+def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(tmp_path, reference_run):
+  """SIGTERM (a scheduler's preemption notice): the step in flight finishes, a preemption
+  checkpoint is written at that step and the run exits 0 saying how to resume. Then the resumed
+  run is killed outright (SIGKILL) after its next preemption checkpoint. Resumed once more, it
+  ends exactly where an uninterrupted run does."""
+  workdir = str(tmp_path)
+  # Longer than the reference so that the interruptions land mid-run; the last run restores the
+  # original length.
+  long_run = main_command(workdir, **{"training.n_iters": 100000})
+  proc = subprocess.Popen(long_run, cwd=REPO, env=_env(1), text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _wait_for_preemption_checkpoint(proc, workdir, 200)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-3000:]
+  last = [l for l in stderr.splitlines() if l.strip()][-1]
+  assert "Stopped by SIGTERM at step" in last and "Run the same command to resume" in last, last
+  stopped_at = int(last.split(" at step ")[1].split(";")[0])
+  assert 200 <= stopped_at < 500
+  assert os.listdir(os.path.join(workdir, "checkpoints-meta")) == [str(stopped_at)]
+  assert "Traceback" not in stderr
+
+  proc = subprocess.Popen(long_run, cwd=REPO, env=_env(1), text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _wait_for_preemption_checkpoint(proc, workdir, (stopped_at // 100 + 1) * 100)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  killed_at = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints-meta"))
+                  if d.isdigit())
+  assert stopped_at < killed_at < 600, killed_at
+
+  result = run_main(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resuming from step {killed_at}" in result.stderr
+  assert_states_close(final_state(workdir), final_state(reference_run))
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path, monkeypatch, caplog):
+  """SIGINT (Ctrl-C) arriving mid-run, in-process: the run returns at the end of that chunk of
+  steps with a preemption checkpoint there, and a resume starts from it."""
+  real = builders.build_train_steps
+
+  def interrupting(*args, **kwargs):
+    steps = real(*args, **kwargs)
+    def run(state, batch):
+      state, loss = steps(state, batch)
+      if int(state.step) == 50:
+        os.kill(os.getpid(), signal.SIGINT)
+      return state, loss
+    return run
+
+  monkeypatch.setattr(builders, "build_train_steps", interrupting)
+  workdir = str(tmp_path)
+  config = toy_config(**{"training.n_iters": 200, "training.snapshot_freq": 200})
+  with caplog.at_level(logging.INFO):
+    run_lib.train(config, workdir)
+  assert "SIGINT received: stopping after this step" in caplog.text
+  assert "Stopped by SIGINT at step 50" in caplog.text
+  assert os.listdir(os.path.join(workdir, "checkpoints-meta")) == ["50"]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  monkeypatch.setattr(builders, "build_train_steps", real)
+  with caplog.at_level(logging.INFO):
+    run_lib.train(toy_config(**{"training.n_iters": 75, "training.snapshot_freq": 200}), workdir)
+  assert "Resuming from step 50" in caplog.text
+  assert int(final_state(workdir).step) == 75
+
+
+def test_second_signal_exits_at_once(tmp_path):
+  workdir = str(tmp_path)
+  # Long compiled chunks: the first signal is honoured only at the end of one, ~seconds away.
+  proc = subprocess.Popen(main_command(workdir, **{"training.n_jitted_steps": 1000,
+                                                   "training.n_iters": 100000,
+                                                   "training.snapshot_freq_for_preemption": 1000}),
+                          cwd=REPO, env=_env(1), text=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  _wait_for_preemption_checkpoint(proc, workdir, 1000)
+  proc.send_signal(signal.SIGTERM)
+  time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  assert stderr.strip().splitlines()[-1] == "error: second SIGTERM: exiting now, without saving."
+  # What was saved before is intact: the next run resumes from it.
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints-meta"))
+                 if d.isdigit())
+  assert steps and steps[-1] % 1000 == 0
+
+
+def _with_file_size_limit(command, kilobytes):
+  """``command`` run so that writing a file past ``kilobytes`` fails (EFBIG), as on a full disk
+  (``ulimit -f``: no root needed; Python ignores the SIGXFSZ that comes with it)."""
+  return ["bash", "-c", f'ulimit -f {kilobytes} && exec "$@"', "bash", *command]
+
+
+def test_write_failures_give_one_line_and_keep_what_was_saved(tmp_path, reference_run):
+  """Checkpoint data files (~0.6 MB) and sample files cannot be written: one line, not orbax's
+  worker-thread tracebacks, and the checkpoints already there still resume."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference_run, workdir)
+  before = _dir_digest(os.path.join(workdir, "checkpoints"))
+  result = subprocess.run(_with_file_size_limit(main_command(workdir, **{"training.n_iters": 900}),
+                                                200), cwd=REPO, env=_env(1),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1
+  lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("I")]
+  assert len(lines) == 1 and lines[0].startswith("error: saving step"), result.stderr[-3000:]
+  assert _dir_digest(os.path.join(workdir, "checkpoints")) == before
+
+  result = subprocess.run(_with_file_size_limit(main_command(workdir, mode="eval",
+                                                             **{"eval.enable_bpd": False}), 1),
+                          cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1
+  last = _last_line(result)
+  assert last.startswith("error: cannot write ") and "free disk space" in last, \
+      result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("override, expected", [
     ({"training.sde": "brownian"},
      "Unknown SDE 'brownian'; valid names are: subvpsde, vesde, vpsde"),
@@ -256,10 +363,46 @@ def _last_line(result):
       "data.dim": 0, "data.image_size": 28, "data.num_channels": 1}, "/nonexistent/mnist"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, override, expected):
-  result = run_main(str(tmp_path / "w"), **override)
+  workdir = tmp_path / "w"
+  result = run_main(str(workdir), **override)
   assert result.returncode != 0
   assert _last_line(result).startswith("error: ") and expected in _last_line(result), \
       result.stderr[-2000:]
+  assert not workdir.exists(), "a bad value must fail before the workdir is created"
+
+
+_BAD_CONFIGS = {
+    "syntax.py": "def get_config(:\n",
+    "raises.py": "def get_config():\n  raise RuntimeError('no such experiment')\n",
+    "empty.py": "x = 1\n",
+}
+
+
+@pytest.mark.parametrize("config, flags, expected", [
+    ("missing.py", [], "cannot load config '{dir}/missing.py': FileNotFoundError"),
+    ("syntax.py", [], "cannot load config '{dir}/syntax.py': SyntaxError: invalid syntax"),
+    ("raises.py", [], "RuntimeError: no such experiment. Pass a config file that defines"),
+    ("empty.py", [], "has no attribute 'get_config'"),
+    (CONFIG, ["--config.training.bogus=1"], "--config.training.bogus: training has no field "
+     "'bogus' (its fields: batch_size,"),
+    (CONFIG, ["--config.trainin.lr=1"], "the config has no field 'trainin'"),
+    (CONFIG, ["--config.training.batch_size=abc"], "--config.training.batch_size=abc"),
+    (CONFIG, ["stray"], "unexpected arguments 'stray'"),
+])
+def test_bad_config_or_override_gives_one_line_error(tmp_path, config, flags, expected):
+  for name, text in _BAD_CONFIGS.items():
+    (tmp_path / name).write_text(text)
+  config = os.path.join(str(tmp_path), config)
+  workdir = tmp_path / "w"
+  command = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}",
+             "--mode=train", *flags]
+  result = subprocess.run(command, capture_output=True, text=True, env=_env(1), cwd=REPO,
+                          timeout=120)
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+  assert expected.format(dir=tmp_path) in lines[0], lines[0]
+  assert not workdir.exists()
 
 
 def test_unwritable_workdir(tmp_path):
@@ -276,8 +419,13 @@ def test_incompatible_or_corrupted_checkpoint_leaves_files_intact(tmp_path, refe
   shutil.copytree(reference_run, workdir)
   before = _dir_digest(workdir)
 
-  # A config with a different network cannot restore this workdir's checkpoints.
+  # A config with a different network is refused by the recorded config and, even when the
+  # change is allowed, cannot restore this workdir's checkpoints.
   result = run_main(workdir, **{"model.nf": 32})
+  assert result.returncode != 0
+  assert _last_line(result).startswith("error: the config differs"), result.stderr[-2000:]
+  assert "model.nf: 64 -> 32" in _last_line(result)
+  result = run_main(workdir, extra=["--allow_config_change"], **{"model.nf": 32})
   assert result.returncode != 0
   assert _last_line(result).startswith("error: "), result.stderr[-2000:]
   assert "shape" in _last_line(result)

@@ -407,3 +407,55 @@ def test_restore_onto_four_device_mesh_keeps_target_sharding(tmp_path):
   """
   result = _run_python(script, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def _poisoned(state, value=np.nan):
+  """``state`` with one parameter entry set to ``value``."""
+  leaves, treedef = jax.tree_util.tree_flatten(state.params)
+  leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(value)
+  return state.replace(params=jax.tree_util.tree_unflatten(treedef, leaves))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_save_refuses_non_finite_state(tmp_path, value):
+  with CheckpointStore(str(tmp_path / "c")) as store:
+    with pytest.raises(checkpoints.NonFiniteStateError, match="refusing to save step 3.*params"):
+      store.save(3, _poisoned(make_state(seed=0), value))
+    assert store.all_steps() == []
+    assert not os.path.exists(store.step_dir(3))
+
+
+def test_non_finite_leaves_names_the_leaves():
+  state = make_state(seed=0)
+  assert checkpoints.non_finite_leaves(state) == []
+  bad = checkpoints.non_finite_leaves(_poisoned(state))
+  assert len(bad) == 1 and bad[0].startswith("params/")
+
+
+def test_restore_latest_skips_non_finite_checkpoint(tmp_path, monkeypatch, caplog):
+  """A NaN checkpoint written before saves refused them is skipped, renamed, and saved over."""
+  good, bad = make_state(seed=1), _poisoned(make_state(seed=2))
+  with CheckpointStore(str(tmp_path / "c")) as store:
+    store.save(10, good)
+    with monkeypatch.context() as patch:
+      patch.setattr(checkpoints, "non_finite_leaves", lambda tree: [])
+      store.save(20, bad)
+    with caplog.at_level(logging.WARNING, logger="checkpoints"):
+      restored = checkpoints.restore_latest([store], good)
+    assert_states_equal(restored, good)
+    assert "non-finite" in caplog.text and "/20" in caplog.text
+    assert store.all_steps() == [10]
+    assert [n for n in os.listdir(store.directory) if n.startswith("20.nonfinite-")]
+    store.save(20, good)
+    assert store.all_steps() == [10, 20]
+
+
+def test_restore_latest_raises_when_every_checkpoint_is_non_finite(tmp_path, monkeypatch):
+  bad = _poisoned(make_state(seed=2))
+  with CheckpointStore(str(tmp_path / "c")) as store:
+    with monkeypatch.context() as patch:
+      patch.setattr(checkpoints, "non_finite_leaves", lambda tree: [])
+      store.save(5, bad)
+    with pytest.raises(CheckpointError, match="all 1 checkpoints.*non-finite"):
+      checkpoints.restore_latest([store], bad)
+    assert store.all_steps() == [5]

@@ -43,6 +43,28 @@ def test_atomic_writes_and_json(tmp_path):
   assert os.listdir(tmp_path / "eval") == ["summary.json"]
 
 
+def test_written_files_get_the_usual_mode(tmp_path):
+  """Temporary files are private; the renamed result must be readable like any other file."""
+  old = os.umask(0o022)
+  try:
+    outputs.save_json(str(tmp_path / "a.json"), {})
+    outputs.save_npz(str(tmp_path / "a.npz"), x=np.zeros(2))
+    outputs.save_image_grid(np.zeros((1, 2, 2, 1)), str(tmp_path / "a.png"))
+  finally:
+    os.umask(old)
+  for name in ("a.json", "a.npz", "a.png"):
+    assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
+
+
+def test_write_failure_names_the_file(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  path = str(blocker / "summary.json")
+  with pytest.raises(OSError, match=f"cannot write {path} .*free disk space") as info:
+    outputs.save_json(path, {})
+  assert info.value.errno is not None
+
+
 def test_npz_round_trip_and_missing_keys(tmp_path):
   path = str(tmp_path / "batch.npz")
   assert outputs.load_npz(path, ("samples",)) is None
