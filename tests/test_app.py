@@ -209,11 +209,12 @@ def test_four_devices_match_one_device(tmp_path, reference_run):
 
   # Sampling and bits/dim run sharded over the four devices.
   result = run_main(workdir, mode="eval", devices=4,
-                    **{"eval.num_samples": 400, "eval.batch_size": 200, "eval.begin_ckpt": 2})
+                    **{"eval.num_samples": 400, "eval.batch_size": 200, "eval.begin_ckpt": 2,
+                       "eval.bpd_num_examples": 400})
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(os.path.join(workdir, "eval", "summary.json")))
   assert np.isfinite(summary["600"]["bpd"])
-  assert summary["600"]["num_samples"] == 400
+  assert summary["600"]["num_samples"] == 400 and summary["600"]["bpd_count"] == 400
 
 
 def _last_line(result):
@@ -330,13 +331,13 @@ def _with_file_size_limit(command, kilobytes):
 
 
 def test_write_failures_give_one_line_and_keep_what_was_saved(tmp_path, reference_run):
-  """Checkpoint data files (~0.6 MB) and sample files cannot be written: one line, not orbax's
-  worker-thread tracebacks, and the checkpoints already there still resume."""
+  """Checkpoint data files (~0.1 MB here) and sample files cannot be written: one line, not
+  orbax's worker-thread tracebacks, and the checkpoints already there still resume."""
   workdir = str(tmp_path / "w")
   shutil.copytree(reference_run, workdir)
   before = _dir_digest(os.path.join(workdir, "checkpoints"))
   result = subprocess.run(_with_file_size_limit(main_command(workdir, **{"training.n_iters": 900}),
-                                                200), cwd=REPO, env=_env(1),
+                                                20), cwd=REPO, env=_env(1),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 1
   lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("I")]

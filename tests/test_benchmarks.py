@@ -194,7 +194,7 @@ def test_time_to_bpd_on_real_mnist(tmp_path):
                "model.attn_resolutions=()", "model.num_res_blocks=1", "training.batch_size=8",
                "eval.rtol=1e-3", "eval.atol=1e-3"]
   argv = [arg for o in overrides for arg in ("--override", o)] + [
-          "--targets", "1000,0", "--eval_every", "5", "--eval_examples", "8",
+          "--targets", "1000,0", "--eval_every", "5", "--eval_examples", "4",
           "--eval_batch_size", "4", "--max_steps", "10", "--out", str(tmp_path)]
   result = time_to_bpd.main(argv)
   (path,) = glob.glob(str(tmp_path / "time_to_bpd_vpsde_mnist_fp32_cpu_*.json"))
