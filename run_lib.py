@@ -67,7 +67,8 @@ class _StopSignals:
 
   Cloud schedulers send SIGTERM shortly before they preempt a machine; Ctrl-C sends SIGINT.
   Handlers can only be installed from the main thread; elsewhere (a training thread) this does
-  nothing. In a multi-process run the processes agree: all stop once any has been signalled.
+  nothing. In a multi-process run the processes agree at the next logging step
+  (``training.log_freq``): all stop there once any has been signalled.
   """
 
   _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -95,10 +96,14 @@ class _StopSignals:
     logging.warning("%s received: stopping after this step and saving a checkpoint "
                     "(send it again to exit at once).", name)
 
-  def requested(self) -> bool:
-    """Whether this process, or (multi-process) any process, has been signalled."""
+  def requested(self, agree_now: bool) -> bool:
+    """Whether this process has been signalled; multi-process: whether any has, asked only when
+    ``agree_now`` (every process passes the same value), since agreeing waits for the step in
+    flight on every process and would stall the pipeline if done at every step."""
     if jax.process_count() == 1:
       return self.received is not None
+    if not agree_now:
+      return False
     flags = multihost_utils.process_allgather(np.int32(self.received is not None))
     if self.received is None and np.any(flags):
       self.received = "a peer's stop signal"
@@ -189,7 +194,8 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
                                                       np.float32))
             _, eval_loss = eval_step(state, eval_batch)
             summary.scalar("eval/loss", float(eval_loss), step)
-          stop = signals.requested()
+          # Multi-process runs agree at logging steps, where the loss is fetched anyway.
+          stop = signals.requested(agree_now=_crossed(step, n, training.log_freq))
           # The kept snapshot first: a crash between the two saves must not skip a snapshot.
           if _crossed(step, n, training.snapshot_freq) or step == training.n_iters:
             save(snapshots)
