@@ -33,7 +33,7 @@ Then, per example: ``random_flip`` (train only) and the map to [0, 1], ``v / 255
 Sources (``config.data.source``, registered in :data:`_SOURCES`) and where they read
 (``config.data.data_dir``):
 
-* ``'tfds'``: TensorFlow Datasets, ``tfds.builder(name, data_dir=data_dir or None)``
+* ``'tfds'``: TensorFlow Datasets, ``tfds.builder(name, data_dir=data_dir)``
   (``tf_readers.load_tfds``), held in host memory or memory-mapped from ``cache_dir``.
   ``split='test'`` means TFDS ``'validation'`` for CelebA and LSUN (as the authors), ``'test'``
   otherwise. LSUN is named ``'lsun/<category>'``, or ``'LSUN'`` with ``config.data.category`` (the
@@ -47,10 +47,21 @@ Sources (``config.data.source``, registered in :data:`_SOURCES`) and where they 
 * ``'tfrecords'``: the authors' FFHQ / CelebA-HQ TFRecords (``tf_readers.load_tfrecords``), from
   ``config.data.tfrecords_path`` (or ``data_dir``), a file or a glob; one split serves as both
   'train' and 'test', as by the authors. ``cache_dir`` works as for TFDS.
+* ``'folder'``: PNG / JPEG files below ``data_dir`` (``readers.load_image_folder``), decoded as
+  grayscale or RGB by ``num_channels`` (1 or 3), each cropped to its central square and resized.
+  Splits: ``train/`` and ``test/`` (or ``val/``, ``validation/``) subfolders if present, else
+  ``config.data.holdout_fraction`` (default 0.05, at least one image) held out as 'test'; class
+  subfolders give labels. Any dataset name is accepted.
 * ``'toy'``: the distributions of ``toy_data`` (needs ``config.data.dim = 2``). Training draws fresh
   samples per global batch, keyed by ``(seed, k)``; the ``'test'`` split is a fixed set of
   ``toy_data.TOY_TEST_SIZE`` samples (same for every seed). Flips and dequantization do not apply:
   ``random_flip`` and ``uniform_dequantization`` must be False.
+
+Without ``data_dir``, sources ``'tfds'``, ``'idx'`` and ``'cifar_python'`` get their data from
+``data_lookup``: ``$SCORE_SDE_DATA_DIR``, then TFDS's prepared data, then a TFDS download when the
+network answers, else one line naming every way to provide them. The place found may be read by
+another source than the one asked for (``'idx'`` asked, TFDS's prepared MNIST found). The other
+sources need ``data_dir`` (or ``tfrecords_path``).
 """
 
 from __future__ import annotations
@@ -62,6 +73,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import ml_collections
 
 import batching
+import data_lookup
 import readers
 import tf_readers
 import toy_data
@@ -157,6 +169,8 @@ class _Request(NamedTuple):
   path: str                     # where the files are (see _Source.location); '' if none is set
   image_size: int
   cache_dir: Optional[str]
+  num_channels: int = 0         # channels to decode to, for sources that convert ('folder')
+  holdout_fraction: float = readers.DEFAULT_HOLDOUT_FRACTION  # 'folder' without a test/ folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +183,8 @@ class _Source:
     location: the ``config.data`` fields naming where its files are; the first one set wins.
     needs_location: it reads local files, so one of ``location`` must be set (TFDS has a default
       folder of its own).
-    fits_images: it crops and resizes itself (in TensorFlow); otherwise :func:`load_split` does,
-      with ``readers.fit_images``.
+    fits_images: it crops and resizes itself (in TensorFlow, or image by image for a folder of
+      differently sized files); otherwise :func:`load_split` does, with ``readers.fit_images``.
     any_dataset: a generic format, accepting any ``config.data.dataset`` name.
     count: ``count(request)`` -> the number of examples, from metadata without reading the split;
       None: the split is loaded and counted.
@@ -211,6 +225,11 @@ _SOURCES.add("tfrecords", _Source(
     lambda r: tf_readers.load_tfrecords(r.path, r.split, r.image_size, r.spec.crop, r.cache_dir),
     location=("tfrecords_path", "data_dir"), fits_images=True, any_dataset=True))
 _SOURCES.add("toy", _Source(_read_toy, location=(), needs_location=False, images=False))
+_SOURCES.add("folder", _Source(
+    lambda r: readers.load_image_folder(r.path, r.split, r.image_size, r.num_channels,
+                                        r.holdout_fraction),
+    fits_images=True, any_dataset=True,
+    count=lambda r: len(readers.list_image_folder(r.path, r.split, r.holdout_fraction)[0])))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,16 +254,33 @@ def _names(config: Config) -> Tuple[str, str]:
 
 
 def _image_request(config: Config, name: str, source: str, split: str,
-                   cache_dir: Optional[str]) -> _Request:
-  """The request for ``split`` of image data set ``name``; ValueError naming what is unset."""
+                   cache_dir: Optional[str]) -> Tuple[str, _Request]:
+  """The source that reads ``split`` of image data set ``name``, and the request to it.
+
+  Where ``config.data`` names no folder, :func:`data_lookup.locate` finds one for the data sets
+  it can obtain (sources 'tfds' and the numpy ones it knows), possibly read by another source
+  than the one asked for.
+
+  Returns:
+    ``(source, request)``.
+
+  Raises:
+    ValueError: naming the field to set, where no folder is named and the lookup does not apply;
+      :class:`data_lookup.DataNotFoundError` where it applies and finds nothing.
+  """
   spec = _image_spec(name, source)
   entry = _SOURCES.get(source)
   values = (str(config.data.get(field, "") or "") for field in entry.location)
   path = next((v for v in values if v), "")
-  if entry.needs_location and not path:
+  if not path and (source == "tfds" or source in data_lookup.NUMPY_SOURCES):
+    numpy_source = next((s for s in spec.sources if s in data_lookup.NUMPY_SOURCES), "")
+    source, path = data_lookup.locate(name, source, spec.tfds_name, numpy_source)
+  elif entry.needs_location and not path:
     fields = " or ".join(f"config.data.{f}" for f in entry.location)
     raise ValueError(f"config.data.source={source!r} reads local files: set {fields}.")
-  return _Request(name, spec, split, path, int(config.data.image_size), cache_dir)
+  holdout = float(config.data.get("holdout_fraction", readers.DEFAULT_HOLDOUT_FRACTION))
+  return source, _Request(name, spec, split, path, int(config.data.image_size), cache_dir,
+                          int(config.data.num_channels), holdout)
 
 
 def load_split(config: Config, split: str, *, cache_dir: Optional[str] = None) -> readers.SplitData:
@@ -257,10 +293,10 @@ def load_split(config: Config, split: str, *, cache_dir: Optional[str] = None) -
   """
   readers.check_split(split)
   name, source = _names(config)
+  if not _SOURCES.get(source).images:
+    return _SOURCES.get(source).read(_Request(name, None, split, "", 0, cache_dir))
+  source, request = _image_request(config, name, source, split, cache_dir)
   entry = _SOURCES.get(source)
-  if not entry.images:
-    return entry.read(_Request(name, None, split, "", 0, cache_dir))
-  request = _image_request(config, name, source, split, cache_dir)
   data = entry.read(request)
   if data.images.shape[0] == 0:
     raise ValueError(f"The {split} split of {name!r} ({source}) is empty.")
@@ -278,12 +314,14 @@ def load_split(config: Config, split: str, *, cache_dir: Optional[str] = None) -
 
 def num_examples(config: Config, split: str) -> int:
   """Number of examples in ``split`` (one evaluation pass visits each once)."""
-  name, source = _names(config)
-  entry = _SOURCES.get(source)
-  if entry.count is None:
-    return load_split(config, split).labels.shape[0]
   readers.check_split(split)
-  return entry.count(_image_request(config, name, source, split, None))
+  name, source = _names(config)
+  if _SOURCES.get(source).images:
+    source, request = _image_request(config, name, source, split, None)
+    count = _SOURCES.get(source).count
+    if count is not None:
+      return count(request)
+  return load_split(config, split).labels.shape[0]
 
 
 def get_dataset(config: Config, *, split: str, batch_size: int, train: bool,

@@ -7,6 +7,8 @@ order. Formats:
 * CIFAR-10 python batches: :func:`load_cifar_python`, through an unpickler that admits only
   containers and numpy arrays.
 * npz: :func:`load_npz`.
+* Folders of PNG / JPEG files (decoded with Pillow): :func:`list_image_folder` finds a split's
+  files and class labels, :func:`load_image_folder` decodes them, cropping and resizing each.
 
 Cropping and resizing (:func:`fit_images`): CelebA is centrally cropped to 140 x 140 as by the
 authors, other non-square images to their central square; images whose side differs from the
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import hashlib
 import io
 import os
 import pickle
 import tarfile
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -251,6 +254,194 @@ def load_npz(path: str, split: str, dataset: str = "") -> SplitData:
     raise ValueError(f"npz {path}[{label_key!r}]: expected integer labels [{images.shape[0]}], got "
                      f"{labels.dtype} {labels.shape}.")
   return SplitData(images, labels.astype(np.int32))
+
+
+# ------------------------------------------------------------------------------------------------
+# Folders of image files.
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+DEFAULT_HOLDOUT_FRACTION = 0.05
+# A folder with train/ is pre-split: its test split is the first of these that exists.
+_TEST_FOLDERS = ("test", "val", "validation")
+_PIL_MODES = {1: "L", 3: "RGB"}
+# Pillow's integer modes of 16-bit grayscale files; it clips them at 255 when converting to 8 bits.
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _find_images(root: str) -> List[str]:
+  """'/'-separated paths relative to ``root`` of the image files below it, sorted.
+
+  Extensions are matched case-insensitively; hidden files and folders (names starting with '.',
+  such as macOS's ``._x.jpg`` companions or ``.ipynb_checkpoints``) are skipped. ValueError if
+  there are none.
+  """
+  found = []
+  for folder, subfolders, names in os.walk(root):
+    subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+    prefix = os.path.relpath(folder, root).replace(os.sep, "/")
+    for name in names:
+      if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+        found.append(name if prefix == "." else f"{prefix}/{name}")
+  if not found:
+    raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}, any letter case) found in "
+                     f"{root!r} or its subfolders: add some there, or point "
+                     f"config.data.data_dir at the folder that holds them.")
+  return sorted(found)
+
+
+def _class_labels(pools: Sequence[List[str]]) -> List[np.ndarray]:
+  """int32 labels per pool of relative paths: the index of each file's first-level folder among
+  the sorted names of all first-level folders of all pools, if every file of every pool lies in
+  one (so train and test agree on the indices); else all -1."""
+  if not all("/" in f for pool in pools for f in pool):
+    return [np.full(len(pool), -1, np.int32) for pool in pools]
+  classes = sorted({f.split("/", 1)[0] for pool in pools for f in pool})
+  index = {name: i for i, name in enumerate(classes)}
+  return [np.array([index[f.split("/", 1)[0]] for f in pool], np.int32) for pool in pools]
+
+
+def _held_out(files: Sequence[str], fraction: float, root: str) -> np.ndarray:
+  """bool ``[N]``: which of ``files`` (paths relative to ``root``) form the held-out test split.
+
+  ``k = max(1, round(fraction * N))`` files, those with the smallest SHA-256 of their relative
+  path: deterministic, independent of the listing order, and adding or removing a file moves at
+  most one other file between the splits.
+  """
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"config.data.holdout_fraction must lie strictly between 0 and 1, got "
+                     f"{fraction}.")
+  n = len(files)
+  k = max(1, int(fraction * n + 0.5))
+  if k >= n:
+    raise ValueError(f"Image folder {root!r} has {n} image(s): too few to hold out {k} for the "
+                     f"test split (config.data.holdout_fraction = {fraction}) and keep at least "
+                     f"one for training; add images, lower the fraction, or provide train/ and "
+                     f"test/ subfolders.")
+  keys = [hashlib.sha256(f.encode("utf-8")).digest() for f in files]
+  test = np.zeros(n, bool)
+  test[sorted(range(n), key=keys.__getitem__)[:k]] = True
+  return test
+
+
+def list_image_folder(path: str, split: str,
+                      holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+                      ) -> Tuple[List[str], np.ndarray]:
+  """The files and labels of ``split`` of a folder of images, without decoding them.
+
+  Files: ``.png``, ``.jpg`` and ``.jpeg`` (any letter case) anywhere below the split's folder,
+  hidden ones skipped, in the order of their relative paths. Splits:
+
+  * ``path/train/`` and the first of ``path/test/``, ``path/val/``, ``path/validation/`` when
+    both exist (anything else in ``path`` is ignored);
+  * otherwise one pool, ``path/train/`` if it exists, else ``path`` itself, of which
+    ``k = max(1, round(holdout_fraction * N))`` images are held out as 'test' (those with the
+    smallest SHA-256 of their path relative to the pool: deterministic, independent of the
+    listing order, and adding or removing one file moves at most one other between the splits)
+    and the rest are 'train'. Each split keeps the sorted order.
+
+  Labels: when every image lies inside a first-level subfolder of its split's folder (class
+  folders, ``cats/001.png``), the index of that subfolder's name among all of them sorted (the
+  same indices in both splits); otherwise -1.
+
+  Args:
+    path: the folder (``config.data.data_dir``).
+    split: 'train' or 'test'.
+    holdout_fraction: the fraction of a single pool held out for 'test', in (0, 1).
+
+  Returns:
+    ``(files, labels)``: the paths (``path`` joined with the relative path) and int32 ``[N]``.
+
+  Raises:
+    FileNotFoundError: if ``path`` does not exist.
+    ValueError: if it is not a folder, holds no images, or too few to hold out a test split.
+  """
+  check_split(split)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Image folder {path!r} not found: set config.data.data_dir to a "
+                            f"folder of {', '.join(IMAGE_EXTENSIONS)} files.")
+  if not os.path.isdir(path):
+    raise ValueError(f"config.data.data_dir {path!r} is a file; the 'folder' source reads a "
+                     f"folder of {', '.join(IMAGE_EXTENSIONS)} files.")
+  train_dir = os.path.join(path, "train")
+  test_dir = next((os.path.join(path, d) for d in _TEST_FOLDERS
+                   if os.path.isdir(os.path.join(path, d))), None)
+  if os.path.isdir(train_dir) and test_dir is not None:
+    roots = (train_dir, test_dir)
+    pools = [_find_images(root) for root in roots]
+    labels = _class_labels(pools)
+    i = SPLITS.index(split)
+    return [os.path.join(roots[i], f) for f in pools[i]], labels[i]
+  root = train_dir if os.path.isdir(train_dir) else path
+  pool = _find_images(root)
+  (labels,) = _class_labels([pool])
+  keep = _held_out(pool, holdout_fraction, root)
+  if split == "train":
+    keep = ~keep
+  return [os.path.join(root, f) for f, k in zip(pool, keep) if k], labels[keep]
+
+
+def _decode_image(path: str, mode: str) -> np.ndarray:
+  """One image file as uint8 ``[H, W, C]``, upright (EXIF orientation applied) in Pillow ``mode``.
+
+  16-bit grayscale is first scaled to 8 bits (``round(v / 257)``), which Pillow's own conversion
+  would clip instead.
+
+  Raises:
+    ValueError: naming the file and Pillow's reason, if it cannot be decoded.
+  """
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top -- image folders only
+  try:
+    with Image.open(path) as image:
+      image = ImageOps.exif_transpose(image)
+      if image.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(image, np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+      pixels = np.asarray(image.convert(mode))
+  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+    reason = " ".join(str(e).split()) or type(e).__name__
+    raise ValueError(f"Cannot decode image {path}: {reason}. The file is corrupt or not an "
+                     f"image; repair or remove it.") from e
+  return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def load_image_folder(path: str, split: str, image_size: int, num_channels: int,
+                      holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> SplitData:
+  """Decodes ``split`` of a folder of PNG / JPEG images (see :func:`list_image_folder`).
+
+  Each file is decoded with Pillow as grayscale ('L', ``num_channels = 1``) or RGB (3), whatever
+  its own mode (palette and alpha as Pillow converts them, 16-bit grayscale scaled), turned
+  upright by its EXIF orientation, then cropped to its central square and resized to
+  ``image_size`` by :func:`fit_images` (antialiased bilinear, rounded to uint8), one image at a
+  time into a preallocated array, since sizes differ. Images that are already ``image_size``
+  pixels square are copied as they are; the resize is compiled once per distinct square side
+  (about half a second on a CPU), so a folder of many differently sized images loads faster once
+  resized ahead of time.
+
+  Args:
+    path: the folder (``config.data.data_dir``).
+    split: 'train' or 'test'.
+    image_size: the side of the result, pixels.
+    num_channels: 1 (grayscale) or 3 (RGB).
+    holdout_fraction: see :func:`list_image_folder`.
+
+  Returns:
+    images uint8 ``[N, image_size, image_size, num_channels]`` and labels int32 ``[N]``, in the
+    order of :func:`list_image_folder`.
+
+  Raises:
+    FileNotFoundError, ValueError: as :func:`list_image_folder`; ValueError for a channel count
+      other than 1 or 3, and naming the file for one that cannot be decoded.
+  """
+  if num_channels not in _PIL_MODES:
+    raise ValueError(f"Image folders are read as grayscale or RGB: set config.data.num_channels "
+                     f"to 1 or 3 (got {num_channels}).")
+  if image_size < 1:
+    raise ValueError(f"config.data.image_size must be >= 1, got {image_size}.")
+  files, labels = list_image_folder(path, split, holdout_fraction)
+  images = np.empty((len(files), image_size, image_size, num_channels), np.uint8)
+  for i, file in enumerate(files):
+    images[i] = fit_images(_decode_image(file, _PIL_MODES[num_channels])[None], image_size)[0]
+  return SplitData(images, labels)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,8 +11,11 @@ memory-mapped from there when one is given (LSUN).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
+import tempfile
 import uuid
 from typing import Any, Iterator, Optional, Tuple
 
@@ -21,10 +24,37 @@ import numpy as np
 from readers import SplitData, check_split
 
 
+@contextlib.contextmanager
+def _start_up_lines_hidden() -> Iterator[None]:
+  """Hides what is written to file descriptor 2 while the block runs, unless it raises.
+
+  Importing TensorFlow prints C++ notices (absl's pre-initialisation warning, oneDNN's) that
+  ignore ``TF_CPP_MIN_LOG_LEVEL``; they are shown only when the import fails, to explain it.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as sink:
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      os.dup2(saved, 2)
+      sink.seek(0)
+      os.write(2, sink.read())
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
 def _import_tf() -> Tuple[Any, Any]:
   """Imports ``(tensorflow, tensorflow_datasets)``, keeping TensorFlow off the GPUs."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # TensorFlow's C++ start-up INFO and WARNING lines are noise on a console showing our log; a
+  # value the user set wins.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  with _start_up_lines_hidden():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerators JAX uses
   except RuntimeError:
@@ -55,6 +85,15 @@ def prepare_tfds(name: str, data_dir: Optional[str] = None,
   if manual_dir:
     kwargs["download_config"] = tfds.download.DownloadConfig(manual_dir=manual_dir)
   builder.download_and_prepare(**kwargs)
+
+
+def tfds_is_prepared(name: str, data_dir: str) -> bool:
+  """Whether TFDS builder ``name``, in the version this TFDS reads, is prepared in ``data_dir``.
+
+  Downloads nothing.
+  """
+  _, tfds = _import_tf()
+  return bool(tfds.builder(name, data_dir=data_dir).is_prepared())
 
 
 def _tfds_builder(name: str, data_dir: str) -> Any:

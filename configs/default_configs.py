@@ -57,7 +57,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"
-  data.source = "tfds"                # tfds | idx | cifar_python | npz | toy
+  data.source = "tfds"                # tfds | idx | cifar_python | npz | folder | tfrecords | toy
   data.data_dir = ""                  # local files for idx / cifar_python / npz; TFDS data_dir
   data.image_size = 32
   data.num_channels = 3

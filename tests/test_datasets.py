@@ -222,16 +222,6 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
 # TFDS on real MNIST, prepared offline.
 
 
-@pytest.fixture(scope="module")
-def tfds_mnist_dir(tmp_path_factory):
-  if not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
-    pytest.skip(f"real MNIST IDX files not found in {MNIST_DIR}")
-  pytest.importorskip("tensorflow_datasets")
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  tf_readers.prepare_tfds("mnist", data_dir, manual_dir=MNIST_DIR)
-  return data_dir
-
-
 @pytest.mark.tfds
 def test_tfds_mnist_equals_idx_reader(tfds_mnist_dir, tmp_path):
   tfds_config = make_config(source="tfds", data_dir=tfds_mnist_dir)
@@ -669,7 +659,7 @@ def test_toy_distributions_moments_and_support():
 def test_unknown_names_list_the_valid_ones(tmp_path):
   with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10"):
     datasets.get_dataset(make_config("imagenet", "tfds"), split="test", batch_size=2, train=False)
-  with pytest.raises(ValueError, match="cifar_python, idx, npz, tfds, tfrecords, toy"):
+  with pytest.raises(ValueError, match="cifar_python, folder, idx, npz, tfds, tfrecords, toy"):
     datasets.get_dataset(make_config("mnist", "hdf5"), split="test", batch_size=2, train=False)
   with pytest.raises(ValueError, match="checkerboard, gaussian_mixture, swiss_roll"):
     datasets.get_dataset(toy_config("moons"), split="train", batch_size=2, train=True)
