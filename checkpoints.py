@@ -226,16 +226,20 @@ class CheckpointStore:
   Args:
     directory: where the step directories live; created on the first save.
     max_to_keep: number of newest checkpoints kept after each save; None keeps all.
+    writer: False for a reader beside a possibly running writer (evaluating or sampling while
+      training goes on): it cannot save, and it leaves the temporary directory of a checkpoint
+      being written alone instead of deleting it as a crashed save's leftover.
 
   The orbax manager is created on first use; :meth:`close` (or a ``with`` block) releases
   it. Reading a store whose directory does not exist creates nothing.
   """
 
-  def __init__(self, directory: str, max_to_keep: Optional[int] = None):
+  def __init__(self, directory: str, max_to_keep: Optional[int] = None, writer: bool = True):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be None or >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(directory)
     self.max_to_keep = max_to_keep
+    self.writer = writer
     self._manager: Optional[ocp.CheckpointManager] = None
 
   def __enter__(self) -> "CheckpointStore":
@@ -245,14 +249,15 @@ class CheckpointStore:
     self.close()
 
   def __repr__(self) -> str:
-    return f"CheckpointStore({self.directory!r}, max_to_keep={self.max_to_keep})"
+    return (f"CheckpointStore({self.directory!r}, max_to_keep={self.max_to_keep}, "
+            f"writer={self.writer})")
 
   def _get_manager(self) -> ocp.CheckpointManager:
     if self._manager is None:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=self.max_to_keep,
           create=False,
-          cleanup_tmp_directories=True,
+          cleanup_tmp_directories=self.writer,
           enable_async_checkpointing=False)
       self._manager = ocp.CheckpointManager(
           self.directory, options=options,
@@ -290,6 +295,8 @@ class CheckpointStore:
       CheckpointError: if the store already holds ``step`` or a newer one (orbax would
         otherwise skip the save or delete the new checkpoint), or if writing fails.
     """
+    if not self.writer:
+      raise CheckpointError(f"cannot save step {step} in {self.directory}: opened read-only")
     step = int(step)
     latest = self.latest_step()
     if latest is not None and latest >= step:

@@ -5,22 +5,32 @@ console leaves out what the checkpoint libraries (orbax, TensorStore, and the as
 run) report about a failed write: that failure reaches the user as one ``CheckpointError`` line,
 and ``train.log`` keeps their details. Libraries' INFO chatter (orbax logs a dozen lines per
 save) goes nowhere.
+
+Console lines read ``HH:MM:SS message`` (``HH:MM:SS warning: message`` from WARNING up), without
+absl's level/thread/file prefix; ``train.log`` keeps dates and levels. Long loops report through
+:class:`Progress`: a tqdm bar when stderr is a terminal, plain periodic lines when it is not (a
+captured log), the same lines going to ``train.log`` either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import sys
-from typing import Iterator
+import time
+from typing import Any, Iterator, Optional
 
-_PROJECT = os.path.dirname(os.path.abspath(__file__))
+_PROJECT = os.path.dirname(os.path.realpath(__file__))
 _CHECKPOINT_LIBRARIES = ("orbax", "tensorstore", "asyncio")
+# A record carrying this attribute (``extra={_FILE_ONLY: True}``) skips the console: a progress
+# bar already shows what it says.
+_FILE_ONLY = "score_sde_file_only"
 
 
 def _from_project(record: logging.LogRecord) -> bool:
-  path = os.path.abspath(record.pathname)
+  path = os.path.realpath(record.pathname)
   return path.startswith(_PROJECT + os.sep) and f"{os.sep}site-packages{os.sep}" not in path
 
 
@@ -41,9 +51,23 @@ class _ConsoleFilter(_FileFilter):
   """As in the file, but without the checkpoint libraries' own reports."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if getattr(record, _FILE_ONLY, False):
+      return False
     if _from_project(record):
       return True
     return record.levelno >= logging.WARNING and not _from_checkpoint_library(record)
+
+
+class _ConsoleFormatter(logging.Formatter):
+  """``HH:MM:SS message``; warnings and errors say so."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    message = record.getMessage()
+    if record.levelno >= logging.WARNING:
+      message = f"{record.levelname.lower()}: {message}"
+    if record.exc_info:
+      message = f"{message}\n{self.formatException(record.exc_info)}"
+    return f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {message}"
 
 
 def _is_closed_loop_callback(unraisable) -> bool:
@@ -53,10 +77,12 @@ def _is_closed_loop_callback(unraisable) -> bool:
 
 
 def configure_console() -> None:
-  """Filters every handler of the root logger (absl's console handler under ``app.run``)."""
+  """Filters and formats every handler of the root logger (absl's console handler under
+  ``app.run``)."""
   root = logging.getLogger()
   for handler in root.handlers:
     handler.addFilter(_ConsoleFilter())
+    handler.setFormatter(_ConsoleFormatter())
   root.setLevel(logging.INFO)
   default_hook = sys.unraisablehook
 
@@ -101,3 +127,73 @@ def to_file(path: str, enabled: bool = True) -> Iterator[None]:
     root.removeHandler(handler)
     root.setLevel(level)
     handler.close()
+
+
+def _duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+class Progress:
+  """The progress of one loop: ``done`` of ``total`` units, with rate and time left.
+
+  On a terminal (stderr is a TTY) a tqdm bar shows it and :meth:`report` lines go to
+  ``train.log`` only; elsewhere (a captured log) :meth:`report` prints them on the console too,
+  so a log file shows progress without a bar's carriage returns.
+
+  Args:
+    what: the loop's name on the bar (``"train"``, ``"bits/dim"``, ...).
+    total: units in the whole loop.
+    initial: units already done (a resumed run).
+    unit: the unit's name (``"step"``, ``"batch"``).
+    enabled: False shows and reports nothing (processes other than the first).
+  """
+
+  def __init__(self, what: str, total: int, initial: int = 0, unit: str = "step",
+               enabled: bool = True):
+    self.total, self.done, self.unit, self.enabled = total, initial, unit, enabled
+    self._units = f"{unit}es" if unit.endswith(("s", "sh", "ch", "x")) else f"{unit}s"
+    self._start_time, self._start_done = time.monotonic(), initial
+    self._bar: Optional[Any] = None
+    if enabled and os.isatty(2):
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self._bar = tqdm(desc=what, total=total, initial=initial, unit=unit, dynamic_ncols=True,
+                       leave=False)
+
+  def update(self, n: int = 1, **postfix: Any) -> None:
+    """Counts ``n`` more units done; ``postfix`` (e.g. ``loss="0.23"``) is shown on the bar."""
+    self.done += n
+    if self._bar is not None:
+      self._bar.update(n)
+      if postfix:
+        self._bar.set_postfix(postfix, refresh=False)
+
+  def elapsed(self) -> str:
+    """The time since this object started, ``H:MM:SS``."""
+    return _duration(time.monotonic() - self._start_time)
+
+  def rate_and_eta(self) -> str:
+    """``"<rate> <unit>s/s, <elapsed> elapsed, <left> left"`` since this object started."""
+    elapsed = time.monotonic() - self._start_time
+    rate = (self.done - self._start_done) / max(elapsed, 1e-9)
+    left = (self.total - self.done) / rate if rate > 0 else float("inf")
+    if rate >= 1:
+      rate_text = f"{rate:.3g} {self._units}/s"
+    else:  # slow loops (a bits/dim batch) read better as seconds per unit
+      rate_text = f"{1 / max(rate, 1e-9):.3g} s/{self.unit}"
+    left_text = _duration(left) if left != float("inf") else "?"
+    return f"{rate_text}, {_duration(elapsed)} elapsed, {left_text} left"
+
+  def report(self, message: str, *args: Any) -> None:
+    """Logs ``message % args`` followed by ``done/total``, rate and time left."""
+    if not self.enabled:
+      return
+    line = f"{message % args} ({self.done}/{self.total} {self._units}, {self.rate_and_eta()})"
+    if self._bar is not None:
+      logging.info(line, extra={_FILE_ONLY: True})
+    else:
+      logging.info(line)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None

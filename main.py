@@ -1,6 +1,9 @@
-"""Command line: ``python main.py --config CONFIG --workdir DIR --mode train|eval``.
+"""Command line: ``python main.py --config CONFIG --mode train|eval|sample [--workdir DIR]``.
 
-Config fields can be overridden on the command line, e.g. ``--config.training.batch_size=64``.
+The three modes pair up on the same workdir, by default ``runs/<config path under configs/>``
+(``configs/vpsde_mnist.py`` -> ``runs/vpsde_mnist``): ``train`` trains (or resumes), ``eval``
+evaluates the checkpoints it wrote, ``sample`` draws ``--num_samples`` samples from the newest
+(or ``--checkpoint``). Config fields can be overridden, e.g. ``--config.training.batch_size=64``.
 A single process uses all of its local devices. ``--multihost`` runs it as one of several
 processes (:mod:`distributed`): give every process ``--coordinator_address=host:port
 --num_processes=N --process_id=i`` (or the environment variables ``SCORE_SDE_COORDINATOR_ADDRESS``,
@@ -10,6 +13,8 @@ JAX detects (SLURM, Open MPI, Cloud TPU, ...); any of those settings implies ``-
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 from absl import app, flags
@@ -19,9 +24,19 @@ FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file("config", None, "Training/evaluation config file.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and logs.")
-flags.DEFINE_enum("mode", None, ["train", "eval"], "Run mode: train or eval.")
+flags.DEFINE_string("workdir", None,
+                    "Directory for checkpoints, samples and logs; default: runs/<the config's "
+                    "path under configs/, without .py> (runs/<file name> for other configs).")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample"],
+                  "train (or resume), eval (the checkpoints training wrote), or sample (from "
+                  "one checkpoint).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation outputs.")
+flags.DEFINE_string("checkpoint", None,
+                    "--mode sample: the checkpoint, as a step number or the path of a step "
+                    "directory (<workdir>/checkpoints/<step>); default: the newest.")
+flags.DEFINE_integer("num_samples", 64, "--mode sample: how many samples to draw.")
+flags.DEFINE_string("sample_folder", "sampled",
+                    "--mode sample: folder under workdir for the samples.")
 flags.DEFINE_bool("multihost", False,
                   "Run as one of several processes over one device mesh; where this process "
                   "belongs comes from the next three flags, their environment variables, or a "
@@ -43,7 +58,7 @@ flags.DEFINE_integer("init_timeout_s", 300,
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume (or evaluate) although fields that define the trained model differ "
                   "from the workdir's recorded config.json; the new config is recorded.")
-flags.mark_flags_as_required(["workdir", "mode"])
+flags.mark_flags_as_required(["mode"])
 
 # Errors a user can fix from the command line: reported in one line, non-zero exit. OSError
 # covers a full disk or a missing directory; ``outputs`` names the file in its message.
@@ -60,6 +75,7 @@ def main(argv):
   import run_lib  # pylint: disable=import-outside-toplevel
 
   logs.configure_console()
+  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   multi_process = distributed.requested(FLAGS.multihost, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
   try:
@@ -67,11 +83,17 @@ def main(argv):
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                              peer_timeout_s=FLAGS.peer_timeout_s,
                              init_timeout_s=FLAGS.init_timeout_s)
+    logging.info("Workdir: %s%s", workdir,
+                 "" if FLAGS.workdir else " (this config's default; --workdir sets another)")
     if FLAGS.mode == "train":
-      run_lib.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
-    else:
-      run_lib.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder,
+      run_lib.train(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
+    elif FLAGS.mode == "eval":
+      run_lib.evaluate(FLAGS.config, workdir, FLAGS.eval_folder,
                        allow_config_change=FLAGS.allow_config_change)
+    else:
+      run_lib.sample(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
+                     num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
+                     allow_config_change=FLAGS.allow_config_change)
   except _USER_ERRORS + (checkpoints.CheckpointError,) as e:
     sys.exit(f"error: {e}")
   except RuntimeError as e:
@@ -81,6 +103,16 @@ def main(argv):
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     sys.exit(f"error: a collective with the other processes failed ({first}); if one of them "
              "died, start every process again with the same command to resume.")
+
+
+def default_workdir(config_path: str) -> str:
+  """``runs/<config_path under configs/, without .py>``; ``runs/<file stem>`` for a config file
+  elsewhere. Relative to the working directory, so the train, eval and sample commands pair up
+  when run from the same place."""
+  stem = os.path.splitext(os.path.normpath(config_path))[0]
+  parts = stem.split(os.sep)
+  below = [i for i, part in enumerate(parts[:-1]) if part == "configs"]
+  return os.path.join("runs", *parts[below[-1] + 1:] if below else parts[-1:])
 
 
 def _parse_flags(argv):

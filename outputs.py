@@ -123,16 +123,29 @@ def save_image_grid(images: np.ndarray, path: str) -> None:
   atomic_write_bytes(path, buffer.getvalue())
 
 
+def _density_image(points: np.ndarray, lim: float) -> np.ndarray:
+  """A 128 x 128 histogram of ``points: [N, 2]`` over ``[-lim, lim]^2``, dark where dense."""
+  hist, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=128,
+                              range=[[-lim, lim], [-lim, lim]])
+  filled = hist[hist > 0]  # empty when every point lies outside the axes
+  scale = max(np.percentile(filled, 95), 1.0) if filled.size else 1.0
+  img = 1.0 - np.clip(hist / scale, 0.0, 1.0)
+  return img[::-1, :, None]
+
+
 def save_scatter(points: np.ndarray, path: str, reference: Optional[np.ndarray] = None) -> None:
   """Saves 2-D samples ``points: [N, 2]`` as a PNG density image (no plotting library needed).
 
-  The axes span 1.2 times the 99.5th percentile of ``|reference|`` (default: the points).
+  With ``reference: [M, 2]`` (the data) the PNG shows two panels on the same axes, the
+  reference on the left and the points on the right, spanning 1.2 times the 99.5th percentile of
+  ``|reference|``; without, one panel spanning that of the points.
   """
   pts = np.asarray(points, np.float64)
-  lim = np.percentile(np.abs(reference if reference is not None else pts), 99.5) * 1.2 + 1e-6
-  hist, _, _ = np.histogram2d(pts[:, 1], pts[:, 0], bins=128, range=[[-lim, lim], [-lim, lim]])
-  img = 1.0 - np.clip(hist / max(np.percentile(hist[hist > 0], 95), 1.0), 0.0, 1.0)
-  save_image_grid(img[::-1, :, None][None], path)
+  ref = None if reference is None else np.asarray(reference, np.float64)
+  lim = np.percentile(np.abs(ref if ref is not None else pts), 99.5) * 1.2 + 1e-6
+  panels = [_density_image(pts, lim)] if ref is None else [_density_image(ref, lim),
+                                                           _density_image(pts, lim)]
+  save_image_grid(np.stack(panels), path)
 
 
 def save_samples(samples: np.ndarray, directory: str, name: str = "sample",
@@ -140,7 +153,8 @@ def save_samples(samples: np.ndarray, directory: str, name: str = "sample",
   """Writes ``name.npz`` (``samples`` and ``extra``) and a picture of them, ``name.png``.
 
   ``samples`` in data space: images ``[B, H, W, C]`` in [0, 1] (a grid of the first 64), or
-  vectors ``[B, D]`` (a 2-D histogram when ``D == 2``; no picture otherwise).
+  vectors ``[B, D]`` (a 2-D histogram when ``D == 2``, beside ``reference``'s if given; no
+  picture otherwise).
   """
   os.makedirs(directory, exist_ok=True)
   save_npz(os.path.join(directory, name + ".npz"), samples=samples, **extra)

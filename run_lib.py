@@ -9,6 +9,8 @@ Workdir layout (``train``)::
   workdir/config.json         the config of the first start (resumes are checked against it)
   workdir/train.log           the training log (process 0)
 
+``sample`` writes ``workdir/<folder>/step_<step>_<sampler>/``: samples from one checkpoint.
+
 ``evaluate`` writes ``workdir/<eval_folder>/``: per-checkpoint bits/dim results saved batch by
 batch (a preempted evaluation resumes), samples as ``.npz`` and PNG grids, and ``summary.json``.
 Checkpoint index ``k`` (``eval.begin_ckpt``/``eval.end_ckpt``) means train step
@@ -24,7 +26,8 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Dict, Iterator, Optional
+import time
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -126,11 +129,12 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
   if training.n_jitted_steps < 1:
     raise ValueError("training.n_jitted_steps must be >= 1; set --config.training.n_jitted_steps.")
   sde = builders.build_sde(config)
-  model, optimizer, state = builders.init_state(config, devices)
+  # The data before the network: a missing data set is reported without waiting for the model.
   stream = dict(batch_size=training.batch_size, train=True, process_index=jax.process_index(),
                 process_count=jax.process_count())
   train_data = datasets.get_dataset(config, split="train", shuffle_seed=config.seed, **stream)
   eval_data = datasets.get_dataset(config, split="test", shuffle_seed=config.seed + 1, **stream)
+  model, optimizer, state = builders.init_state(config, devices)
   train_steps = builders.build_train_steps(config, sde, model, optimizer, state, devices)
   eval_step = builders.build_eval_step(config, sde, model, optimizer, state, devices)
   # Built even when unused so that a bad sampler name fails now, not at the first snapshot.
@@ -151,13 +155,17 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
     if jax.process_index() == 0 and (restored is None or allow_config_change
                                      or run_config.load(workdir) is None):
       run_config.save(workdir, config)
-    if initial_step:
-      logging.info("Resuming from step %d.", initial_step)
+    logging.info("%s %s (%s parameters, %s) to step %d, batch %d, on %d %s device(s).",
+                 f"Resuming from step {initial_step}: training" if initial_step else "Training",
+                 config.model.name, f"{_parameter_count(state.params):,}", config.training.sde,
+                 training.n_iters, training.batch_size, jax.device_count(),
+                 jax.devices()[0].platform)
     scaler, inverse_scaler = builders.data_scalers(config)
     train_iter = iter(train_data.starting_at(initial_step))
     eval_iter = iter(eval_data.starting_at(initial_step // max(training.eval_freq, 1)))
     summary = outputs.Summary(os.path.join(workdir, "tensorboard"))
-    progress = _progress_bar(training.n_iters, initial_step)
+    progress = logs.Progress("train", training.n_iters, initial_step,
+                             enabled=jax.process_index() == 0)
     step = last_saved = initial_step
 
     def save(store: checkpoints.CheckpointStore) -> None:
@@ -179,16 +187,17 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
           batch = devices.put_batch(stack_batches(train_iter, n, scaler), stacked=True)
           state, loss_values = train_steps(state, batch)
           step += n
-          progress.update(n)
           if _crossed(step, n, training.log_freq):
             loss = float(jnp.mean(loss_values))
             if not np.isfinite(loss):
               raise FloatingPointError(
                   f"Training loss is {loss} at step {step}; no checkpoint was written for this "
                   "step. Lower optim.lr or check the data scaling.")
-            progress.set_postfix(loss=f"{loss:.4g}")
-            logging.info("step %d, training loss %.6g", step, loss)
+            progress.update(n, loss=f"{loss:.4g}")
+            progress.report("step %d: training loss %.4g", step, loss)
             summary.scalar("train/loss", loss, step)
+          else:
+            progress.update(n)
           if _crossed(step, n, training.eval_freq):
             eval_batch = devices.put_batch(np.asarray(scaler(next(eval_iter)["image"]),
                                                       np.float32))
@@ -209,6 +218,9 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
                 "Stopped by %s at step %d; the checkpoint is in %s. Run the same command to "
                 "resume.", signals.received, step, preemption.step_dir(step))
             break
+      if step >= training.n_iters:
+        logging.info("Trained to step %d in %s; checkpoints in %s.", step, progress.elapsed(),
+                     os.path.join(workdir, "checkpoints"))
     finally:
       progress.close()
       summary.close()
@@ -231,10 +243,8 @@ def _snapshot_samples(config: Config, sampler, state: losses.TrainState, step: i
     outputs.save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"))
 
 
-def _progress_bar(total: int, initial: int):
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-              disable=jax.process_index() != 0 or not os.isatty(2))
+def _parameter_count(params) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -277,27 +287,29 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
   devices.check_batch(ev.batch_size, "eval.batch_size")
   _check_eval_counts(config)
   sde = builders.build_sde(config)
+  bpd_examples = datasets.num_examples(config, ev.bpd_dataset) if ev.enable_bpd else 0
   model, _, template = builders.init_state(config, devices)
   # Built once, up front: a bad hutchinson_type, split or sampling.method fails before the long
   # passes, and new parameters reuse the compiled programs.
-  bpd_fn, bpd_examples = None, 0
-  if ev.enable_bpd:
-    bpd_examples = datasets.num_examples(config, ev.bpd_dataset)
-    bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
+  bpd_fn = builders.build_bpd_fn(config, sde, model, devices) if ev.enable_bpd else None
   sampler, sample_batch = None, 0
   if ev.enable_sampling:
     sample_batch = devices.round_batch(min(ev.batch_size, ev.num_samples))
     sampler = builders.build_sampler(config, sde, model, devices, sample_batch)
 
-  snapshots = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  snapshots = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                                          writer=False)
   freq = config.training.snapshot_freq
-  steps = [s for s in snapshots.all_steps() if ev.begin_ckpt * freq <= s <= ev.end_ckpt * freq]
+  steps = [s for s in snapshots.all_steps()
+           if ev.begin_ckpt <= checkpoint_index(s, freq) <= ev.end_ckpt]
   if not steps:
     raise FileNotFoundError(
         f"No checkpoint with index in [{ev.begin_ckpt}, {ev.end_ckpt}] (steps "
-        f"{ev.begin_ckpt * freq}..{ev.end_ckpt * freq}) under {workdir}/checkpoints; available "
-        f"steps: {snapshots.all_steps() or 'none'}. Train first or set "
-        "--config.eval.begin_ckpt/end_ckpt.")
+        f"{max(ev.begin_ckpt - 1, 0) * freq + 1}..{ev.end_ckpt * freq}) under "
+        f"{workdir}/checkpoints; available steps: {snapshots.all_steps() or 'none'}. Train "
+        "first or set --config.eval.begin_ckpt/end_ckpt.")
+  logging.info("Evaluating %d checkpoint(s) in %s (steps %s) into %s.", len(steps),
+               os.path.join(workdir, "checkpoints"), ", ".join(map(str, steps)), eval_dir)
 
   summary_path = os.path.join(eval_dir, "summary.json")
   summary = outputs.load_json(summary_path) if os.path.exists(summary_path) else {}
@@ -331,7 +343,7 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
         result.update(_eval_samples(config, sde, sampler, sample_batch, state.ema_params, cache,
                                     sample_settings, step))
         settings.update({**sample_settings, "eval.num_samples": ev.num_samples})
-      logging.info("checkpoint at step %d: %s", step, result)
+      logging.info("step %d: %s", step, describe_result(result))
       result["settings"] = eval_cache.canonical(settings)
       summary[str(step)] = result
       if jax.process_index() == 0:
@@ -339,6 +351,51 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
   finally:
     snapshots.close()
   return summary
+
+
+def checkpoint_index(step: int, snapshot_freq: int) -> int:
+  """The index ``k`` of the snapshot at ``step`` (``eval.begin_ckpt``/``end_ckpt`` count these):
+  ``step = k * snapshot_freq`` as the authors numbered them, and a final step that is not a
+  multiple (``training.n_iters`` of any value) belongs to the interval it ends, ``ceil``."""
+  return -(-step // max(snapshot_freq, 1))
+
+
+def describe_result(result: Dict[str, Any]) -> str:
+  """One line for a person: an evaluated checkpoint's loss, bits/dim and sample statistics."""
+  parts = []
+  if "loss" in result:
+    parts.append(f"test loss {result['loss']:.4g}")
+  if "bpd" in result:
+    parts.append(f"{result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim "
+                 f"({result['bpd_count']} {result['bpd_dataset']} examples, "
+                 f"{result['bpd_mean_nfe']:.0f} NFE)")
+  if "num_samples" in result:
+    samples = f"{result['num_samples']} samples ({result['sampling_nfe']:.0f} NFE)"
+    if "mmd" in result:
+      samples += (f", MMD to data {result['mmd']:.4f} (prior {result['prior_mmd']:.4f}), "
+                  f"energy distance {result['energy_distance']:.4f} "
+                  f"(prior {result['prior_energy_distance']:.4f})")
+    parts.append(samples)
+  return "; ".join(parts) if parts else "nothing enabled in config.eval"
+
+
+class _PieceProgress:
+  """Progress over the pieces (batches) an evaluation computes: a bar on a terminal, else about
+  ten plain lines per pass (and none for a pass of one piece)."""
+
+  def __init__(self, what: str, total: int):
+    self._what = what
+    self._progress = logs.Progress(what, total, unit="batch", enabled=jax.process_index() == 0)
+    self._every = max(1, -(-total // 10)) if total > 1 else total + 1
+
+  def update(self, status: str) -> None:
+    self._progress.update(1)
+    done, total = self._progress.done, self._progress.total
+    if done % self._every == 0 or (done == total and total > 1):
+      self._progress.report("%s: %s", self._what, status)
+
+  def close(self) -> None:
+    self._progress.close()
 
 
 def _check_eval_counts(config: Config) -> None:
@@ -461,9 +518,9 @@ def _eval_bpd(config: Config, bpd_fn, num_examples: int, params, devices: Device
   done = {p: cache.load(*piece(*p), ("bpd", "nfe")) for p in pieces}
   base = jax.random.PRNGKey(config.seed + 3)
   batches = None
-  for repeat, k in pieces:
-    if done[repeat, k] is not None:
-      continue
+  todo = [p for p in pieces if done[p] is None]
+  progress = _PieceProgress(f"step {step} bits/dim", len(todo))
+  for repeat, k in todo:
     if batches is None:
       batches = _eval_batches(config, ev.bpd_dataset, ev.batch_size)
     batch = batches.batch(k)
@@ -473,10 +530,12 @@ def _eval_bpd(config: Config, bpd_fn, num_examples: int, params, devices: Device
     mask = np.asarray(gather(devices.put_batch(batch["mask"]))) > 0
     done[repeat, k] = {"bpd": np.asarray(gather(bpd))[mask], "nfe": np.asarray(nfe)}
     cache.save(*piece(repeat, k), **done[repeat, k])
+    so_far = np.concatenate([done[p]["bpd"] for p in todo if done[p] is not None])
+    progress.update(f"{so_far.mean():.4f} so far")
+  progress.close()
   # The last batch may reach past eval.bpd_num_examples: only the examples before it count.
   bpd = np.concatenate([done[r, k]["bpd"][:covered - k * ev.batch_size] for r, k in pieces])
   nfe = [float(done[p]["nfe"]) for p in pieces]
-  logging.info("step %d: bits/dim %.4f over %d evaluations", step, bpd.mean(), bpd.size)
   return {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / np.sqrt(bpd.size)),
           "bpd_count": int(bpd.size), "bpd_mean_nfe": float(np.mean(nfe)),
           "bpd_dataset": ev.bpd_dataset, "bpd_offset_bits": builders.bpd_offset_bits(config)}
@@ -507,9 +566,9 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
   done: Dict[int, Optional[Dict[str, np.ndarray]]] = {
       k: cache.load(*piece(k), ("samples", "nfe")) for k in pieces}
   base = jax.random.PRNGKey(config.seed + 4)
-  for k in pieces:
-    if done[k] is not None:
-      continue
+  todo = [k for k in pieces if done[k] is None]
+  progress = _PieceProgress(f"step {step} sampling", len(todo))
+  for k in todo:
     samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(base, step), k), params)
     samples, nfe = np.asarray(inverse_scaler(gather(samples))), np.asarray(nfe)
     if not np.all(np.isfinite(samples)):
@@ -519,6 +578,8 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
           "cap); nothing was saved for this batch.")
     cache.save_samples(*piece(k), samples, nfe=nfe)
     done[k] = {"samples": samples, "nfe": nfe}
+    progress.update(f"{float(nfe):.0f} NFE")
+  progress.close()
   samples = np.concatenate([done[k]["samples"] for k in pieces])[:ev.num_samples]
   result: Dict[str, Any] = {"num_samples": int(len(samples)),
                             "sampling_nfe": float(np.mean([float(done[k]["nfe"]) for k in pieces]))}
@@ -527,4 +588,126 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
     data = toy_data.sample_toy(config.data.dataset, len(samples), seed=config.seed + 5)
     prior = np.asarray(sde.prior_sampling(jax.random.PRNGKey(config.seed + 6), samples.shape))
     result.update(evaluation.two_sample_statistics(samples, data, prior))
+  return result
+
+
+# ----------------------------------------------------------------------------- sample
+
+
+def sampler_tag(config: Config) -> str:
+  """The sampler ``config.sampling`` names, for folder names and messages (``pc-euler_maruyama-
+  none``, ``ode-tsit5``)."""
+  sampling = config.sampling
+  method = str(sampling.method).lower()
+  if method == "pc":
+    return f"pc-{sampling.predictor}-{sampling.corrector}".lower()
+  solver = sampling.get("ode_solver", "")
+  return f"{method}-{solver}".lower() if solver else method
+
+
+def _find_checkpoint(workdir: str, checkpoint: Optional[str]
+                     ) -> Tuple[checkpoints.CheckpointStore, int, str]:
+  """The store and step of ``checkpoint`` (None: the newest in ``workdir``; a step; or a path to
+  a step directory), and the workdir that trained it; FileNotFoundError naming what exists."""
+  if checkpoint and not str(checkpoint).isdigit():
+    path = os.path.abspath(str(checkpoint).rstrip(os.sep))
+    step_name, store_dir = os.path.basename(path), os.path.dirname(path)
+    if not step_name.isdigit() or not os.path.isdir(path):
+      raise FileNotFoundError(f"--checkpoint {checkpoint!r} is not a checkpoint directory "
+                              "(<workdir>/checkpoints/<step>); pass one, or a step number.")
+    store = checkpoints.CheckpointStore(store_dir, writer=False)
+    if int(step_name) not in store.all_steps():
+      raise FileNotFoundError(f"--checkpoint {checkpoint!r} is not a complete checkpoint; "
+                              f"complete steps there: {store.all_steps() or 'none'}.")
+    return store, int(step_name), os.path.dirname(store_dir)
+  stores = [checkpoints.CheckpointStore(os.path.join(workdir, name), writer=False)
+            for name in ("checkpoints", "checkpoints-meta")]
+  available = {step: store for store in reversed(stores) for step in store.all_steps()}
+  if not available:
+    raise FileNotFoundError(f"No checkpoint under {workdir}: train first (--mode train with the "
+                            "same --config and --workdir), or pass --checkpoint=<path>.")
+  step = int(checkpoint) if checkpoint else max(available)
+  if step not in available:
+    raise FileNotFoundError(f"No checkpoint of step {step} under {workdir}; available steps: "
+                            f"{sorted(available)}.")
+  return available[step], step, workdir
+
+
+def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
+           num_samples: int = 64, folder: str = "sampled",
+           allow_config_change: bool = False) -> Dict[str, Any]:
+  """Draws ``num_samples`` samples (EMA parameters) with the sampler ``config.sampling`` names.
+
+  Writes ``<workdir>/<folder>/step_<step>_<sampler>/sample.{png,npz}`` (toys: the PNG shows the
+  data beside the samples) and ``sample.json`` (NFE, timing, settings); never writes into the
+  checkpoint directories, so it can run while training goes on. Different samples: another
+  ``config.seed``.
+
+  Args:
+    checkpoint: None for the newest checkpoint of ``workdir`` (snapshot or preemption), a step
+      number, or the path of a step directory (``<other workdir>/checkpoints/<step>``).
+    num_samples: how many; drawn in batches of at most ``eval.batch_size``.
+
+  Returns:
+    ``{"step", "num_samples", "nfe", "seconds", "first_batch_seconds", "path"}``.
+
+  Raises:
+    FileNotFoundError: no such checkpoint. ValueError: a bad count or sampler, or a config that
+    differs from the one the checkpoint was trained with (see :func:`evaluate`).
+  """
+  if num_samples < 1:
+    raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
+  store, step, trained_in = _find_checkpoint(workdir, checkpoint)
+  run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
+  devices = Devices()
+  sde = builders.build_sde(config)
+  model, _, template = builders.init_state(config, devices)
+  batch_size = devices.round_batch(min(config.eval.batch_size, num_samples))
+  sampler = builders.build_sampler(config, sde, model, devices, batch_size)
+  try:
+    state = store.restore(step, template)
+  finally:
+    store.close()
+  bad = checkpoints.non_finite_leaves(state)
+  if bad:
+    raise FloatingPointError(f"The checkpoint of step {step} holds non-finite values ({bad[0]}); "
+                             "sample another with --checkpoint=<step>.")
+  tag = sampler_tag(config)
+  out_dir = os.path.join(workdir, folder, f"step_{step}_{tag}")
+  outputs.check_writable(out_dir)
+  logging.info("Sampling %d from the step-%d checkpoint (%s) with %s, batch %d.", num_samples,
+               step, store.step_dir(step), tag, batch_size)
+  _, inverse_scaler = builders.data_scalers(config)
+  base = jax.random.PRNGKey(config.seed)
+  progress = _PieceProgress("sampling", -(-num_samples // batch_size))
+  batches, nfes, first_batch_seconds = [], [], 0.0
+  start = time.monotonic()
+  for k in range(-(-num_samples // batch_size)):
+    samples, nfe = sampler(jax.random.fold_in(base, k), state.ema_params)
+    batches.append(np.asarray(inverse_scaler(gather(samples))))
+    nfes.append(float(nfe))
+    if k == 0:
+      first_batch_seconds = time.monotonic() - start  # includes compiling the sampler
+    progress.update(f"{nfes[-1]:.0f} NFE")
+  progress.close()
+  seconds = time.monotonic() - start
+  samples = np.concatenate(batches)[:num_samples]
+  if not np.all(np.isfinite(samples)):
+    raise FloatingPointError(f"Sampling the step-{step} checkpoint with {tag} gave non-finite "
+                             "values (the network diverged, or the ODE solver hit its step cap); "
+                             "nothing was saved.")
+  reference = None
+  if builders.is_vector_data(config):
+    reference = toy_data.sample_toy(config.data.dataset, max(num_samples, 2000),
+                                    seed=config.seed + 5)
+  result = {"step": step, "num_samples": int(num_samples), "nfe": float(np.mean(nfes)),
+            "seconds": seconds, "first_batch_seconds": first_batch_seconds, "path": out_dir}
+  if jax.process_index() == 0:
+    outputs.save_samples(samples, out_dir, reference=reference, nfe=np.mean(nfes), step=step)
+    outputs.save_json(os.path.join(out_dir, "sample.json"),
+                      {**result, "checkpoint": store.step_dir(step),
+                       "settings": eval_cache.canonical(_section(config, "sampling"))})
+  logging.info("%d samples, %.0f NFE per sample, in %.1f s (first batch, with compiling: %.1f s): "
+               "%s", num_samples, result["nfe"], seconds, first_batch_seconds,
+               os.path.join(out_dir, "sample.png"))
   return result

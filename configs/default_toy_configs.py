@@ -18,7 +18,7 @@ def get_default_configs(dataset: str) -> ml_collections.ConfigDict:
   training.n_jitted_steps = 50
   training.log_freq = 200
   training.eval_freq = 500
-  training.snapshot_freq = 2000
+  training.snapshot_freq = 4000         # one snapshot, the trained model (eval evaluates it)
   training.snapshot_freq_for_preemption = 500
 
   sampling = config.sampling
@@ -26,7 +26,7 @@ def get_default_configs(dataset: str) -> ml_collections.ConfigDict:
   sampling.corrector = "none"
 
   evaluate = config.eval
-  evaluate.begin_ckpt = 2              # the final snapshot (step 4000) only
+  evaluate.begin_ckpt = 1               # every snapshot the run wrote
   evaluate.end_ckpt = 1000
   evaluate.batch_size = 5000
   evaluate.num_samples = 2000
