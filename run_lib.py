@@ -707,7 +707,9 @@ def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
     outputs.save_json(os.path.join(out_dir, "sample.json"),
                       {**result, "checkpoint": store.step_dir(step),
                        "settings": eval_cache.canonical(_section(config, "sampling"))})
-  logging.info("%d samples, %.0f NFE per sample, in %.1f s (first batch, with compiling: %.1f s): "
-               "%s", num_samples, result["nfe"], seconds, first_batch_seconds,
-               os.path.join(out_dir, "sample.png"))
+  timing = (f"{seconds:.1f} s, compiling included" if len(batches) == 1 else
+            f"{seconds:.1f} s ({len(batches)} batches; the first, compiling included: "
+            f"{first_batch_seconds:.1f} s)")
+  logging.info("%d samples, %.0f network evaluations each, in %s: %s", num_samples,
+               result["nfe"], timing, os.path.join(out_dir, "sample.png"))
   return result

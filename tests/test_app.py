@@ -38,7 +38,7 @@ OVERRIDES = {
     "model.num_scales": 200,
     "model.ema_rate": 0.99,
     "eval.begin_ckpt": 1,
-    "eval.batch_size": 5000,
+    "eval.batch_size": 2000,
     "eval.rtol": 1e-3,
     "eval.atol": 1e-3,
 }

@@ -75,7 +75,7 @@ def test_train_eval_sample_pair_up_without_workdir(user_dir, trained):
   assert (out / "sample.png").stat().st_size > 0
   info = json.loads((out / "sample.json").read_text())
   assert info["step"] == 4000 and info["nfe"] == 501.0 and info["num_samples"] == 50
-  assert "501 NFE" in sampled.stderr and " s (first batch" in sampled.stderr
+  assert "50 samples, 501 network evaluations each, in " in sampled.stderr
   assert _dir_digest(workdir / "checkpoints") == before  # sampling writes nothing there
 
 
