@@ -38,31 +38,24 @@ Tips:
 
 import ml_collections
 
-from configs.default_configs import get_default_configs
+from configs.vp.cifar10_ddpmpp_continuous import get_config as get_ddpmpp_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = get_default_configs()
+  config = get_ddpmpp_config()  # the VP SDE, continuous DSM, Euler-Maruyama, DDPM++ network
 
   training = config.training
-  training.sde = "vpsde"
-  training.continuous = True
-  training.reduce_mean = True
   training.n_iters = 100001
   training.snapshot_freq = 10000
   training.snapshot_freq_for_preemption = 2000
   training.eval_freq = 500
   training.log_freq = 100
 
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "euler_maruyama"
-  sampling.corrector = "none"
-
   evaluate = config.eval
   evaluate.begin_ckpt = 1
   evaluate.end_ckpt = 10
   evaluate.batch_size = 256
+  evaluate.enable_sampling = True
   evaluate.num_samples = 1000
   evaluate.bpd_num_repeats = 1
 
@@ -74,34 +67,13 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_channels = 3
   data.holdout_fraction = 0.05
   data.random_flip = True
-  data.centered = True
   data.uniform_dequantization = False
 
   model = config.model
-  model.name = "ncsnpp"
-  model.scale_by_sigma = False
   model.ema_rate = 0.999
   model.dropout = 0.1
-  model.normalization = "GroupNorm"
-  model.nonlinearity = "swish"
   model.nf = 64
-  model.ch_mult = (1, 2, 2, 2)
   model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = False
-  model.fir_kernel = (1, 3, 3, 1)
-  model.skip_rescale = True
-  model.resblock_type = "biggan"
-  model.progressive = "none"
-  model.progressive_input = "none"
-  model.progressive_combine = "sum"
-  model.attention_type = "ddpm"
-  model.init_scale = 0.0
-  model.embedding_type = "positional"
-  model.fourier_scale = 16.0
-  model.conv_size = 3
 
   config.optim.warmup = 1000
   return config
