@@ -16,6 +16,7 @@ fields                                                read by
 ``model.sigma_min/sigma_max`` or ``beta_min/max``     other constructor arguments by name)
 ``model.*``; ``data.image_size, num_channels, dim``;  :func:`build_model` (the network's
 ``training.mixed_precision, remat``                   ``from_config``; dtype and remat here)
+``model.name = 'exact_score'``                        :func:`is_exact_score` (below)
 ``optim.*``                                           :func:`build_optimizer`
 ``training.continuous, reduce_mean,                   :func:`build_loss_fn` and the steps
 likelihood_weighting, eps``; ``model.ema_rate``       built from it
@@ -27,6 +28,12 @@ likelihood_weighting, eps``; ``model.ema_rate``       built from it
 ``training.batch_size, n_iters, *_freq, ...``;        ``run_lib`` (the train loop, evaluation)
 ``eval.batch_size, num_samples, *_ckpt, ...``; ``seed``
 ====================================================  ========================================
+
+The exact score (``model.name = 'exact_score'``, :class:`models.exact_score.ExactScore`) is the
+closed-form score of the data (a toy Gaussian mixture): it has no parameters, so
+:func:`init_model` gives it ``{}`` and every function here that takes ``params`` accepts that;
+:func:`build_score_fn` (and with it :func:`build_sampler` and :func:`build_bpd_fn`) returns the
+closed form, and :func:`build_loss_fn` refuses it (there is nothing to train).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import sampling
 import sde_lib
 from devices import Devices
 from models import utils as mutils
+from models.exact_score import ExactScore
 from registry import Registry
 
 Array = jax.Array
@@ -104,10 +112,17 @@ def build_sde(config: Config) -> sde_lib.SDE:
   return sde_class(**kwargs)
 
 
+def is_exact_score(model: nn.Module) -> bool:
+  """Whether ``model`` is the parameter-free closed-form score (``model.name = 'exact_score'``)."""
+  return isinstance(model, ExactScore)
+
+
 def build_model(config: Config) -> nn.Module:
   """The network named by ``model.name``, in bf16 if ``training.mixed_precision`` (parameters
   stay float32) and recomputing its blocks in the backward pass if ``training.remat``."""
   model = mutils.get_model(config.model.name)(config)
+  if is_exact_score(model):
+    return model  # no network to run in bf16 or to recompute
   fields = {field.name for field in dataclasses.fields(model)}
   options = {}
   if config.training.get("mixed_precision", False):
@@ -121,8 +136,11 @@ def build_model(config: Config) -> nn.Module:
 
 
 def init_model(rng: Array, config: Config) -> Tuple[nn.Module, Params]:
-  """Builds the network and initializes its parameters. Returns ``(model, params)``."""
+  """Builds the network and initializes its parameters. Returns ``(model, params)``; the
+  parameters of the exact score are ``{}``."""
   model = build_model(config)
+  if is_exact_score(model):
+    return model, {}
   params_rng, dropout_rng = jax.random.split(rng)
   x = jnp.zeros(input_shape(config), jnp.float32)
   labels = jnp.ones((1,), jnp.float32)
@@ -157,6 +175,11 @@ def init_state(config: Config, devices: Devices
 
 def build_loss_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
                   train: bool) -> losses.LossFn:
+  """The loss of ``model``'s parameters; one-line ``ValueError`` for the exact score."""
+  if is_exact_score(model):
+    raise ValueError("model.name = 'exact_score' is the closed-form score of the data: it has no "
+                     "parameters to train or evaluate a loss of; draw samples with --mode sample "
+                     "(no checkpoint needed).")
   training = config.training
   return losses.get_loss_fn(sde, model, train=train, continuous=training.continuous,
                             reduce_mean=training.reduce_mean,
@@ -221,67 +244,108 @@ def build_eval_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
 def build_score_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
                    devices: Devices) -> Callable[[Params], sde_lib.ScoreFn]:
   """``params -> score_fn(x, t)`` of the network in evaluation mode, inputs kept batch-sharded
-  (``training.continuous`` picks continuous or integer-level conditioning)."""
+  (``training.continuous`` picks continuous or integer-level conditioning). For the exact score
+  it is the closed form at continuous ``t``, whatever ``params`` (``{}``) and
+  ``training.continuous``."""
 
   def score_fn_of(params: Params) -> sde_lib.ScoreFn:
-    score_fn = mutils.get_score_fn(sde, model, params, train=False,
-                                   continuous=config.training.continuous)
+    if is_exact_score(model):
+      score_fn = model.score_fn(sde)
+    else:
+      score_fn = mutils.get_score_fn(sde, model, params, train=False,
+                                     continuous=config.training.continuous)
     return lambda x, t: score_fn(devices.constrain(x), t)
 
   return score_fn_of
 
 
-SamplerFactory = Callable[[sde_lib.SDE, Shape, Config, Optional[int]], sampling.SampleFn]
+SamplerFactory = Callable[[sde_lib.SDE, Shape, Config, Optional[int], int], sampling.SampleFn]
 SAMPLING_METHODS: Registry[SamplerFactory] = Registry("sampling method")
-"""``sampling.method`` -> ``factory(sde, shape, config.sampling, num_steps) -> sample``."""
+"""``sampling.method`` -> ``factory(sde, shape, config.sampling, num_steps, num_frames) ->
+sample``."""
 
 
 @SAMPLING_METHODS.register("pc")
-def _pc_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config,
-                num_steps: Optional[int]) -> sampling.SampleFn:
+def _pc_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
+                num_frames: int) -> sampling.SampleFn:
   """Predictor-corrector: ``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
   ``probability_flow``, ``noise_removal``, ``eps``; ``num_steps`` (default ``sde.N``) steps."""
   return sampling.get_pc_sampler(sde, shape, cfg.predictor, cfg.corrector, snr=cfg.snr,
                                  n_steps=cfg.n_steps_each, probability_flow=cfg.probability_flow,
-                                 denoise=cfg.noise_removal, eps=cfg.eps, num_steps=num_steps)
+                                 denoise=cfg.noise_removal, eps=cfg.eps, num_steps=num_steps,
+                                 num_frames=num_frames)
 
 
 @SAMPLING_METHODS.register("ode")
-def _ode_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config,
-                 num_steps: Optional[int]) -> sampling.SampleFn:
+def _ode_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
+                 num_frames: int) -> sampling.SampleFn:
   """Probability-flow ODE: ``ode_solver``, ``ode_rtol``, ``ode_atol``, ``noise_removal``,
   ``eps``; ``num_steps`` (default ``sde.N``) for the fixed-step solvers."""
   ode_sample = sampling.get_ode_sampler(sde, shape, rtol=cfg.ode_rtol, atol=cfg.ode_atol,
                                         method=cfg.ode_solver, eps=cfg.eps,
-                                        denoise=cfg.noise_removal, num_steps=num_steps)
+                                        denoise=cfg.noise_removal, num_steps=num_steps,
+                                        num_frames=num_frames)
   return lambda rng, score_fn: ode_sample(rng, score_fn)
 
 
 def build_sampling_fn(config: Config, sde: sde_lib.SDE, shape: Shape,
-                      num_steps: Optional[int] = None) -> sampling.SampleFn:
+                      num_steps: Optional[int] = None, num_frames: int = 0) -> sampling.SampleFn:
   """``sample(rng, score_fn) -> (x: shape, nfe)`` of ``sampling.method``, not jitted.
 
   ``num_steps`` overrides the number of steps (default ``sde.N``, i.e. ``model.num_scales``).
+  ``num_frames = K > 0`` adds the sampler's :class:`sampling.Trajectory` (``K`` frames from ``T``
+  to the end; ``sampling``'s docstring gives the frame times): ``(x, nfe, trajectory)``.
   """
   factory = SAMPLING_METHODS.get(config.sampling.method)
-  return factory(sde, shape, config.sampling, num_steps)
+  return factory(sde, shape, config.sampling, num_steps, num_frames)
 
 
 def build_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
-                  batch_size: int, num_steps: Optional[int] = None
-                  ) -> Callable[[Array, Params], Tuple[Array, Array]]:
+                  batch_size: int, num_steps: Optional[int] = None, num_frames: int = 0
+                  ) -> Callable[[Array, Params], sampling.SampleOutput]:
   """``sample(rng, params) -> (samples: [batch_size, ...], nfe)``, jitted, samples sharded.
 
   Samples are in model space (apply :func:`data_scalers`' inverse for data space). The
-  parameters are an argument, so new parameters do not recompile.
+  parameters are an argument, so new parameters do not recompile. With ``num_frames = K > 0``
+  it returns ``(samples, nfe, trajectory)``: ``trajectory.t: [K]`` replicated and
+  ``trajectory.x: [K, batch_size, ...]`` (model space) sharded along its batch axis like the
+  samples; ``devices.gather`` reads either on the host.
   """
-  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps)
+  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps,
+                                  num_frames)
   score_fn_of = build_score_fn(config, sde, model, devices)
 
   def sample(rng, params):
     return sampling_fn(rng, score_fn_of(params))
 
-  return jax.jit(sample, out_shardings=(devices.batch, None))
+  out_shardings = (devices.batch, None)
+  if num_frames:
+    out_shardings += (sampling.Trajectory(t=devices.replicated, x=devices.stacked_batch),)
+  return jax.jit(sample, out_shardings=out_shardings)
+
+
+def build_ode_codec(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
+                    num_frames: int = 0) -> Tuple[Callable[[Params, Array], Tuple[Array, Array]],
+                                                  Callable[..., sampling.SampleOutput]]:
+  """The probability-flow ODE as an encoder and its decoder, jitted: ``encode(params, x) ->
+  (z, nfe)`` integrates from ``sampling.eps`` to ``T`` and ``decode(params, z) -> (x, nfe)``
+  back, with ``sampling.ode_solver``, ``ode_rtol`` and ``ode_atol`` and no final denoising (so
+  that decoding inverts encoding). ``x, z: [B, ...]`` in model space, any batch size.
+  ``num_frames = K > 0``: ``decode`` also returns its :class:`sampling.Trajectory`."""
+  cfg = config.sampling
+  solver = dict(rtol=cfg.ode_rtol, atol=cfg.ode_atol, method=cfg.ode_solver, eps=cfg.eps)
+  encoder = sampling.get_ode_encoder(sde, **solver)
+  score_fn_of = build_score_fn(config, sde, model, devices)
+
+  def encode(params, x):
+    return encoder(score_fn_of(params), x)
+
+  def decode(params, z):
+    ode_sample = sampling.get_ode_sampler(sde, z.shape, denoise=False, num_frames=num_frames,
+                                          **solver)
+    return ode_sample(None, score_fn_of(params), z)
+
+  return jax.jit(encode), jax.jit(decode)
 
 
 # ----------------------------------------------------------------------------- likelihood

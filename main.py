@@ -27,14 +27,17 @@ config_flags.DEFINE_config_file("config", None, "Training/evaluation config file
 flags.DEFINE_string("workdir", None,
                     "Directory for checkpoints, samples and logs; default: runs/<the config's "
                     "path under configs/, without .py> (runs/<file name> for other configs).")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample"],
-                  "train (or resume), eval (the checkpoints training wrote), or sample (from "
-                  "one checkpoint).")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "figures"],
+                  "train (or resume), eval (the checkpoints training wrote), sample (from one "
+                  "checkpoint), or figures (pictures of the process for one checkpoint).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation outputs.")
 flags.DEFINE_string("checkpoint", None,
-                    "--mode sample: the checkpoint, as a step number or the path of a step "
-                    "directory (<workdir>/checkpoints/<step>); default: the newest.")
+                    "--mode sample and figures: the checkpoint, as a step number or the path of "
+                    "a step directory (<workdir>/checkpoints/<step>); default: the newest.")
 flags.DEFINE_integer("num_samples", 64, "--mode sample: how many samples to draw.")
+flags.DEFINE_integer("num_frames", 40,
+                     "--mode sample and figures: frames of the reverse-process animations "
+                     "(0: none; the sampler keeps num_frames x batch states).")
 flags.DEFINE_string("sample_folder", "sampled",
                     "--mode sample: folder under workdir for the samples.")
 flags.DEFINE_bool("multihost", False,
@@ -90,10 +93,14 @@ def main(argv):
     elif FLAGS.mode == "eval":
       run_lib.evaluate(FLAGS.config, workdir, FLAGS.eval_folder,
                        allow_config_change=FLAGS.allow_config_change)
-    else:
+    elif FLAGS.mode == "sample":
       run_lib.sample(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
                      num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
-                     allow_config_change=FLAGS.allow_config_change)
+                     num_frames=FLAGS.num_frames, allow_config_change=FLAGS.allow_config_change)
+    else:
+      run_lib.make_figures(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
+                           num_frames=FLAGS.num_frames,
+                           allow_config_change=FLAGS.allow_config_change)
   except _USER_ERRORS + (checkpoints.CheckpointError,) as e:
     sys.exit(f"error: {e}")
   except RuntimeError as e:

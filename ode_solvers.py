@@ -72,7 +72,7 @@ def adaptive_solver_names() -> Tuple[str, ...]:
 
 def solve(vector_field: VectorField, y0: PyTree, t0: float, t1: float, *, method: str,
           rtol: float = 1e-5, atol: float = 1e-5, num_steps: Optional[int] = None,
-          max_steps: int = 4096) -> Tuple[PyTree, Array]:
+          max_steps: int = 4096, save_ts: Optional[Array] = None) -> Tuple[PyTree, Array]:
   """Integrates ``dy/dt = vector_field(t, y)`` from ``t0`` to ``t1`` (either direction).
 
   Args:
@@ -83,11 +83,16 @@ def solve(vector_field: VectorField, y0: PyTree, t0: float, t1: float, *, method
       over the whole state (a batch shares one step size).
     num_steps: steps of a fixed-step method on ``linspace(t0, t1, num_steps + 1)``.
     max_steps: cap on step attempts of an adaptive method.
+    save_ts: ``[M]`` times strictly between ``t0`` and ``t1``, in the direction of integration,
+      at which to also return the state (each step's dense output, interpolated: the steps
+      taken, ``y1`` and ``nfe`` are those of the solve without it).
 
   Returns:
     ``(y1, nfe)``: the state at ``t1`` -- NaN in every leaf if the solve failed (an adaptive
     solve that reached ``max_steps``), so the caller checks on the host and the device program
     waits on nothing -- and the int32 number of vector-field evaluations (module docstring).
+    With ``save_ts``: ``(y1, ys, nfe)``, ``ys`` the states at ``save_ts`` stacked on a leading
+    ``[M]`` axis (NaN too if the solve failed).
   """
   solver = SOLVERS.get(method)
   if solver.adaptive:
@@ -100,12 +105,18 @@ def solve(vector_field: VectorField, y0: PyTree, t0: float, t1: float, *, method
     # The exact grid, free of accumulated rounding.
     controller = diffrax.StepTo(ts=jnp.linspace(t0, t1, num_steps + 1))
     dt0, max_steps = None, num_steps
+  saving = save_ts is not None and save_ts.size > 0
+  saveat = diffrax.SaveAt(ts=save_ts, t1=True) if saving else diffrax.SaveAt(t1=True)
   solution = diffrax.diffeqsolve(
       diffrax.ODETerm(lambda t, y, args: vector_field(t, y)), solver.solver_cls(), t0=t0, t1=t1,
-      dt0=dt0, y0=y0, saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
-      max_steps=max_steps, throw=False)
+      dt0=dt0, y0=y0, saveat=saveat, stepsize_controller=controller, max_steps=max_steps,
+      throw=False)
   ok = solution.result == diffrax.RESULTS.successful
-  y1 = jax.tree_util.tree_map(lambda y: jnp.where(ok, y[-1], jnp.nan), solution.ys)
+  ys = jax.tree_util.tree_map(lambda y: jnp.where(ok, y, jnp.nan), solution.ys)
+  y1 = jax.tree_util.tree_map(lambda y: y[-1], ys)
   per_step, once = solver.evaluations_per_step()
-  nfe = once + per_step * solution.stats["num_steps"]
-  return y1, jnp.asarray(nfe, jnp.int32)
+  nfe = jnp.asarray(once + per_step * solution.stats["num_steps"], jnp.int32)
+  if save_ts is None:
+    return y1, nfe
+  interior = jax.tree_util.tree_map(lambda y: y[:-1], ys)
+  return y1, interior, nfe

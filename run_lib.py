@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ import checkpoints
 import datasets
 import eval_cache
 import evaluation
+import figures
 import logs
 import losses
 import outputs
@@ -583,6 +584,16 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
   samples = np.concatenate([done[k]["samples"] for k in pieces])[:ev.num_samples]
   result: Dict[str, Any] = {"num_samples": int(len(samples)),
                             "sampling_nfe": float(np.mean([float(done[k]["nfe"]) for k in pieces]))}
+  picture = os.path.join(cache.directory, "samples.png")
+  # Drawn again only with new samples: an unchanged re-run rewrites nothing.
+  if jax.process_index() == 0 and figures.available() and (todo or not os.path.exists(picture)):
+    tag, reference = sampler_tag(config), _data_reference(config, 2000)
+    title = figures.run_title(step, tag, result["sampling_nfe"])
+    if reference is not None:
+      figures.toy_samples_vs_data(samples, reference, picture, title=title)
+    else:
+      figures.sampler_comparison([(tag, samples[:64], result["sampling_nfe"])], picture,
+                                 title=title)
   if builders.is_vector_data(config):
     # Two-sample statistics against fresh data, and the prior's as a reference point.
     data = toy_data.sample_toy(config.data.dataset, len(samples), seed=config.seed + 5)
@@ -633,57 +644,108 @@ def _find_checkpoint(workdir: str, checkpoint: Optional[str]
   return available[step], step, workdir
 
 
-def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
-           num_samples: int = 64, folder: str = "sampled",
-           allow_config_change: bool = False) -> Dict[str, Any]:
-  """Draws ``num_samples`` samples (EMA parameters) with the sampler ``config.sampling`` names.
+class _Parameters(NamedTuple):
+  """What a sampling run samples with: the EMA parameters of a checkpoint, or the exact score's
+  ``{}``; ``step`` is the checkpoint's (None for the exact score), ``name`` says which in
+  messages and ``folder`` in output paths (``step_<step>`` or ``exact``)."""
+  params: Any
+  step: Optional[int]
+  name: str
+  folder: str
 
-  Writes ``<workdir>/<folder>/step_<step>_<sampler>/sample.{png,npz}`` (toys: the PNG shows the
-  data beside the samples) and ``sample.json`` (NFE, timing, settings); never writes into the
-  checkpoint directories, so it can run while training goes on. Different samples: another
-  ``config.seed``.
+  @property
+  def title(self) -> Union[int, str]:
+    """What figure titles name (:func:`figures.run_title`'s ``step``)."""
+    return "exact score" if self.step is None else self.step
 
-  Args:
-    checkpoint: None for the newest checkpoint of ``workdir`` (snapshot or preemption), a step
-      number, or the path of a step directory (``<other workdir>/checkpoints/<step>``).
-    num_samples: how many; drawn in batches of at most ``eval.batch_size``.
 
-  Returns:
-    ``{"step", "num_samples", "nfe", "seconds", "first_batch_seconds", "path"}``.
-
-  Raises:
-    FileNotFoundError: no such checkpoint. ValueError: a bad count or sampler, or a config that
-    differs from the one the checkpoint was trained with (see :func:`evaluate`).
-  """
-  if num_samples < 1:
-    raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
+def _sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str],
+                         allow_config_change: bool, template: losses.TrainState) -> _Parameters:
+  """The parameters ``--mode sample`` and ``--mode figures`` use (see :func:`sample`)."""
+  if builders.is_exact_score(builders.build_model(config)):
+    if checkpoint:
+      raise ValueError("--checkpoint: model.name = 'exact_score' has no parameters and reads no "
+                       "checkpoint; drop --checkpoint.")
+    return _Parameters(template.ema_params, None, f"the exact score of {config.data.dataset}",
+                       "exact")
   store, step, trained_in = _find_checkpoint(workdir, checkpoint)
   run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
-  devices = Devices()
-  sde = builders.build_sde(config)
-  model, _, template = builders.init_state(config, devices)
-  batch_size = devices.round_batch(min(config.eval.batch_size, num_samples))
-  sampler = builders.build_sampler(config, sde, model, devices, batch_size)
   try:
     state = store.restore(step, template)
   finally:
     store.close()
   bad = checkpoints.non_finite_leaves(state)
   if bad:
-    raise FloatingPointError(f"The checkpoint of step {step} holds non-finite values ({bad[0]}); "
-                             "sample another with --checkpoint=<step>.")
+    raise FloatingPointError(f"The checkpoint of step {step} holds non-finite values "
+                             f"({bad[0]}); sample another with --checkpoint=<step>.")
+  return _Parameters(state.ema_params, step, f"the step-{step} checkpoint ({store.step_dir(step)})",
+                     f"step_{step}")
+
+
+def _data_reference(config: Config, n: int) -> Optional[np.ndarray]:
+  """Toys: ``n`` fresh data points to draw beside samples; None for images."""
+  if not builders.is_vector_data(config):
+    return None
+  return toy_data.sample_toy(config.data.dataset, n, seed=config.seed + 5)
+
+
+def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
+           num_samples: int = 64, folder: str = "sampled", num_frames: int = 40,
+           allow_config_change: bool = False) -> Dict[str, Any]:
+  """Draws ``num_samples`` samples (EMA parameters) with the sampler ``config.sampling`` names.
+
+  Writes ``<workdir>/<folder>/step_<step>_<sampler>/``: ``sample.{png,npz}`` (toys: the PNG
+  shows the data beside the samples; ``samples_vs_data.png`` overlays them), ``sample.json``
+  (NFE, timing, settings) and ``process.gif``, the reverse process of the first batch in
+  ``num_frames`` frames (up to 64 images of it). Never writes into the checkpoint directories,
+  so it can run while training goes on. Different samples: another ``config.seed``.
+
+  The exact score (``model.name = 'exact_score'``) has no parameters and reads no checkpoint:
+  it samples into ``<workdir>/<folder>/exact_<sampler>/`` (``sample.json`` records ``"step":
+  null, "checkpoint": null``), and no ``config.json`` is consulted, since nothing was trained.
+
+  Args:
+    checkpoint: None for the newest checkpoint of ``workdir`` (snapshot or preemption), a step
+      number, or the path of a step directory (``<other workdir>/checkpoints/<step>``); must be
+      None for the exact score.
+    num_samples: how many; drawn in batches of at most ``eval.batch_size``.
+    num_frames: frames of ``process.gif`` (the sampler keeps ``num_frames x batch`` states);
+      0: no animation.
+
+  Returns:
+    ``{"step", "num_samples", "nfe", "seconds", "first_batch_seconds", "path"}``.
+
+  Raises:
+    FileNotFoundError: no such checkpoint. ValueError: a bad count or sampler, a checkpoint
+    given for the exact score, or a config that differs from the one the checkpoint was trained
+    with (see :func:`evaluate`).
+  """
+  if num_samples < 1:
+    raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
+  devices = Devices()
+  sde = builders.build_sde(config)
+  model, _, template = builders.init_state(config, devices)
+  batch_size = devices.round_batch(min(config.eval.batch_size, num_samples))
+  sampler = builders.build_sampler(config, sde, model, devices, batch_size)
+  animated = (builders.build_sampler(config, sde, model, devices, batch_size,
+                                     num_frames=num_frames) if num_frames else None)
+  chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, template)
   tag = sampler_tag(config)
-  out_dir = os.path.join(workdir, folder, f"step_{step}_{tag}")
+  out_dir = os.path.join(workdir, folder, f"{chosen.folder}_{tag}")
   outputs.check_writable(out_dir)
-  logging.info("Sampling %d from the step-%d checkpoint (%s) with %s, batch %d.", num_samples,
-               step, store.step_dir(step), tag, batch_size)
+  logging.info("Sampling %d from %s with %s, batch %d.", num_samples, chosen.name, tag,
+               batch_size)
   _, inverse_scaler = builders.data_scalers(config)
   base = jax.random.PRNGKey(config.seed)
   progress = _PieceProgress("sampling", -(-num_samples // batch_size))
-  batches, nfes, first_batch_seconds = [], [], 0.0
+  batches, nfes, first_batch_seconds, trajectory = [], [], 0.0, None
   start = time.monotonic()
   for k in range(-(-num_samples // batch_size)):
-    samples, nfe = sampler(jax.random.fold_in(base, k), state.ema_params)
+    if k == 0 and animated is not None:
+      # The same draw as the plain sampler's (same key); only the frames are kept besides.
+      samples, nfe, trajectory = animated(jax.random.fold_in(base, k), chosen.params)
+    else:
+      samples, nfe = sampler(jax.random.fold_in(base, k), chosen.params)
     batches.append(np.asarray(inverse_scaler(gather(samples))))
     nfes.append(float(nfe))
     if k == 0:
@@ -693,23 +755,186 @@ def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
   seconds = time.monotonic() - start
   samples = np.concatenate(batches)[:num_samples]
   if not np.all(np.isfinite(samples)):
-    raise FloatingPointError(f"Sampling the step-{step} checkpoint with {tag} gave non-finite "
-                             "values (the network diverged, or the ODE solver hit its step cap); "
-                             "nothing was saved.")
-  reference = None
-  if builders.is_vector_data(config):
-    reference = toy_data.sample_toy(config.data.dataset, max(num_samples, 2000),
-                                    seed=config.seed + 5)
-  result = {"step": step, "num_samples": int(num_samples), "nfe": float(np.mean(nfes)),
+    raise FloatingPointError(f"Sampling {chosen.name} with {tag} gave non-finite values (the "
+                             "network diverged, or the ODE solver hit its step cap); nothing was "
+                             "saved.")
+  reference = _data_reference(config, max(num_samples, 2000))
+  result = {"step": chosen.step, "num_samples": int(num_samples), "nfe": float(np.mean(nfes)),
             "seconds": seconds, "first_batch_seconds": first_batch_seconds, "path": out_dir}
   if jax.process_index() == 0:
-    outputs.save_samples(samples, out_dir, reference=reference, nfe=np.mean(nfes), step=step)
+    outputs.save_samples(samples, out_dir, reference=reference, nfe=np.mean(nfes),
+                         step=-1 if chosen.step is None else chosen.step)
     outputs.save_json(os.path.join(out_dir, "sample.json"),
-                      {**result, "checkpoint": store.step_dir(step),
+                      {**result, "checkpoint": None if chosen.step is None else chosen.name,
                        "settings": eval_cache.canonical(_section(config, "sampling"))})
+    title = figures.run_title(chosen.title, tag, result["nfe"])
+    if not figures.available():
+      logging.warning("matplotlib is not installed: no process.gif or samples_vs_data.png "
+                      "(pip install matplotlib).")
+    elif reference is not None:
+      figures.toy_samples_vs_data(samples, reference, os.path.join(out_dir, "samples_vs_data.png"),
+                                  title=title)
+    if trajectory is not None and figures.available():
+      frames = np.asarray(inverse_scaler(gather(trajectory.x)))
+      frames = frames if reference is not None else frames[:, :64]  # points: all; images: 64
+      figures.process_animation(frames, np.asarray(trajectory.t),
+                                os.path.join(out_dir, "process.gif"), title=title,
+                                reference=reference)
   timing = (f"{seconds:.1f} s, compiling included" if len(batches) == 1 else
             f"{seconds:.1f} s ({len(batches)} batches; the first, compiling included: "
             f"{first_batch_seconds:.1f} s)")
   logging.info("%d samples, %.0f network evaluations each, in %s: %s", num_samples,
                result["nfe"], timing, os.path.join(out_dir, "sample.png"))
   return result
+
+
+# ----------------------------------------------------------------------------- figures
+
+# The samplers compared by --mode figures: (name, config.sampling overrides).
+_COMPARED_SAMPLERS = (
+    ("Euler-Maruyama", dict(method="pc", predictor="euler_maruyama", corrector="none")),
+    ("PC (reverse diffusion + Langevin)", dict(method="pc", predictor="reverse_diffusion",
+                                               corrector="langevin")),
+    ("probability-flow ODE", dict(method="ode")),
+)
+
+
+def _with_sampling(config: Config, **fields: Any) -> Config:
+  """A copy of ``config`` with ``config.sampling`` fields replaced."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.sampling.update(fields)
+  return copy
+
+
+def _slerp(a: np.ndarray, b: np.ndarray, m: int) -> np.ndarray:
+  """``m`` points from ``a`` to ``b`` along the great circle (latents are near-Gaussian, so their
+  norm stays typical along the path). ``a, b: [...]`` -> ``[m, ...]``."""
+  cos = float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+  omega = np.arccos(np.clip(cos, -1.0, 1.0))
+  w = np.linspace(0.0, 1.0, m)
+  if omega < 1e-6:
+    return np.stack([(1 - v) * a + v * b for v in w])
+  return np.stack([(np.sin((1 - v) * omega) * a + np.sin(v * omega) * b) / np.sin(omega)
+                   for v in w])
+
+
+def _pixels(shape: Tuple[int, ...]) -> Tuple[Tuple[Tuple[int, ...], ...], Tuple[str, ...]]:
+  """A few coordinates of one example to follow over time, and their names."""
+  if len(shape) == 1:
+    return tuple((i,) for i in range(shape[0])), tuple(f"x{i + 1}" for i in range(shape[0]))
+  h, w = shape[0], shape[1]
+  at = ((h // 2, w // 2), (h // 4, w // 2), (3 * h // 4, w // 2), (h // 2, w // 4))
+  return tuple((r, c, 0) for r, c in at), tuple(f"pixel ({r}, {c})" for r, c in at)
+
+
+def make_figures(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
+                 folder: str = "figures", num_frames: int = 40,
+                 allow_config_change: bool = False) -> Dict[str, str]:
+  """Pictures of the process for one checkpoint (or the exact score, see :func:`sample`).
+
+  Writes ``<workdir>/<folder>/<step_<step> | exact>/``:
+
+  * ``comparison.png``: prior noise, Euler-Maruyama, PC (reverse diffusion + Langevin) and the
+    probability-flow ODE side by side, each titled with its NFE (toys: over the data);
+  * ``trajectories.png``: ``x(t)`` of a few pixels (toys: both coordinates) for the
+    Euler-Maruyama and the ODE sampler from the same three prior draws, with ``+-std(t)`` of the
+    SDE's perturbation kernel;
+  * ``process_<sampler>.gif``: the reverse process of each compared sampler, ``num_frames``
+    frames;
+  * ``encoder.png``: the ODE as an encoder: test examples, their latents, the decoded latents
+    (the largest round-trip error in data space in the title) and a decoded spherical
+    interpolation between two latents;
+  * toys: ``marginals.png``, the data perturbed to ``p_t`` at several ``t``.
+
+  The samplers take their other settings (steps, snr, tolerances) from ``config.sampling``.
+
+  Returns:
+    ``{figure name: path}``.
+  """
+  if not figures.available():
+    raise ValueError("--mode figures draws with matplotlib, which is not installed: "
+                     "pip install matplotlib.")
+  devices = Devices()
+  sde = builders.build_sde(config)
+  model, _, template = builders.init_state(config, devices)
+  chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, template)
+  out_dir = os.path.join(workdir, folder, chosen.folder)
+  outputs.check_writable(out_dir)
+  logging.info("Figures of %s into %s.", chosen.name, out_dir)
+  vector = builders.is_vector_data(config)
+  batch = devices.round_batch(min(config.eval.batch_size, 2000 if vector else 64))
+  _, inverse_scaler = builders.data_scalers(config)
+  reference = _data_reference(config, 2000)
+  rng = jax.random.PRNGKey(config.seed)
+  paths: Dict[str, str] = {}
+
+  def draw(name: str, filename: str, figure: Any, *args: Any, **kwargs: Any) -> None:
+    """Every process computes (the samplers are collective); the first one draws."""
+    paths[name] = os.path.join(out_dir, filename)
+    if jax.process_index() == 0:
+      figure(*args, path=paths[name], **kwargs)
+
+  def to_data(x) -> np.ndarray:
+    return np.asarray(inverse_scaler(gather(x)))
+
+  panels = [("prior noise", to_data(sde.prior_sampling(rng, builders.input_shape(config, batch))),
+             None)]
+  trajectories = {}
+  for name, fields in _COMPARED_SAMPLERS:
+    sampler_config = _with_sampling(config, **fields)
+    sampler = builders.build_sampler(sampler_config, sde, model, devices, batch,
+                                     num_frames=num_frames)
+    samples, nfe, trajectory = sampler(rng, chosen.params)  # one key: the same prior draws
+    panels.append((name, to_data(samples), float(nfe)))
+    trajectories[name] = trajectory
+    tag = sampler_tag(sampler_config)
+    frames = to_data(trajectory.x)
+    draw(f"process_{tag}", f"process_{tag}.gif", figures.process_animation,
+         frames if vector else frames[:, :64], np.asarray(trajectory.t),
+         title=figures.run_title(chosen.title, name, float(nfe)), reference=reference)
+  draw("comparison", "comparison.png", figures.sampler_comparison, panels,
+       title=figures.run_title(chosen.title), reference=reference)
+
+  # The ODE from the Euler-Maruyama run's first prior draws (its frame 0).
+  draws = 3
+  sde_run = trajectories["Euler-Maruyama"]
+  sde_frames = np.asarray(gather(sde_run.x))[:, :draws]
+  encode, decode = builders.build_ode_codec(config, sde, model, devices)
+  _, decode_frames = builders.build_ode_codec(config, sde, model, devices, num_frames=num_frames)
+  _, _, ode_run = decode_frames(chosen.params, jnp.asarray(sde_frames[0]))
+  coords, labels = _pixels(builders.input_shape(config)[1:])
+  pick = lambda frames: np.stack([frames[(slice(None), slice(None)) + c] for c in coords], -1)
+  sde_t = np.asarray(sde_run.t)
+  draw("trajectories", "trajectories.png", figures.coordinate_trajectories,
+       sde_t, pick(sde_frames), pick(np.asarray(ode_run.x)),
+       np.asarray(sde.marginal_std(jnp.asarray(sde_t))),
+       title=figures.run_title(chosen.title, "Euler-Maruyama and the ODE, model space"),
+       ode_t=np.asarray(ode_run.t), labels=labels)
+
+  if vector:
+    x = np.asarray(toy_data.sample_toy(config.data.dataset, 8, seed=config.seed + 7), np.float32)
+  else:
+    x = datasets.load_split(config, "test").images[:8].astype(np.float32) / 255.0
+  scaler, _ = builders.data_scalers(config)
+  z, _ = encode(chosen.params, jnp.asarray(scaler(x)))
+  x_rec, _ = decode(chosen.params, z)
+  interpolation, _ = decode(chosen.params, jnp.asarray(_slerp(np.asarray(z[0]), np.asarray(z[1]),
+                                                               8)))
+  error = float(np.max(np.abs(np.asarray(inverse_scaler(x_rec)) - x)))
+  logging.info("ODE round trip data -> latent -> data: largest error %.2e (data space).", error)
+  draw("encoder", "encoder.png", figures.encoder_figure,
+       x, np.asarray(z), np.asarray(inverse_scaler(x_rec)),
+       np.asarray(inverse_scaler(interpolation)),
+       title=figures.run_title(chosen.title, "probability-flow ODE encoder"), roundtrip_error=error)
+
+  if vector:
+    times = [config.sampling.eps] + [f * sde.T for f in (0.1, 0.25, 0.5, 1.0)]
+    noise = np.random.default_rng(config.seed).standard_normal(reference.shape)
+    at = jnp.asarray(times, jnp.float32)
+    perturbed = [a * reference + std * noise for a, std in
+                 zip(np.asarray(sde.mean_coeff(at)), np.asarray(sde.marginal_std(at)))]
+    draw("marginals", "marginals.png", figures.toy_marginals, times, perturbed,
+         title=f"{config.data.dataset} perturbed by the {config.training.sde} SDE")
+  for name, path in sorted(paths.items()):
+    logging.info("%s: %s", name, path)
+  return paths

@@ -34,22 +34,36 @@ authors' correctors read VP's DDPM ``alphas`` and crashed on sub-VP). The ``lang
 corrector averages its norms over the (global) batch, as the authors did, so its step
 couples the samples of a batch; ``ald`` does not.
 
-ODE sampling (:func:`get_ode_sampler`)
---------------------------------------
-Integrates the probability-flow ODE from ``T`` to ``eps`` with diffrax on device
-(:mod:`ode_solvers`), the batch as one state (one shared step size, as the authors'
-flattened scipy solve). The ``score_fn`` the caller passes is used as is, so discretely
-trained models get their integer noise-level labels (the authors hard-coded continuous
-conditioning here).
+ODE sampling (:func:`get_ode_sampler`) and encoding (:func:`get_ode_encoder`)
+----------------------------------------------------------------------------
+Integrates the probability-flow ODE (drift :func:`probability_flow_drift`) from ``T`` to ``eps``
+with diffrax on device (:mod:`ode_solvers`), the batch as one state (one shared step size, as
+the authors' flattened scipy solve); the encoder integrates the same ODE forward, from ``eps`` to
+``T``, mapping data to latents that the sampler decodes (``ode_sample(rng, score_fn, z)``). The
+``score_fn`` the caller passes is used as is, so discretely trained models get their integer
+noise-level labels (the authors hard-coded continuous conditioning here).
+
+Trajectories (``num_frames = K > 0``)
+-------------------------------------
+Both samplers can also return their state at ``K >= 2`` times from ``T`` to ``eps``, a
+:class:`Trajectory` of ``K x`` the batch (never every step): frame 0 is the prior draw ``x(T)``,
+frame ``K - 1`` the returned samples (denoised if ``denoise``; its time is still ``eps``). The PC
+sampler writes its frames into a preallocated ``[K, B, ...]`` buffer inside its one scan, at grid
+indices ``i_k = floor(k num_steps / (K - 1) + 1/2)`` (times ``t_{i_k}``, exactly
+``linspace(T, eps, K)`` when ``K - 1`` divides ``num_steps``); the ODE sampler saves the solve's
+dense output at ``linspace(T, eps, K)`` (diffrax ``SaveAt(ts=...)``), which does not change its
+steps. Neither changes the samples or the NFE; ``num_frames = 0`` (the default) is the sampler
+without a trajectory.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Callable, Optional, Tuple, Type, Union
+from typing import Callable, NamedTuple, Optional, Tuple, Type, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import ode_solvers
 import sde_lib
@@ -59,8 +73,24 @@ from sde_lib import batch_mul
 Array = jax.Array
 ScoreFn = sde_lib.ScoreFn
 Shape = Tuple[int, ...]
-SampleFn = Callable[[Array, ScoreFn], Tuple[Array, Union[int, Array]]]
-"""``sample(rng, score_fn) -> (x: [B, ...], nfe)``."""
+Nfe = Union[int, Array]
+
+
+class Trajectory(NamedTuple):
+  """A sampler's states at ``K`` times from ``T`` to its end (module docstring, Trajectories).
+
+  Attributes:
+    t: float32 ``[K]``, the frames' times, decreasing from ``T`` to ``eps``.
+    x: ``[K, B, ...]``: ``x[0]`` is the prior draw ``x(T)``, ``x[K - 1]`` the returned samples.
+  """
+  t: Array
+  x: Array
+
+
+SampleOutput = Union[Tuple[Array, Nfe], Tuple[Array, Nfe, Trajectory]]
+"""``(x: [B, ...], nfe)``, or ``(x, nfe, trajectory)`` for a sampler built with frames."""
+SampleFn = Callable[[Array, ScoreFn], SampleOutput]
+"""``sample(rng, score_fn) -> SampleOutput``."""
 
 PREDICTORS: Registry[Type["Predictor"]] = Registry("predictor")
 CORRECTORS: Registry[Type["Corrector"]] = Registry("corrector")
@@ -266,11 +296,28 @@ def tweedie_denoise(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array) -> 
   return batch_mul(1.0 / sde.mean_coeff(t), x + batch_mul(std**2, score_fn(x, t)))
 
 
+def _check_num_frames(num_frames: int) -> int:
+  num_frames = int(num_frames)
+  if num_frames < 0 or num_frames == 1:
+    raise ValueError(f"num_frames must be 0 (no trajectory) or >= 2 (the frames at T and at the "
+                     f"end), got {num_frames}.")
+  return num_frames
+
+
+def pc_frame_indices(num_steps: int, num_frames: int) -> np.ndarray:
+  """The grid indices ``i_k = floor(k num_steps / (K - 1) + 1/2)``, ``k = 0 .. K - 1``, of the
+  PC sampler's frames on ``linspace(T, eps, num_steps + 1)``: strictly increasing from 0 to
+  ``num_steps`` for ``2 <= K <= num_steps + 1`` (integer arithmetic, so exact)."""
+  k = np.arange(num_frames)
+  return (2 * k * num_steps + num_frames - 1) // (2 * (num_frames - 1))
+
+
 def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: str, *,
                    snr: float = 0.16, n_steps: int = 1, probability_flow: bool = False,
-                   denoise: bool = True, eps: float = 1e-3,
-                   num_steps: Optional[int] = None) -> SampleFn:
-  """A predictor-corrector sampler ``pc_sample(rng, score_fn) -> (x: shape, nfe: int)``.
+                   denoise: bool = True, eps: float = 1e-3, num_steps: Optional[int] = None,
+                   num_frames: int = 0) -> SampleFn:
+  """A predictor-corrector sampler ``pc_sample(rng, score_fn) -> (x: shape, nfe: int)``
+  (``(x, nfe, trajectory)`` with ``num_frames``).
 
   Args:
     sde: the forward SDE; ``sde.prior_sampling`` gives ``x(T)``.
@@ -282,6 +329,11 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: st
     denoise: finish with a Tweedie denoising step at ``eps`` (one more score evaluation).
     eps: final time.
     num_steps: predictor steps on ``linspace(T, eps, num_steps + 1)``; default ``sde.N``.
+    num_frames: ``K``; 0 (default): no trajectory. ``2 <= K <= num_steps + 1``: ``pc_sample``
+      returns ``(x, nfe, trajectory)``, the :class:`Trajectory` holding the state (after the
+      predictor and corrector of that step; the noisy ``x``, not ``x_mean``) at the grid times
+      ``t_{i_k}`` of :func:`pc_frame_indices`, frame 0 the prior draw and frame ``K - 1`` the
+      returned ``x``. One scan still; ``K x`` the batch of extra memory; the same ``x`` and NFE.
 
   The loop order, grid and NFE count are described in the module docstring.
   """
@@ -292,9 +344,19 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: st
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
   if not 0 < eps < sde.T:
     raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
+  num_frames = _check_num_frames(num_frames)
+  if num_frames > num_steps + 1:
+    raise ValueError(f"num_frames ({num_frames}) cannot exceed the {num_steps + 1} times of the "
+                     f"PC grid (num_steps + 1).")
   batch = shape[0]
+  if num_frames:
+    frame_index = pc_frame_indices(num_steps, num_frames)
+    # Slot of the frame each step writes (step j ends at grid index j + 1); num_frames, out of
+    # range, drops the write. The first and last frames are written outside the loop.
+    slots = np.full(num_steps, num_frames, np.int32)
+    slots[frame_index[1:-1] - 1] = np.arange(1, num_frames - 1)
 
-  def pc_sample(rng: Array, score_fn: ScoreFn) -> Tuple[Array, int]:
+  def pc_sample(rng: Array, score_fn: ScoreFn) -> SampleOutput:
     pred = predictor_cls(sde, score_fn, probability_flow)
     corr = corrector_cls(sde, score_fn, snr, n_steps)
     prior_rng, loop_rng = jax.random.split(rng)
@@ -310,20 +372,55 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: st
       return x, None
 
     keys = jax.random.split(loop_rng, num_steps)
-    x, _ = jax.lax.scan(pc_step, x, (keys, times[:-1], times[1:]))
+    if num_frames:
+
+      def framed_step(carry, inputs):
+        x, frames = carry
+        x, _ = pc_step(x, inputs[:-1])
+        return (x, frames.at[inputs[-1]].set(x, mode="drop")), None
+
+      frames = jnp.zeros((num_frames,) + x.shape, x.dtype).at[0].set(x)
+      (x, frames), _ = jax.lax.scan(framed_step, (x, frames),
+                                    (keys, times[:-1], times[1:], jnp.asarray(slots)))
+    else:
+      x, _ = jax.lax.scan(pc_step, x, (keys, times[:-1], times[1:]))
     if denoise:
       x = tweedie_denoise(sde, score_fn, x, jnp.full((batch,), times[-1]))
     nfe = num_steps * (pred.score_evals + corr.score_evals) + int(denoise)
+    if num_frames:
+      return x, nfe, Trajectory(times[frame_index], frames.at[-1].set(x))
     return x, nfe
 
   return pc_sample
 
 
+def probability_flow_drift(sde: sde_lib.SDE, score_fn: ScoreFn) -> ode_solvers.VectorField:
+  """The probability-flow ODE's ``drift(t: scalar, x: [B, ...]) -> dx/dt: [B, ...]``,
+  ``f(x, t) - g(t)^2 / 2 score(x, t)``, for :func:`ode_solvers.solve` in either direction."""
+  rsde = sde.reverse(score_fn, probability_flow=True)
+
+  def drift(t, y):
+    return rsde.sde(y, jnp.full((y.shape[0],), t, y.dtype))[0]
+
+  return drift
+
+
+def _check_ode_arguments(sde: sde_lib.SDE, method: str, eps: float, num_steps: int) -> None:
+  """Raises ``ValueError`` for an unknown method, ``eps`` outside ``(0, T)``, or a fixed-step
+  method without steps -- when the sampler is built, not when it is traced."""
+  if not ode_solvers.SOLVERS.get(method).adaptive and num_steps < 1:
+    raise ValueError(f"The fixed-step ODE solver {method!r} needs num_steps >= 1, got "
+                     f"{num_steps}.")
+  if not 0 < eps < sde.T:
+    raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
+
+
 def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol: float = 1e-5,
                     method: str = "tsit5", eps: float = 1e-3, denoise: bool = False,
-                    max_steps: int = 16384, num_steps: Optional[int] = None
-                    ) -> Callable[..., Tuple[Array, Array]]:
-  """A probability-flow ODE sampler ``ode_sample(rng, score_fn, z=None) -> (x, nfe)``.
+                    max_steps: int = 16384, num_steps: Optional[int] = None,
+                    num_frames: int = 0) -> Callable[..., SampleOutput]:
+  """A probability-flow ODE sampler ``ode_sample(rng, score_fn, z=None) -> (x, nfe)``
+  (``(x, nfe, trajectory)`` with ``num_frames``).
 
   Args:
     sde: the forward SDE.
@@ -338,6 +435,11 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol:
       NaN samples (checked on the host by the caller; the device program holds no host
       callback).
     num_steps: steps of the fixed-step methods; default ``sde.N``.
+    num_frames: ``K``; 0 (default): no trajectory. ``K >= 2``: ``ode_sample`` returns ``(x,
+      nfe, trajectory)``, the :class:`Trajectory` at ``t = linspace(T, eps, K)``: frame 0 is
+      ``x(T)`` (``z`` or the prior draw), frames ``1 .. K - 2`` the solver's dense output
+      (interpolated within its steps, to the method's interpolation order), frame ``K - 1`` the
+      returned ``x`` (denoising, if enabled, applies to it alone). The same ``x`` and NFE.
 
   ``ode_sample`` integrates from ``x(T) = z`` (default ``sde.prior_sampling(rng, shape)``)
   down to ``eps`` and returns ``x: [B, ...]`` and ``nfe``, an int32 scalar counting drift
@@ -345,24 +447,48 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol:
   ``n`` Tsit5/Dopri5 step attempts, ``2 n`` for Heun, ``n`` for Euler), plus 1 with
   ``denoise``. Jittable; everything stays on device.
   """
-  ode_solvers.SOLVERS.get(method)
-  if not 0 < eps < sde.T:
-    raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
   num_steps = sde.N if num_steps is None else int(num_steps)
+  _check_ode_arguments(sde, method, eps, num_steps)
+  num_frames = _check_num_frames(num_frames)
 
-  def ode_sample(rng: Array, score_fn: ScoreFn, z: Optional[Array] = None
-                 ) -> Tuple[Array, Array]:
+  def ode_sample(rng: Array, score_fn: ScoreFn, z: Optional[Array] = None) -> SampleOutput:
     x = sde.prior_sampling(rng, shape) if z is None else z
-    rsde = sde.reverse(score_fn, probability_flow=True)
-
-    def drift(t, y):
-      return rsde.sde(y, jnp.full((y.shape[0],), t, y.dtype))[0]
-
-    x, nfe = ode_solvers.solve(drift, x, sde.T, eps, method=method, rtol=rtol, atol=atol,
-                               num_steps=num_steps, max_steps=max_steps)
+    drift = probability_flow_drift(sde, score_fn)
+    solve = dict(method=method, rtol=rtol, atol=atol, num_steps=num_steps, max_steps=max_steps)
+    if num_frames:
+      frame_t = jnp.linspace(sde.T, eps, num_frames, dtype=jnp.float32)
+      prior = x
+      x, interior, nfe = ode_solvers.solve(drift, x, sde.T, eps, save_ts=frame_t[1:-1], **solve)
+    else:
+      x, nfe = ode_solvers.solve(drift, x, sde.T, eps, **solve)
     if denoise:
       x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps, x.dtype))
       nfe = nfe + 1
+    if num_frames:
+      return x, nfe, Trajectory(frame_t, jnp.concatenate([prior[None], interior, x[None]]))
     return x, nfe
 
   return ode_sample
+
+
+def get_ode_encoder(sde: sde_lib.SDE, *, rtol: float = 1e-5, atol: float = 1e-5,
+                    method: str = "tsit5", eps: float = 1e-3, max_steps: int = 16384,
+                    num_steps: Optional[int] = None
+                    ) -> Callable[[ScoreFn, Array], Tuple[Array, Array]]:
+  """The probability-flow ODE as an encoder ``encode(score_fn, x) -> (z, nfe)``.
+
+  ``encode`` integrates the ODE of :func:`probability_flow_drift` forward from ``x(eps) = x:
+  [B, ...]`` to ``t = T`` and returns the latent ``z = x(T): [B, ...]`` (NaN if an adaptive
+  solve reached ``max_steps``) and the int32 NFE (:mod:`ode_solvers`). It inverts
+  :func:`get_ode_sampler` with the same arguments and ``denoise=False``: ``ode_sample(None,
+  score_fn, z)`` decodes ``z`` back to ``x`` up to the solvers' tolerances. Arguments as there;
+  jittable.
+  """
+  num_steps = sde.N if num_steps is None else int(num_steps)
+  _check_ode_arguments(sde, method, eps, num_steps)
+
+  def encode(score_fn: ScoreFn, x: Array) -> Tuple[Array, Array]:
+    return ode_solvers.solve(probability_flow_drift(sde, score_fn), x, eps, sde.T, method=method,
+                             rtol=rtol, atol=atol, num_steps=num_steps, max_steps=max_steps)
+
+  return encode

@@ -49,12 +49,18 @@ def _swiss_roll(n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarra
   return x, np.full(n, -1)
 
 
+def gaussian_mixture_parameters() -> Tuple[np.ndarray, float]:
+  """The 'gaussian_mixture' toy: ``(means [8, 2], std)`` of its equally weighted isotropic
+  components (means on a circle, per-coordinate variance 1 overall)."""
+  angle = 2.0 * np.pi * np.arange(_MIXTURE_COMPONENTS) / _MIXTURE_COMPONENTS
+  return _MIXTURE_RADIUS * np.stack([np.cos(angle), np.sin(angle)], -1), _MIXTURE_STD
+
+
 @TOYS.register("gaussian_mixture")
 def _gaussian_mixture(n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
   labels = rng.integers(0, _MIXTURE_COMPONENTS, n)
-  angle = 2.0 * np.pi * labels / _MIXTURE_COMPONENTS
-  centres = _MIXTURE_RADIUS * np.stack([np.cos(angle), np.sin(angle)], -1)
-  return centres + _MIXTURE_STD * rng.standard_normal((n, 2)), labels
+  means, std = gaussian_mixture_parameters()
+  return means[labels] + std * rng.standard_normal((n, 2)), labels
 
 
 @TOYS.register("checkerboard")

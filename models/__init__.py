@@ -3,6 +3,7 @@ a new network module is imported here."""
 
 # pylint: disable=unused-import
 from models import ddpm
+from models import exact_score
 from models import mlp
 from models import ncsnpp
 from models import ncsnv2

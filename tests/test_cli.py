@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import builders
 import logs
@@ -76,6 +77,10 @@ def test_train_eval_sample_pair_up_without_workdir(user_dir, trained):
   info = json.loads((out / "sample.json").read_text())
   assert info["step"] == 4000 and info["nfe"] == 501.0 and info["num_samples"] == 50
   assert "50 samples, 501 network evaluations each, in " in sampled.stderr
+  with Image.open(out / "process.gif") as gif:  # the reverse process, --num_frames 40
+    assert gif.format == "GIF" and gif.n_frames == 40
+  assert (out / "samples_vs_data.png").stat().st_size > 0
+  assert (workdir / "eval" / "step_4000" / "samples.png").stat().st_size > 0
   assert _dir_digest(workdir / "checkpoints") == before  # sampling writes nothing there
 
 
@@ -98,10 +103,10 @@ def test_sample_chooses_a_checkpoint_and_reports_bad_requests(tmp_path):
                          "training.snapshot_freq_for_preemption": 25})
   run_lib.train(config, workdir)
   config.sampling.method = "ode"
-  by_step = run_lib.sample(config, workdir, checkpoint="50", num_samples=10)
+  by_step = run_lib.sample(config, workdir, checkpoint="50", num_samples=10, num_frames=0)
   assert by_step["step"] == 50 and by_step["path"].endswith("step_50_ode-tsit5")
   by_path = run_lib.sample(config, workdir, checkpoint=os.path.join(workdir, "checkpoints", "100"),
-                           num_samples=10, folder="other")
+                           num_samples=10, folder="other", num_frames=0)
   assert by_path["step"] == 100 and os.path.isdir(os.path.join(workdir, "other"))
   with np.load(os.path.join(by_step["path"], "sample.npz")) as saved:
     assert saved["samples"].shape == (10, 2)
@@ -109,7 +114,7 @@ def test_sample_chooses_a_checkpoint_and_reports_bad_requests(tmp_path):
                           (dict(checkpoint=str(tmp_path / "nowhere")), "not a checkpoint"),
                           (dict(num_samples=0), "--num_samples must be >= 1")]:
     with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
-      run_lib.sample(config, workdir, **{"num_samples": 10, **kwargs})
+      run_lib.sample(config, workdir, **{"num_samples": 10, "num_frames": 0, **kwargs})
   with pytest.raises(FileNotFoundError, match="train first"):
     run_lib.sample(config, str(tmp_path / "empty"), num_samples=10)
 
@@ -175,3 +180,21 @@ def test_console_lines_read_time_then_message():
   warning = logging.LogRecord("x", logging.WARNING, __file__, 1, "careful", (), None)
   assert re.fullmatch(r"\d\d:\d\d:\d\d step 3", formatter.format(info))
   assert re.fullmatch(r"\d\d:\d\d:\d\d warning: careful", formatter.format(warning))
+
+
+def test_figures_mode_draws_every_figure_from_the_exact_score(tmp_path):
+  """No checkpoint: the exact score of the toy mixture; every figure is a valid file."""
+  config = importlib.import_module("configs.toy.gaussian_mixture_exact").get_config()
+  config.model.num_scales = 50
+  config.eval.batch_size = 200
+  paths = run_lib.make_figures(config, str(tmp_path), num_frames=6)
+  assert sorted(paths) == ["comparison", "encoder", "marginals", "process_ode-tsit5",
+                           "process_pc-euler_maruyama-none",
+                           "process_pc-reverse_diffusion-langevin", "trajectories"]
+  for name, path in paths.items():
+    assert os.path.dirname(path) == str(tmp_path / "figures" / "exact")
+    with Image.open(path) as image:
+      assert image.format == ("GIF" if name.startswith("process") else "PNG")
+      if image.format == "GIF":
+        assert image.n_frames == 6
+      assert min(image.size) > 300
