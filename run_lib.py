@@ -628,20 +628,25 @@ def _find_checkpoint(workdir: str, checkpoint: Optional[str]
                               "(<workdir>/checkpoints/<step>); pass one, or a step number.")
     store = checkpoints.CheckpointStore(store_dir, writer=False)
     if int(step_name) not in store.all_steps():
+      store.close()
       raise FileNotFoundError(f"--checkpoint {checkpoint!r} is not a complete checkpoint; "
                               f"complete steps there: {store.all_steps() or 'none'}.")
     return store, int(step_name), os.path.dirname(store_dir)
   stores = [checkpoints.CheckpointStore(os.path.join(workdir, name), writer=False)
             for name in ("checkpoints", "checkpoints-meta")]
   available = {step: store for store in reversed(stores) for step in store.all_steps()}
+  step = int(checkpoint) if checkpoint else max(available, default=None)
+  chosen = available.get(step)
+  for store in stores:
+    if store is not chosen:
+      store.close()
   if not available:
     raise FileNotFoundError(f"No checkpoint under {workdir}: train first (--mode train with the "
                             "same --config and --workdir), or pass --checkpoint=<path>.")
-  step = int(checkpoint) if checkpoint else max(available)
-  if step not in available:
+  if chosen is None:
     raise FileNotFoundError(f"No checkpoint of step {step} under {workdir}; available steps: "
                             f"{sorted(available)}.")
-  return available[step], step, workdir
+  return chosen, step, workdir
 
 
 class _Parameters(NamedTuple):
@@ -669,8 +674,8 @@ def _sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str]
     return _Parameters(template.ema_params, None, f"the exact score of {config.data.dataset}",
                        "exact")
   store, step, trained_in = _find_checkpoint(workdir, checkpoint)
-  run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
   try:
+    run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
     state = store.restore(step, template)
   finally:
     store.close()
