@@ -665,9 +665,11 @@ class _Parameters(NamedTuple):
 
 
 def _sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str],
-                         allow_config_change: bool, template: losses.TrainState) -> _Parameters:
-  """The parameters ``--mode sample`` and ``--mode figures`` use (see :func:`sample`)."""
-  if builders.is_exact_score(builders.build_model(config)):
+                         allow_config_change: bool, model: Any,
+                         template: losses.TrainState) -> _Parameters:
+  """The parameters of ``model`` that ``--mode sample`` and ``--mode figures`` use (see
+  :func:`sample`)."""
+  if builders.is_exact_score(model):
     if checkpoint:
       raise ValueError("--checkpoint: model.name = 'exact_score' has no parameters and reads no "
                        "checkpoint; drop --checkpoint.")
@@ -734,7 +736,8 @@ def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
   sampler = builders.build_sampler(config, sde, model, devices, batch_size)
   animated = (builders.build_sampler(config, sde, model, devices, batch_size,
                                      num_frames=num_frames) if num_frames else None)
-  chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, template)
+  chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, model,
+                                template)
   tag = sampler_tag(config)
   out_dir = os.path.join(workdir, folder, f"{chosen.folder}_{tag}")
   outputs.check_writable(out_dir)
@@ -862,7 +865,8 @@ def make_figures(config: Config, workdir: str, *, checkpoint: Optional[str] = No
   devices = Devices()
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)
-  chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, template)
+  chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, model,
+                                template)
   out_dir = os.path.join(workdir, folder, chosen.folder)
   outputs.check_writable(out_dir)
   logging.info("Figures of %s into %s.", chosen.name, out_dir)
