@@ -22,12 +22,13 @@ same code on its own slice of each global batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,7 @@ import toy_data
 from devices import Devices, gather
 
 Config = ml_collections.ConfigDict
+Array = jax.Array
 
 
 # ----------------------------------------------------------------------------- train
@@ -293,6 +295,7 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
   # Built once, up front: a bad hutchinson_type, split or sampling.method fails before the long
   # passes, and new parameters reuse the compiled programs.
   bpd_fn = builders.build_bpd_fn(config, sde, model, devices) if ev.enable_bpd else None
+  batch_losses = _build_eval_losses(config, sde, model) if ev.enable_loss else None
   sampler, sample_batch = None, 0
   if ev.enable_sampling:
     sample_batch = devices.round_batch(min(ev.batch_size, ev.num_samples))
@@ -331,7 +334,7 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
       settings = dict(shared)
       result: Dict[str, Any] = {"step": step}
       if ev.enable_loss:
-        result["loss"] = _eval_loss(config, sde, model, state, devices)
+        result["loss"] = _eval_loss(config, batch_losses, state.ema_params, devices)
         settings.update(_loss_settings(config))
       if ev.enable_bpd:
         bpd_settings = {**shared, **_bpd_settings(config, bpd_examples)}
@@ -467,20 +470,22 @@ def _eval_batches(config: Config, split: str, batch_size: int) -> batching.Batch
                               process_count=jax.process_count())
 
 
-def _eval_loss(config: Config, sde, model, state: losses.TrainState, devices: Devices) -> float:
-  """Mean DSM loss (EMA parameters) over every example of the test split, once each."""
+def _build_eval_losses(config: Config, sde, model) -> Callable[[Any, Array, Array], Array]:
+  """``batch_losses(params, rng, x) -> [B]`` per-example DSM losses, jitted once per evaluation
+  so that every checkpoint reuses the compiled program."""
   loss_fn = builders.build_loss_fn(config, sde, model, train=False)
+  return jax.jit(functools.partial(losses.per_example_losses, loss_fn))
+
+
+def _eval_loss(config: Config, batch_losses, params, devices: Devices) -> float:
+  """Mean DSM loss of ``params`` (the EMA parameters) over every example of the test split, once
+  each; ``batch_losses`` is :func:`_build_eval_losses`'."""
   scaler, _ = builders.data_scalers(config)
-
-  @jax.jit
-  def batch_losses(params, rng, x):
-    return losses.per_example_losses(loss_fn, params, rng, x)
-
   rng = jax.random.PRNGKey(config.seed + 2)
   total, count = 0.0, 0.0
   for k, batch in enumerate(_eval_batches(config, "test", config.eval.batch_size)):
     x = devices.put_batch(np.asarray(scaler(batch["image"]), np.float32))
-    per_example = np.asarray(gather(batch_losses(state.ema_params, jax.random.fold_in(rng, k), x)))
+    per_example = np.asarray(gather(batch_losses(params, jax.random.fold_in(rng, k), x)))
     mask = np.asarray(gather(devices.put_batch(batch["mask"])))
     total += float((per_example * mask).sum())
     count += float(mask.sum())

@@ -2,7 +2,7 @@
 # Runs a benchmark on an accelerator machine, from the repository root:
 #
 #   bash benchmarks/gpu_run.sh [--only GROUPS_OR_CASE_PREFIXES] [other benchmarks.run flags]
-#   bash benchmarks/gpu_run.sh time_to_bpd|bf16_curves [that module's flags]
+#   bash benchmarks/gpu_run.sh time_to_bpd|bf16_curves|mnist_result [that module's flags]
 #
 # Missing Python packages (the lent H100/H200 image has jax, flax, optax, orbax, diffrax and absl,
 # but not ml_collections) travel as wheels in .whl/ (ignored by git), made on the host with
@@ -23,6 +23,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/
 python3 -c "import jax; print(jax.__version__, jax.devices())"
 out="${OUT:-benchmarks/results}"
 case "${1:-}" in
-  time_to_bpd|bf16_curves) module="$1"; shift; exec python3 -m "benchmarks.$module" --out "$out" "$@" ;;
+  time_to_bpd|bf16_curves|mnist_result)
+    module="$1"; shift; exec python3 -m "benchmarks.$module" --out "$out" "$@" ;;
   *) exec python3 -m benchmarks.run --isolate --out "$out" "$@" ;;
 esac

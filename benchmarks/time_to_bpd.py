@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -67,24 +67,39 @@ def first_test_images(config: ml_collections.ConfigDict, n: int, batch_size: int
   return blocks
 
 
-def measure_bpd(bpd_fn, params, blocks: Sequence[np.ndarray], devices: Devices,
-                seed: int) -> Dict[str, float]:
-  """Mean bits/dim, its standard error and the mean NFE over ``blocks``; the same noise for a
-  given ``seed`` (block ``k`` uses ``fold_in(PRNGKey(seed), k)``)."""
-  start = time.perf_counter()
-  values, nfes = [], []
+def bpd_blocks(bpd_fn, params, blocks: Sequence[np.ndarray], devices: Devices,
+               seed: int) -> Iterator[Tuple[np.ndarray, float, float]]:
+  """Per block: ``(bits/dim [block_size], NFE, seconds)``; the same noise for a given ``seed``
+  (block ``k`` uses ``fold_in(PRNGKey(seed), k)``).
+
+  Raises:
+    FloatingPointError: as soon as a block's bits/dim are not finite.
+  """
   for k, block in enumerate(blocks):
+    start = time.perf_counter()
     bpd, nfe = bpd_fn(jax.random.fold_in(jax.random.PRNGKey(seed), k), params,
                       devices.put_batch(block))
-    values.append(gather(bpd))
-    nfes.append(float(nfe))
+    values = gather(bpd)
+    if not np.all(np.isfinite(values)):
+      raise FloatingPointError(f"Bits/dim of test block {k} are not finite.")
+    yield values, float(nfe), time.perf_counter() - start
+
+
+def measure_bpd(bpd_fn, params, blocks: Sequence[np.ndarray], devices: Devices,
+                seed: int) -> Dict[str, float]:
+  """Mean bits/dim, its standard error, the number of images and the mean NFE over ``blocks``
+  (the noise as :func:`bpd_blocks`)."""
+  start = time.perf_counter()
+  values, nfes = [], []
+  for block_values, nfe, _ in bpd_blocks(bpd_fn, params, blocks, devices, seed):
+    values.append(block_values)
+    nfes.append(nfe)
   values = np.concatenate(values)
-  if not np.all(np.isfinite(values)):
-    raise FloatingPointError("Bits/dim are not finite.")
   return {"bpd": float(values.mean()),
           "bpd_stderr": float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1
                         else float("nan"),
-          "nfe": float(np.mean(nfes)), "eval_s": time.perf_counter() - start}
+          "examples": int(values.size), "nfe": float(np.mean(nfes)),
+          "eval_s": time.perf_counter() - start}
 
 
 def targets_reached(curve: Sequence[Dict[str, Any]], targets: Sequence[float]) -> List[Dict]:

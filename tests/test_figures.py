@@ -306,3 +306,19 @@ def test_encoder_figure_points(tmp_path):
     figures.encoder_figure(x, z, x, np.zeros((4, 3)), str(tmp_path / "x.png"), title=TITLE,
                            roundtrip_error=0.0)
 
+
+
+def test_training_curves(tmp_path):
+  loss_t, loss = np.arange(1.0, 11.0) * 30.0, np.linspace(1.0, 0.03, 10)
+  bpd_t, bpd = [100.0, 200.0, 300.0], [2.1, 1.6, 1.4]
+  path = _written(lambda p: figures.training_curves(loss_t, loss, bpd_t, bpd, p, title="run"),
+                  tmp_path, "curves.png")
+  fig = figures._draw_training_curves(loss_t, loss, np.asarray(bpd_t), np.asarray(bpd),
+                                      title="run")
+  assert _open(path, "PNG").size == _size(fig)
+  loss_ax, bpd_ax = fig.axes
+  assert fig.get_suptitle() == "run" and loss_ax.get_yscale() == "log"
+  assert np.allclose(bpd_ax.lines[0].get_xdata(), np.asarray(bpd_t) / 60.0)  # minutes
+  assert [t.get_text() for t in bpd_ax.texts] == ["2.100", "1.600", "1.400"]
+  with pytest.raises(ValueError, match="must pair up"):
+    figures.training_curves(loss_t, loss[:3], bpd_t, bpd, str(tmp_path / "x.png"), title="run")
