@@ -8,7 +8,7 @@ slice of every global batch. The same code runs on 1 CPU, 1 GPU, 8 GPUs or a TPU
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -69,3 +69,25 @@ def gather(x: Array) -> np.ndarray:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+def batch_apply(fn: Callable[[Any, Array], Any], params: Any, devices: Devices
+                ) -> Callable[[Mapping[str, np.ndarray]], Tuple[np.ndarray, ...]]:
+  """``fn(params, x) -> (outputs [B, ...], ...)`` jitted over a global batch, as a host function.
+
+  The returned ``apply(batch)`` takes this process's part of a global batch, ``{'image':
+  [local_B, ...], 'mask': [local_B]}`` (``mask`` optional; rows with ``mask = 0`` are padding),
+  shards the images over the mesh with ``params`` replicated, and returns every output for the
+  whole global batch on the host (each process gets all of it), padding rows dropped, float64.
+  """
+  params = devices.put(params)
+  forward = jax.jit(fn, out_shardings=devices.batch)
+
+  def apply(batch: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, ...]:
+    out = forward(params, devices.put_batch(np.asarray(batch["image"], np.float32)))
+    keep = slice(None)
+    if "mask" in batch:
+      keep = gather(devices.put_batch(np.asarray(batch["mask"], np.float32))) > 0
+    return tuple(np.asarray(gather(y), np.float64)[keep] for y in out)
+
+  return apply

@@ -1,9 +1,10 @@
-"""Command line: ``python main.py --config CONFIG --mode train|eval|sample [--workdir DIR]``.
+"""Command line: ``python main.py --config CONFIG --mode train|eval|sample|figures|fid_stats``.
 
 The three modes pair up on the same workdir, by default ``runs/<config path under configs/>``
 (``configs/vpsde_mnist.py`` -> ``runs/vpsde_mnist``): ``train`` trains (or resumes), ``eval``
 evaluates the checkpoints it wrote, ``sample`` draws ``--num_samples`` samples from the newest
-(or ``--checkpoint``). Config fields can be overridden, e.g. ``--config.training.batch_size=64``.
+(or ``--checkpoint``); ``figures`` draws the process; ``fid_stats`` computes the training split's
+FID reference statistics once. Config fields can be overridden, e.g. ``--config.training.batch_size=64``.
 A single process uses all of its local devices. ``--multihost`` runs it as one of several
 processes (:mod:`distributed`): give every process ``--coordinator_address=host:port
 --num_processes=N --process_id=i`` (or the environment variables ``SCORE_SDE_COORDINATOR_ADDRESS``,
@@ -27,13 +28,16 @@ config_flags.DEFINE_config_file("config", None, "Training/evaluation config file
 flags.DEFINE_string("workdir", None,
                     "Directory for checkpoints, samples and logs; default: runs/<the config's "
                     "path under configs/, without .py> (runs/<file name> for other configs).")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "figures"],
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "figures", "fid_stats"],
                   "train (or resume), eval (the checkpoints training wrote), sample (from one "
-                  "checkpoint), or figures (pictures of the process for one checkpoint).")
+                  "checkpoint), figures (pictures of the process for one checkpoint), or "
+                  "fid_stats (the training split's FID reference statistics, once).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation outputs.")
 flags.DEFINE_string("checkpoint", None,
                     "--mode sample and figures: the checkpoint, as a step number or the path of "
-                    "a step directory (<workdir>/checkpoints/<step>); default: the newest.")
+                    "a step directory (<workdir>/checkpoints/<step>); default: the newest. "
+                    "--mode sample, figures and eval: or one of the authors' released files "
+                    "(checkpoint_<k> Flax msgpack, checkpoint_<k>.pth PyTorch).")
 flags.DEFINE_integer("num_samples", 64, "--mode sample: how many samples to draw.")
 flags.DEFINE_integer("num_frames", 40,
                      "--mode sample and figures: frames of the reverse-process animations "
@@ -92,11 +96,14 @@ def main(argv):
       run_lib.train(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
     elif FLAGS.mode == "eval":
       run_lib.evaluate(FLAGS.config, workdir, FLAGS.eval_folder,
-                       allow_config_change=FLAGS.allow_config_change)
+                       allow_config_change=FLAGS.allow_config_change,
+                       checkpoint=FLAGS.checkpoint)
     elif FLAGS.mode == "sample":
       run_lib.sample(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
                      num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
                      num_frames=FLAGS.num_frames, allow_config_change=FLAGS.allow_config_change)
+    elif FLAGS.mode == "fid_stats":
+      run_lib.fid_stats(FLAGS.config, workdir)
     else:
       run_lib.make_figures(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
                            num_frames=FLAGS.num_frames,

@@ -15,6 +15,9 @@ from typing import Any, Dict, Optional, Sequence
 import jax
 import numpy as np
 
+ENV_CACHE = "SCORE_SDE_CACHE"
+"""The environment variable naming :func:`cache_root`."""
+
 
 def check_writable(path: str) -> None:
   """Creates directory ``path`` if needed and checks a file can be written in it.
@@ -75,6 +78,13 @@ def _json_default(obj: Any) -> Any:
   if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
     return np.asarray(obj).tolist()
   raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def cache_root() -> str:
+  """The folder of things computed once and reused across workdirs (the MNIST classifier, FID
+  reference statistics): ``$SCORE_SDE_CACHE``, else ``~/.cache/score-sde-jax``."""
+  return (os.environ.get(ENV_CACHE) or
+          os.path.join(os.path.expanduser("~"), ".cache", "score-sde-jax"))
 
 
 def save_json(path: str, obj: Any) -> None:

@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,7 @@ import figures
 import logs
 import losses
 import outputs
+import released_checkpoints
 import run_config
 import toy_data
 from devices import Devices, gather
@@ -263,8 +264,13 @@ _EVAL_SELECTION_FIELDS = frozenset({
 
 
 def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
-             allow_config_change: bool = False) -> Dict:
+             allow_config_change: bool = False, checkpoint: Optional[str] = None) -> Dict:
   """Evaluates every snapshot in ``[eval.begin_ckpt, eval.end_ckpt]``; returns the summary.
+
+  With ``checkpoint``, the path of one of the authors' released files (:mod:`released_checkpoints`:
+  Flax ``checkpoint_<k>`` or PyTorch ``checkpoint_<k>.pth``), that file alone is evaluated, its
+  EMA parameters under its step, into ``<workdir>/<eval_folder>``; the workdir needs no
+  checkpoints and no ``config.json`` (the file is checked against the config's network instead).
 
   The summary (also ``<eval_folder>/summary.json``) maps each step to its results and the
   ``"settings"`` they were computed with. Bits/dim and samples are saved piece by piece under
@@ -282,7 +288,12 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
       config change (:class:`run_config.ConfigChangedError`).
     FileNotFoundError: no checkpoint in the range.
   """
-  run_config.check(workdir, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
+  if checkpoint is None:
+    run_config.check(workdir, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
+  elif not os.path.isfile(str(checkpoint)):
+    raise FileNotFoundError(f"--checkpoint {checkpoint!r}: --mode eval takes one of the authors' "
+                            "released files (checkpoint_<k> or checkpoint_<k>.pth); it evaluates "
+                            "a workdir's own checkpoints without --checkpoint.")
   eval_dir = os.path.join(workdir, eval_folder)
   outputs.check_writable(eval_dir)
   devices = Devices()
@@ -296,30 +307,33 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
   # passes, and new parameters reuse the compiled programs.
   bpd_fn = builders.build_bpd_fn(config, sde, model, devices) if ev.enable_bpd else None
   batch_losses = _build_eval_losses(config, sde, model) if ev.enable_loss else None
-  sampler, sample_batch = None, 0
+  sampler, sample_batch, scorer = None, 0, None
   if ev.enable_sampling:
     sample_batch = devices.round_batch(min(ev.batch_size, ev.num_samples))
     sampler = builders.build_sampler(config, sde, model, devices, sample_batch)
+    scorer, why_not = builders.build_sample_scorer(config, devices)
+    if why_not:
+      logging.warning("%s", why_not)
 
-  snapshots = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=None,
-                                          writer=False)
-  freq = config.training.snapshot_freq
-  steps = [s for s in snapshots.all_steps()
-           if ev.begin_ckpt <= checkpoint_index(s, freq) <= ev.end_ckpt]
-  if not steps:
-    raise FileNotFoundError(
-        f"No checkpoint with index in [{ev.begin_ckpt}, {ev.end_ckpt}] (steps "
-        f"{max(ev.begin_ckpt - 1, 0) * freq + 1}..{ev.end_ckpt * freq}) under "
-        f"{workdir}/checkpoints; available steps: {snapshots.all_steps() or 'none'}. Train "
-        "first or set --config.eval.begin_ckpt/end_ckpt.")
-  logging.info("Evaluating %d checkpoint(s) in %s (steps %s) into %s.", len(steps),
-               os.path.join(workdir, "checkpoints"), ", ".join(map(str, steps)), eval_dir)
+  if checkpoint is not None:
+    released = _load_released(config, str(checkpoint), model, template)
+    snapshots = None
+    steps = [released.step]
+    logging.info("Evaluating the authors' step-%d checkpoint %s (%s) into %s.", released.step,
+                 checkpoint, released.format, eval_dir)
+  else:
+    snapshots = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"),
+                                            max_to_keep=None, writer=False)
+    steps = _snapshot_steps(config, workdir, snapshots)
+    logging.info("Evaluating %d checkpoint(s) in %s (steps %s) into %s.", len(steps),
+                 os.path.join(workdir, "checkpoints"), ", ".join(map(str, steps)), eval_dir)
 
   summary_path = os.path.join(eval_dir, "summary.json")
   summary = outputs.load_json(summary_path) if os.path.exists(summary_path) else {}
   try:
     for step in steps:
-      state = snapshots.restore(step, template)
+      state = (template.replace(ema_params=released.params) if snapshots is None else
+               snapshots.restore(step, template))
       bad = checkpoints.non_finite_leaves(state)
       if bad:
         more = f" and {len(bad) - 1} more leaves" if len(bad) > 1 else ""
@@ -345,16 +359,73 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
       if ev.enable_sampling:
         sample_settings = {**shared, **_sample_settings(config, sample_batch)}
         result.update(_eval_samples(config, sde, sampler, sample_batch, state.ema_params, cache,
-                                    sample_settings, step))
-        settings.update({**sample_settings, "eval.num_samples": ev.num_samples})
+                                    sample_settings, step, scorer))
+        settings.update({**sample_settings, "eval.num_samples": ev.num_samples,
+                         **(scorer.settings if scorer else {})})
       logging.info("step %d: %s", step, describe_result(result))
       result["settings"] = eval_cache.canonical(settings)
       summary[str(step)] = result
       if jax.process_index() == 0:
         outputs.save_json(summary_path, summary)
   finally:
-    snapshots.close()
+    if snapshots is not None:
+      snapshots.close()
   return summary
+
+
+def _snapshot_steps(config: Config, workdir: str,
+                    snapshots: checkpoints.CheckpointStore) -> List[int]:
+  """The steps of the snapshots with index in ``[eval.begin_ckpt, eval.end_ckpt]``."""
+  ev, freq = config.eval, config.training.snapshot_freq
+  steps = [s for s in snapshots.all_steps()
+           if ev.begin_ckpt <= checkpoint_index(s, freq) <= ev.end_ckpt]
+  if not steps:
+    snapshots.close()
+    raise FileNotFoundError(
+        f"No checkpoint with index in [{ev.begin_ckpt}, {ev.end_ckpt}] (steps "
+        f"{max(ev.begin_ckpt - 1, 0) * freq + 1}..{ev.end_ckpt * freq}) under "
+        f"{workdir}/checkpoints; available steps: {snapshots.all_steps() or 'none'}. Train "
+        "first or set --config.eval.begin_ckpt/end_ckpt.")
+  return steps
+
+
+def fid_stats(config: Config, workdir: str) -> str:
+  """Computes the FID reference statistics of the config's training split; returns their path.
+
+  Every training image once, in stored order, without augmentation or dequantization, through
+  the Inception network ``eval.inception_weights`` configures: the features' mean and
+  covariance and the ``pool_3`` activations KID needs, written to ``builders.fid_stats_path``
+  (``eval.fid_stats``, else the cache) with the settings they depend on in a ``.json`` beside
+  them, which evaluation checks. Features are cached per batch under ``<workdir>/fid_stats``,
+  so an interrupted run resumes.
+
+  Raises:
+    ValueError: in one line, when no Inception weights are configured or the data are vectors.
+  """
+  if builders.is_vector_data(config):
+    raise ValueError("--mode fid_stats: FID statistics are for images; this config's data are "
+                     f"vectors (data.dim = {config.data.dim}).")
+  devices = Devices()
+  feature_fn, inception_settings = builders.build_inception_features(config, devices)
+  path = builders.fid_stats_path(config)
+  outputs.check_writable(os.path.dirname(os.path.abspath(path)))
+  plain = ml_collections.ConfigDict(config.to_dict())
+  plain.data.random_flip, plain.data.uniform_dequantization = False, False
+  batch_size = devices.round_batch(int(config.eval.batch_size))
+  batches = _eval_batches(plain, "train", batch_size)
+  settings = builders.reference_settings_of(config, inception_settings)
+  logging.info("FID reference statistics of %s's training split (%d examples, batches of %d) "
+               "into %s.", config.data.dataset, datasets.num_examples(plain, "train"), batch_size,
+               path)
+  start = time.monotonic()
+  stats = evaluation.reference_statistics(
+      feature_fn, batches, cache=eval_cache.EvalCache(os.path.join(workdir, "fid_stats")),
+      settings={**settings, "eval.batch_size": batch_size}, name="train")
+  if jax.process_index() == 0:
+    evaluation.save_statistics(path, {k: stats[k] for k in ("mu", "sigma", "pool_3")})
+    outputs.save_json(os.path.splitext(path)[0] + ".json", settings)
+  logging.info("%d images in %.0f s: %s", len(stats["pool_3"]), time.monotonic() - start, path)
+  return path
 
 
 def checkpoint_index(step: int, snapshot_freq: int) -> int:
@@ -379,6 +450,14 @@ def describe_result(result: Dict[str, Any]) -> str:
       samples += (f", MMD to data {result['mmd']:.4f} (prior {result['prior_mmd']:.4f}), "
                   f"energy distance {result['energy_distance']:.4f} "
                   f"(prior {result['prior_energy_distance']:.4f})")
+    if "fid" in result:
+      samples += f", FID {result['fid']:.2f}, IS {result['inception_score']:.2f}"
+      if "kid" in result:
+        samples += f", KID {result['kid']:.4f}"
+    if "mnist_fd" in result:
+      samples += (f", MNIST classifier: FD {result['mnist_fd']:.3f}, KID "
+                  f"{result['mnist_kid']:.4f}, IS {result['mnist_is']:.2f}, class KL from "
+                  f"uniform {result['mnist_class_kl_from_uniform']:.3f}")
     parts.append(samples)
   return "; ".join(parts) if parts else "nothing enabled in config.eval"
 
@@ -548,10 +627,11 @@ def _eval_bpd(config: Config, bpd_fn, num_examples: int, params, devices: Device
 
 
 def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
-                  cache: eval_cache.EvalCache, settings: eval_cache.Settings,
-                  step: int) -> Dict[str, Any]:
+                  cache: eval_cache.EvalCache, settings: eval_cache.Settings, step: int,
+                  scorer: Optional[builders.SampleScorer] = None) -> Dict[str, Any]:
   """Draws ``eval.num_samples`` samples in batches, each one piece of ``cache``, ``samples_{k}``
-  (the samples in data space, ``[batch_size, ...]``, their NFE and a picture), resumable.
+  (the samples in data space, ``[batch_size, ...]``, their NFE and a picture), resumable; then
+  the ``scorer``'s sample-quality numbers (:func:`_score_samples`).
 
   Each piece keeps its NFE, so a resumed evaluation reports the same ``sampling_nfe`` (the mean
   over batches) as an uninterrupted one.
@@ -560,6 +640,7 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
     sampler: ``builders.build_sampler``'s ``sample(rng, params) -> (samples: [batch_size, ...],
       nfe)``, in model space.
     settings: what every piece depends on; each piece adds its batch index.
+    scorer: ``builders.build_sample_scorer``'s, or None for no FID-like numbers.
   """
   ev = config.eval
   _, inverse_scaler = builders.data_scalers(config)
@@ -604,7 +685,37 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
     data = toy_data.sample_toy(config.data.dataset, len(samples), seed=config.seed + 5)
     prior = np.asarray(sde.prior_sampling(jax.random.PRNGKey(config.seed + 6), samples.shape))
     result.update(evaluation.two_sample_statistics(samples, data, prior))
+  if scorer is not None:
+    result.update(_score_samples(scorer, samples, batch_size, cache, settings))
   return result
+
+
+def _score_samples(scorer: builders.SampleScorer, samples: np.ndarray, batch_size: int,
+                   cache: eval_cache.EvalCache, settings: eval_cache.Settings) -> Dict[str, Any]:
+  """The scorer's numbers for ``samples: [N, H, W, C]`` in [0, 1], read at their 8-bit levels
+  (what their PNGs hold and what FID is defined on; the authors truncated, this rounds).
+
+  The features are computed in global batches of ``batch_size`` (each process feeds its slice)
+  and cached per batch beside the samples (``<scorer.name>_batch<k>``), so an interrupted
+  evaluation resumes and a re-run with the same samples and network reuses them.
+  """
+  images = np.round(np.clip(samples, 0.0, 1.0) * 255.0) / 255.0
+  local = batch_size // jax.process_count()
+  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  batches = []
+  for start in range(0, len(images), batch_size):
+    padded = np.zeros((batch_size,) + images.shape[1:], np.float32)
+    mask = np.zeros(batch_size, np.float32)
+    chunk = images[start:start + batch_size]
+    padded[:len(chunk)], mask[:len(chunk)] = chunk, 1.0
+    batches.append({"image": padded[rows], "mask": mask[rows]})
+  stats = evaluation.reference_statistics(scorer.feature_fn, batches, cache=cache,
+                                          settings={**settings, **scorer.settings},
+                                          name=scorer.name)
+  metrics = scorer.metrics(stats["pool_3"], stats["logits"])
+  if "fid_warning" in metrics:
+    logging.warning("%s", metrics["fid_warning"])
+  return metrics
 
 
 # ----------------------------------------------------------------------------- sample
@@ -612,13 +723,22 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
 
 def sampler_tag(config: Config) -> str:
   """The sampler ``config.sampling`` names, for folder names and messages (``pc-euler_maruyama-
-  none``, ``ode-tsit5``)."""
+  none``, ``ode-tsit5``, ``ddim-eta0-20steps``, ``dpm_solver-2m-20steps``,
+  ``edm_heun-churn0-18steps``)."""
   sampling = config.sampling
   method = str(sampling.method).lower()
   if method == "pc":
     return f"pc-{sampling.predictor}-{sampling.corrector}".lower()
-  solver = sampling.get("ode_solver", "")
-  return f"{method}-{solver}".lower() if solver else method
+  if method == "ode":
+    return f"ode-{sampling.ode_solver}".lower()
+  steps = f"{sampling.steps}steps"
+  if method == "ddim":
+    return f"ddim-eta{sampling.eta:g}-{steps}"
+  if method == "dpm_solver":
+    return f"dpm_solver-{sampling.order}{'m' if sampling.multistep else 's'}-{steps}"
+  if method == "edm_heun":
+    return f"edm_heun-churn{sampling.s_churn:g}-{steps}"
+  return method
 
 
 def _find_checkpoint(workdir: str, checkpoint: Optional[str]
@@ -680,6 +800,11 @@ def _sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str]
                        "checkpoint; drop --checkpoint.")
     return _Parameters(template.ema_params, None, f"the exact score of {config.data.dataset}",
                        "exact")
+  if checkpoint and os.path.isfile(str(checkpoint)):
+    released = _load_released(config, str(checkpoint), model, template)
+    return _Parameters(released.params, released.step,
+                       f"the authors' step-{released.step} checkpoint {checkpoint} "
+                       f"({released.format})", f"released_step_{released.step}")
   store, step, trained_in = _find_checkpoint(workdir, checkpoint)
   try:
     run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
@@ -692,6 +817,19 @@ def _sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str]
                              f"({bad[0]}); sample another with --checkpoint=<step>.")
   return _Parameters(state.ema_params, step, f"the step-{step} checkpoint ({store.step_dir(step)})",
                      f"step_{step}")
+
+
+def _load_released(config: Config, path: str, model: Any,
+                   template: losses.TrainState) -> released_checkpoints.Released:
+  """The EMA parameters of one of the authors' released files (Flax ``checkpoint_<k>`` or
+  PyTorch ``checkpoint_<k>.pth``) for ``model``; a file that does not fit the config is refused
+  in one line (:mod:`released_checkpoints`). Non-finite values are refused like a snapshot's."""
+  released = released_checkpoints.load(path, model, template.ema_params,
+                                       builders.input_shape(config))
+  bad = checkpoints.non_finite_leaves(released.params)
+  if bad:
+    raise FloatingPointError(f"{path} holds non-finite values ({bad[0]}).")
+  return released
 
 
 def _data_reference(config: Config, n: int) -> Optional[np.ndarray]:

@@ -28,7 +28,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.remat = False              # NCSN++/DDPM++: recompute blocks in backward (less memory)
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = "pc"              # pc | ode
+  sampling.method = "pc"              # pc | ode | ddim | dpm_solver | edm_heun
   sampling.predictor = "reverse_diffusion"
   sampling.corrector = "langevin"
   sampling.n_steps_each = 1           # corrector steps per predictor step
@@ -39,6 +39,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_solver = "tsit5"
+  # Fast samplers (fast_samplers.py): sampling.method = ddim | dpm_solver | edm_heun.
+  sampling.steps = 20                 # their steps (NFE: ddim/dpm multistep 1, heun 2 per step)
+  sampling.schedule = ""              # uniform_t | quadratic_t | logsnr | karras; "": the method's
+  sampling.rho = 7.0                  # exponent of the karras schedule
+  sampling.eta = 0.0                  # ddim: 0 deterministic .. 1 ancestral
+  sampling.order = 2                  # dpm_solver: 1, 2 or 3
+  sampling.multistep = True           # dpm_solver: 2M/3M (1 NFE per step) or 2S/3S (order NFE)
+  sampling.s_churn = 0.0              # edm_heun: EDM's S_churn (0: deterministic Heun)
+  sampling.s_min = 0.0                # edm_heun: churn only where s_min <= sigma <= s_max
+  sampling.s_max = float("inf")       # edm_heun: upper end of the churned noise levels
+  sampling.s_noise = 1.0              # edm_heun: EDM's S_noise (scale of the churn noise)
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 1
@@ -54,6 +65,16 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
   evaluate.hutchinson_type = "rademacher"  # rademacher | gaussian | exact
+  # Sample quality (builders.build_sample_scorer): auto = the MNIST classifier for MNIST,
+  # FID / IS / KID for other images, nothing for vectors; or inception | mnist_classifier | none.
+  evaluate.sample_metrics = "auto"
+  evaluate.inception_weights = ""     # pytorch-fid's .pth or .npz; or $SCORE_SDE_INCEPTION_WEIGHTS
+  evaluate.fid_stats = ""             # reference statistics; "": the cache's (--mode fid_stats)
+  evaluate.mnist_classifier = ""      # "": the cache's (python -m mnist_classifier)
+  evaluate.inception_batch_size = 100  # images per Inception call (299 x 299 activations)
+  evaluate.is_splits = 10
+  evaluate.kid_subsets = 100
+  evaluate.kid_subset_size = 1000
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -16,12 +16,20 @@ from models.utils import register_model
 @register_model("toy_mlp")
 class ToyMLP(nn.Module):
   """``[B, D] x labels [B] -> [B, D]``: sinusoidal label embedding, ``num_blocks`` residual
-  blocks of width ``nf`` with the embedding added in each block."""
+  blocks of width ``nf`` with the embedding added in each block.
+
+  With ``num_classes = K > 0`` the network is also class-conditional: ``class_labels: [B]`` in
+  ``0 .. K`` select a learned embedding added to the noise-level embedding, ``K`` (the default
+  when ``class_labels`` is None) being the null label of the unconditional model that
+  classifier-free guidance trains by label dropout. ``num_classes = 0`` is the unconditional
+  network, with the same parameters as before classes existed.
+  """
   nf: int = 128
   num_blocks: int = 3
   act: str = "swish"
   embedding_scale: float = 1.0
   scale_by_sigma: bool = False
+  num_classes: int = 0
   dtype: Any = jnp.float32
 
   @classmethod
@@ -29,13 +37,21 @@ class ToyMLP(nn.Module):
     model = config.model
     return cls(nf=model.nf, num_blocks=model.num_blocks, act=model.get("nonlinearity", "swish"),
                embedding_scale=model.get("embedding_scale", 1.0),
-               scale_by_sigma=model.get("scale_by_sigma", False))
+               scale_by_sigma=model.get("scale_by_sigma", False),
+               num_classes=model.get("num_classes", 0))
 
   @nn.compact
-  def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False,
+               class_labels: Optional[jax.Array] = None) -> jax.Array:
     act = layers.get_act(self.act)
     temb = layers.get_timestep_embedding(labels * self.embedding_scale, self.nf)
     temb = nn.Dense(self.nf, dtype=self.dtype)(act(nn.Dense(self.nf, dtype=self.dtype)(temb)))
+    if self.num_classes:
+      if class_labels is None:
+        class_labels = jnp.full(labels.shape, self.num_classes, jnp.int32)
+      temb = temb + nn.Embed(self.num_classes + 1, self.nf, dtype=self.dtype)(class_labels)
+    elif class_labels is not None:
+      raise ValueError("class_labels given to an unconditional network (model.num_classes = 0).")
     h = nn.Dense(self.nf, dtype=self.dtype)(x)
     for _ in range(self.num_blocks):
       residual = nn.Dense(self.nf, dtype=self.dtype)(act(h) + temb)

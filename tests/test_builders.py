@@ -118,8 +118,9 @@ def test_build_sampling_fn_pc_counts_nfe():
 
 def test_unknown_names_list_the_valid_ones():
   config = default_configs.get_default_configs()
-  config.sampling.method = "ddim"
-  with pytest.raises(ValueError, match="Unknown sampling method 'ddim'; valid names are: ode, pc"):
+  config.sampling.method = "plms"
+  with pytest.raises(ValueError, match="Unknown sampling method 'plms'; valid names are: ddim, "
+                     "dpm_solver, edm_heun, ode, pc"):
     builders.build_sampling_fn(config, sde_lib.VPSDE(), (1, 2))
   config = default_configs.get_default_configs()
   config.optim.optimizer = "SGD"

@@ -163,6 +163,20 @@ def test_mnist_configs_build(name):
     assert run_lib.sampler_tag(config) == "pc-reverse_diffusion-langevin"
 
 
+def test_sampler_tags_tell_samplers_and_their_steps_apart():
+  config = toy_config()
+  tags = set()
+  for fields in (dict(method="pc"), dict(method="ode"), dict(method="ddim"),
+                 dict(method="ddim", eta=1.0), dict(method="ddim", steps=10),
+                 dict(method="dpm_solver"), dict(method="dpm_solver", multistep=False),
+                 dict(method="dpm_solver", order=3), dict(method="edm_heun"),
+                 dict(method="edm_heun", s_churn=40.0)):
+    tags.add(run_lib.sampler_tag(run_lib._with_sampling(config, **fields)))
+  assert len(tags) == 10
+  assert run_lib.sampler_tag(run_lib._with_sampling(config, method="dpm_solver", order=3)) == \
+      "dpm_solver-3m-20steps"
+
+
 def test_progress_reports_plain_lines_without_a_terminal(caplog, monkeypatch):
   monkeypatch.setattr(os, "isatty", lambda fd: False)
   with caplog.at_level(logging.INFO):

@@ -234,7 +234,7 @@ def test_unchanged_rerun_reuses_every_piece(workdir, first, monkeypatch):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ({"sampling.method": "ddim"}, "Unknown sampling method 'ddim'"),
+    ({"sampling.method": "plms"}, "Unknown sampling method 'plms'"),
     ({"eval.hutchinson_type": "bernoulli"}, "hutchinson_type"),
     ({"eval.bpd_dataset": "validation"}, "Unknown split 'validation'"),
     ({"eval.num_samples": 0}, "eval.num_samples must be >= 1"),

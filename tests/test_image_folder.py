@@ -1,10 +1,12 @@
 """Tests for the 'folder' data source: ``readers.list_image_folder`` / ``load_image_folder`` on
 PNG and JPEG files written here, the ``datasets`` entry point over them, and a tiny train and
-evaluate run of ``configs/image_folder.py`` on a folder.
+evaluate run of ``configs/image_folder.py`` on a folder (with FID / IS / KID from random Inception
+weights).
 
 Few distinct image sizes are used: the resize compiles once per distinct square side.
 """
 
+import logging
 import os
 
 import numpy as np
@@ -12,10 +14,13 @@ import pytest
 from PIL import Image
 
 import datasets
+import evaluation
+import inception
 import readers
 import run_lib
 from configs import image_folder
 from configs.default_configs import get_default_configs
+from tests.test_inception import random_state_dict
 
 
 def write_image(path, pixels, format=None):  # pylint: disable=redefined-builtin
@@ -287,7 +292,7 @@ def test_folder_source_errors_through_datasets(tmp_path):
 # Training and evaluation.
 
 
-def test_trains_and_evaluates_on_a_folder(tmp_path):
+def test_trains_and_evaluates_on_a_folder(tmp_path, caplog):
   """configs/image_folder.py with a tiny network: 4 steps, one snapshot, then its loss, bits/dim
   and samples."""
   write_flat_folder(str(tmp_path / "images"), 20, size=(8, 10))
@@ -310,3 +315,26 @@ def test_trains_and_evaluates_on_a_folder(tmp_path):
   assert np.isfinite(result["loss"]) and np.isfinite(result["bpd"])
   assert result["bpd_count"] == 2
   assert os.path.exists(os.path.join(workdir, "eval", "step_4", "samples_0.npz"))
+  assert "fid" not in result  # no Inception weights configured: a warning, no crash
+
+  # FID / IS / KID with (random) Inception weights: reference statistics once, then in eval.
+  weights = str(tmp_path / "inception.npz")
+  inception.save_state_dict(weights, random_state_dict())
+  config.eval.update(dict(inception_weights=weights, fid_stats=str(tmp_path / "stats.npz"),
+                          enable_bpd=False, enable_loss=False, kid_subset_size=4))
+  assert run_lib.fid_stats(config, workdir) == str(tmp_path / "stats.npz")
+  reference = evaluation.load_statistics(str(tmp_path / "stats.npz"))
+  assert reference["pool_3"].shape == (16, 2048)  # every training image once
+  result = run_lib.evaluate(config, workdir, "eval_fid")["4"]
+  assert result["fid"] > 0 and result["fid_num_samples"] == 8 and "FID from 8 samples" in result["fid_warning"]
+  assert np.isfinite(result["kid"]) and result["kid_subset_size"] == 4
+  assert 1.0 <= result["inception_score"] <= 1008.0
+  piece = os.path.join(workdir, "eval_fid", "step_4", "inception_batch0.npz")
+  written = os.path.getmtime(piece)
+  assert run_lib.evaluate(config, workdir, "eval_fid")["4"]["fid"] == result["fid"]
+  assert os.path.getmtime(piece) == written  # the features were reused, not recomputed
+  # Statistics of other weights are never compared with these samples' features.
+  inception.save_state_dict(weights, random_state_dict(seed=1))
+  with caplog.at_level(logging.WARNING):
+    again = run_lib.evaluate(config, workdir, "eval_fid")["4"]
+  assert "fid" not in again and "computed with other settings" in caplog.text

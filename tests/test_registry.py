@@ -39,11 +39,12 @@ def test_unknown_and_duplicate_names_are_one_line_errors():
 
 @pytest.mark.parametrize("table, names", [
     (sde_lib.SDES, ("subvpsde", "vesde", "vpsde")),
-    (mutils.MODELS, ("ddpm", "ncsn", "ncsnpp", "ncsnv2", "toy_mlp")),
+    (mutils.MODELS, ("ddpm", "ncsn", "ncsnpp", "ncsnv2", "toy_mlp",
+                     "wideresnet_noise_conditional")),
     (sampling.PREDICTORS, ("ancestral_sampling", "euler_maruyama", "none", "reverse_diffusion")),
     (sampling.CORRECTORS, ("ald", "langevin", "none")),
     (ode_solvers.SOLVERS, ("bosh3", "dopri5", "dopri8", "euler", "heun", "tsit5")),
-    (builders.SAMPLING_METHODS, ("ode", "pc")),
+    (builders.SAMPLING_METHODS, ("ddim", "dpm_solver", "edm_heun", "ode", "pc")),
     (builders.OPTIMIZERS, ("adam", "adamw")),
     (likelihood.HUTCHINSON_TYPES, ("exact", "gaussian", "rademacher")),
     (layers.ACTIVATIONS, ("elu", "lrelu", "relu", "silu", "swish")),
