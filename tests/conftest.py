@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -11,6 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Data lookups act offline (a closed local port answers the reachability probe): no test may
 # download a data set, whatever the machine's network.
 os.environ.setdefault("SCORE_SDE_DOWNLOAD_PROBE", "127.0.0.1:9")
+# Nothing a test computes once (the MNIST classifier, FID statistics) lands in, or is read from,
+# the user's cache; no user's Inception weights either.
+os.environ["SCORE_SDE_CACHE"] = tempfile.mkdtemp(prefix="score_sde_test_cache_")
+os.environ.pop("SCORE_SDE_INCEPTION_WEIGHTS", None)
 # Tests compile many small programs and run each briefly: cheaper XLA compilation (about 3x
 # less compile time on CPU) matters more than the speed of the compiled code.
 _FAST_COMPILE = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
