@@ -55,6 +55,7 @@ import ml_collections
 import numpy as np
 import optax
 
+import controllable_generation
 import datasets
 import eval_cache
 import evaluation
@@ -67,6 +68,7 @@ import outputs
 import sampling
 import sde_lib
 from devices import Devices, batch_apply
+from models import classifier as classifier_lib
 from models import utils as mutils
 from models.exact_score import ExactScore
 from registry import Registry
@@ -395,6 +397,109 @@ def build_ode_codec(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
     return ode_sample(None, score_fn_of(params), z)
 
   return jax.jit(encode), jax.jit(decode)
+
+
+# ----------------------------------------------------------------------------- controlled sampling
+
+
+def _check_pc_method(config: Config, task: str) -> None:
+  """Replacement (inpainting, colorization) is built on the PC loop: one-line error otherwise."""
+  if str(config.sampling.method).lower() != "pc":
+    raise ValueError(f"{task} runs the predictor-corrector sampler; set --config.sampling.method=pc "
+                     f"(got {config.sampling.method!r}; any predictor and corrector work).")
+
+
+def _jit_batch_sharded(fn: Callable[..., Tuple[Array, Array]], devices: Devices) -> Callable:
+  return jax.jit(fn, out_shardings=(devices.batch, None))
+
+
+def build_inpainter(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices
+                    ) -> Callable[[Array, Params, Array, Array], Tuple[Array, Array]]:
+  """``inpaint(rng, params, data, mask) -> (x, nfe)``, jitted, ``x`` batch-sharded.
+
+  ``controllable_generation.get_pc_inpainter`` with ``config.sampling``'s predictor, corrector,
+  ``snr``, ``n_steps_each``, ``probability_flow``, ``noise_removal`` and ``eps`` over ``sde.N``
+  steps. ``data: [B, ...]`` in model space, ``mask: [B, ...]`` 1 where ``data`` is known; ``x``
+  equals ``data`` there. Parameters and data are arguments: one compilation per batch shape.
+  """
+  _check_pc_method(config, "Inpainting")
+  cfg = config.sampling
+  inpaint = controllable_generation.get_pc_inpainter(
+      sde, cfg.predictor, cfg.corrector, snr=cfg.snr, n_steps=cfg.n_steps_each,
+      probability_flow=cfg.probability_flow, denoise=cfg.noise_removal, eps=cfg.eps)
+  score_fn_of = build_score_fn(config, sde, model, devices)
+
+  def run(rng, params, data, mask):
+    return inpaint(rng, score_fn_of(params), data, mask)
+
+  return _jit_batch_sharded(run, devices)
+
+
+def build_colorizer(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices
+                    ) -> Callable[[Array, Params, Array], Tuple[Array, Array]]:
+  """``colorize(rng, params, gray) -> (x, nfe)``, jitted, ``x`` batch-sharded.
+
+  ``controllable_generation.get_pc_colorizer`` with the settings :func:`build_inpainter` reads;
+  ``gray: [B, H, W, C]`` in model space, of which only the grey component (the channel mean) is
+  read; ``x`` has that grey component and sampled colour.
+  """
+  _check_pc_method(config, "Colorization")
+  cfg = config.sampling
+  colorize = controllable_generation.get_pc_colorizer(
+      sde, cfg.predictor, cfg.corrector, num_channels=int(config.data.num_channels),
+      snr=cfg.snr, n_steps=cfg.n_steps_each, probability_flow=cfg.probability_flow,
+      denoise=cfg.noise_removal, eps=cfg.eps)
+  score_fn_of = build_score_fn(config, sde, model, devices)
+
+  def run(rng, params, gray):
+    return colorize(rng, score_fn_of(params), gray)
+
+  return _jit_batch_sharded(run, devices)
+
+
+def sde_settings(config: Config) -> dict:
+  """What ``x(t)`` and the noise label depend on: ``training.sde``, the SDE's constructor fields
+  of ``config.model`` except ``num_scales`` (a continuous-time model is used at any number of
+  steps), ``data.centered`` and the data's shape."""
+  sde_class = sde_lib.SDES.get(config.training.sde)
+  fields = [name for name in inspect.signature(sde_class).parameters if name != "N"]
+  return {"training.sde": str(config.training.sde).lower(),
+          **{f"model.{name}": config.model.get(name) for name in fields},
+          "data.centered": bool(config.data.centered), "shape": list(input_shape(config)[1:])}
+
+
+def check_classifier_config(config: Config, classifier_config: Config) -> None:
+  """Raises a one-line ``ValueError`` unless the classifier of ``classifier_config`` was trained on
+  the ``x(t)`` the score model of ``config`` samples (same :func:`sde_settings`)."""
+  ours, theirs = sde_settings(config), sde_settings(classifier_config)
+  changed = [f"{name}: {theirs.get(name)!r} (classifier) vs {ours[name]!r} (score model)"
+             for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)]
+  if changed:
+    raise ValueError(f"the classifier config does not fit the score model: {'; '.join(changed)}; "
+                     "train the classifier with the score model's SDE, data scaling and shape.")
+
+
+def build_guided_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
+                         batch_size: int, classifier_model: nn.Module, guidance_scale: float
+                         ) -> Callable[[Array, Params, Params, Array], sampling.SampleOutput]:
+  """``sample(rng, params, classifier_params, labels: [batch_size]) -> (x, nfe)``, jitted.
+
+  Any ``sampling.method`` of :func:`build_sampling_fn`, driven by
+  ``controllable_generation.classifier_guided_score``: the model's score plus ``guidance_scale``
+  times ``grad_x log p_t(labels | x)`` of the noise-conditional classifier, which is given the
+  SDE's own noise label (``models.classifier.get_log_prob_fn``). ``nfe`` counts guided score
+  evaluations (each one score and one classifier gradient). ``x`` in model space, batch-sharded.
+  """
+  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size))
+  score_fn_of = build_score_fn(config, sde, model, devices)
+
+  def sample(rng, params, classifier_params, labels):
+    log_prob_fn = classifier_lib.get_log_prob_fn(sde, classifier_model, classifier_params)
+    guided = controllable_generation.classifier_guided_score(score_fn_of(params), log_prob_fn,
+                                                             labels, guidance_scale)
+    return sampling_fn(rng, guided)
+
+  return _jit_batch_sharded(sample, devices)
 
 
 # ----------------------------------------------------------------------------- likelihood
