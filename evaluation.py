@@ -115,6 +115,32 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   return float(max(value, 0.0))
 
 
+def frechet_distance_of_features(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+  """``frechet_distance(*feature_statistics(features), mu, sigma)`` for ``features: [N, F]``.
+
+  With ``N <= F`` (an evaluation of fewer samples than features) the sample covariance is
+  ``S1 = A^T A / (N - 1)`` of rank ``< N`` (``A`` the centred features), and the nonzero
+  eigenvalues of ``S1^(1/2) S2 S1^(1/2)`` are those of the ``N x N`` matrix
+  ``A S2 A^T / (N - 1)``: the same value from one small eigendecomposition instead of two
+  ``F x F`` ones (seconds instead of a minute for 2048-d features on a CPU).
+  """
+  features = np.asarray(features, np.float64)
+  n, f = features.shape
+  if n > f:
+    return frechet_distance(*feature_statistics(features), mu, sigma)
+  mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+  if mu.shape != (f,) or sigma.shape != (f, f):
+    raise ValueError(f"frechet_distance_of_features needs mu [{f}] and sigma [{f}, {f}], got "
+                     f"{mu.shape}, {sigma.shape}")
+  mean = features.mean(axis=0)
+  centred = features - mean
+  small = centred @ sigma @ centred.T / (n - 1)
+  trace_sqrt = np.sqrt(np.maximum(np.linalg.eigvalsh((small + small.T) / 2.0), 0.0)).sum()
+  diff = mean - mu
+  value = diff @ diff + (centred * centred).sum() / (n - 1) + np.trace(sigma) - 2.0 * trace_sqrt
+  return float(max(value, 0.0))
+
+
 def _polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """KID's kernel ``k(x, y) = (x.y / d + 1)^3`` between rows of ``a: [N, d]``, ``b: [M, d]``."""
   return (a @ b.T / a.shape[1] + 1.0) ** 3
@@ -276,7 +302,7 @@ def inception_metrics(pool_3: np.ndarray, logits: np.ndarray, reference: Mapping
   """
   n = len(pool_3)
   result: Dict[str, Any] = {
-      "fid": frechet_distance(*feature_statistics(pool_3), reference["mu"], reference["sigma"]),
+      "fid": frechet_distance_of_features(pool_3, reference["mu"], reference["sigma"]),
       "fid_num_samples": n}
   warning = fid_sample_warning(n)
   if warning is not None:

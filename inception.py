@@ -225,23 +225,26 @@ def resize_bilinear(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
   return jnp.einsum("ih,bhwc,jw->bijc", rows, images, cols, precision=_PRECISION)
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """``images: [B, H, W, C]`` in [0, 1], ``C`` = 1 or 3 -> the network's input ``[B, 299, 299,
+def preprocess(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
+  """``images: [B, H, W, C]`` in [0, 1], ``C`` = 1 or 3 -> the network's input ``[B, size, size,
   3]`` in [-1, 1]: grey images repeated to 3 channels, resized (:func:`resize_bilinear`), then
-  scaled by ``2 x - 1`` as pytorch-fid does."""
+  scaled by ``2 x - 1`` as pytorch-fid does. FID is defined at ``size = 299``."""
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"Inception features need images [B, H, W, 1 or 3], got shape "
                      f"{images.shape}")
   images = jnp.asarray(images, jnp.float32)
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)
-  return 2.0 * resize_bilinear(images) - 1.0
+  return 2.0 * resize_bilinear(images, size) - 1.0
 
 
-def inception_features(variables: Variables, images: jax.Array) -> Tuple[jax.Array, jax.Array]:
+def inception_features(variables: Variables, images: jax.Array, size: int = INPUT_SIZE
+                       ) -> Tuple[jax.Array, jax.Array]:
   """``(pool_3: [B, 2048], logits: [B, 1008])`` of ``images: [B, H, W, C]`` in [0, 1] (any size,
-  ``C`` = 1 or 3; :func:`preprocess`). Jittable; ``variables`` from :func:`load_inception`."""
-  return InceptionV3().apply(variables, preprocess(images))
+  ``C`` = 1 or 3; :func:`preprocess`). Jittable; ``variables`` from :func:`load_inception`.
+  ``size``: the network's input side, 299 for FID (at least :data:`MIN_INPUT_SIZE`; smaller
+  sizes give other features, cheaper: for tests)."""
+  return InceptionV3().apply(variables, preprocess(images, size))
 
 
 def make_feature_fn(variables: Variables, devices: Devices

@@ -68,6 +68,18 @@ def test_fid_of_sampled_features_matches_scipy_and_the_population_value():
   assert fid == pytest.approx(_scipy_fid(mu1, sigma1, mu2, sigma2), rel=0.02)
 
 
+@pytest.mark.parametrize("n, dim", [(5, 40), (40, 40), (60, 12)])
+def test_fid_of_features_equals_fid_of_their_statistics(n, dim):
+  """The low-rank route (fewer samples than features) and the direct one agree with scipy."""
+  rng = np.random.default_rng(n)
+  x = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim)) * 0.3
+  mu, sigma = rng.normal(size=dim), _spd(rng, dim)
+  fid = evaluation.frechet_distance_of_features(x, mu, sigma)
+  assert fid == pytest.approx(_scipy_fid(*evaluation.feature_statistics(x), mu, sigma), rel=1e-7)
+  assert fid == pytest.approx(evaluation.frechet_distance(*evaluation.feature_statistics(x), mu,
+                                                          sigma), rel=1e-7)
+
+
 def test_fid_checks_shapes():
   with pytest.raises(ValueError, match="one F"):
     evaluation.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
