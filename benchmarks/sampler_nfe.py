@@ -96,8 +96,12 @@ def _quality(scorer: Optional[builders.SampleScorer], samples: np.ndarray) -> Di
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, nfe_budgets: Sequence[int],
-        num_samples: int, checkpoint: Optional[int] = None) -> Dict[str, Any]:
-  """Samples ``num_samples`` (one batch) with every case of :func:`cases`; returns the record."""
+        num_samples: int, checkpoint: Optional[int] = None, timed: bool = True
+        ) -> Dict[str, Any]:
+  """Samples ``num_samples`` (one batch) with every case of :func:`cases`; returns the record.
+
+  ``timed``: each case is run a second time, compiled, for its time per batch (``batch_s``;
+  None without)."""
   devices = Devices()
   devices.check_batch(num_samples, "--num_samples")
   sde = builders.build_sde(config)
@@ -122,10 +126,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, nfe_budgets: Sequenc
     samples, nfe = sampler(rng, params)
     samples = np.asarray(inverse_scaler(gather(samples)))
     first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    jax.block_until_ready(sampler(jax.random.fold_in(rng, 1), params))
+    batch_s = None
+    if timed:
+      start = time.perf_counter()
+      jax.block_until_ready(sampler(jax.random.fold_in(rng, 1), params))
+      batch_s = time.perf_counter() - start
     rows.append({"sampler": name, "num_steps": num_steps, "nfe": float(nfe),
-                 "first_call_s": first_s, "batch_s": time.perf_counter() - start,
+                 "first_call_s": first_s, "batch_s": batch_s,
                  "finite": bool(np.all(np.isfinite(samples))),
                  **evaluation.two_sample_statistics(samples, data, prior),
                  **_quality(scorer, samples)})
@@ -145,7 +152,8 @@ def markdown(record: Dict[str, Any]) -> str:
                f"{r['mnist_class_kl_from_uniform']:.3f} |" if mnist else "")
     lines.append(f"| {r['sampler']} | {r['num_steps'] if r['num_steps'] is not None else '-'} | "
                  f"{r['nfe']:.0f} | {r['energy_distance']:.4f} | {r['mmd']:.4f} |{quality} "
-                 f"{r['batch_s']:.2f} | {r['first_call_s']:.1f} |")
+                 f"{'-' if r['batch_s'] is None else format(r['batch_s'], '.2f')} | "
+                 f"{r['first_call_s']:.1f} |")
   first = record["rows"][0]
   lines.append(f"\nPrior against the data: energy distance {first['prior_energy_distance']:.4f}, "
                f"MMD {first['prior_mmd']:.4f}; {record['num_samples']} samples, "
@@ -182,11 +190,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   parser.add_argument("--checkpoint", type=int, default=None)
   parser.add_argument("--nfe", default="10,20,50,100")
   parser.add_argument("--num_samples", type=int, default=1000)
+  parser.add_argument("--untimed", action="store_true",
+                      help="one call per case (no second, compiled call for the time per batch)")
   parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
   args = parser.parse_args(argv)
   config = apply_overrides(load_config(args.config), [parse_override(o) for o in args.override])
   record = run(config, args.workdir, nfe_budgets=[int(n) for n in args.nfe.split(",")],
-               num_samples=args.num_samples, checkpoint=args.checkpoint)
+               num_samples=args.num_samples, checkpoint=args.checkpoint,
+               timed=not args.untimed)
   record["command"] = ["python", "-m", "benchmarks.sampler_nfe"] + list(argv or [])
   os.makedirs(args.out, exist_ok=True)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
