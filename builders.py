@@ -402,11 +402,12 @@ def build_ode_codec(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
 # ----------------------------------------------------------------------------- controlled sampling
 
 
-def _check_pc_method(config: Config, task: str) -> None:
+def check_replacement_sampler(config: Config, task: str) -> None:
   """Replacement (inpainting, colorization) is built on the PC loop: one-line error otherwise."""
   if str(config.sampling.method).lower() != "pc":
-    raise ValueError(f"{task} runs the predictor-corrector sampler; set --config.sampling.method=pc "
-                     f"(got {config.sampling.method!r}; any predictor and corrector work).")
+    raise ValueError(f"{task} runs the predictor-corrector sampler; set "
+                     f"--config.sampling.method=pc (got {config.sampling.method!r}; any "
+                     "predictor and corrector work).")
 
 
 def _jit_batch_sharded(fn: Callable[..., Tuple[Array, Array]], devices: Devices) -> Callable:
@@ -422,7 +423,7 @@ def build_inpainter(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
   steps. ``data: [B, ...]`` in model space, ``mask: [B, ...]`` 1 where ``data`` is known; ``x``
   equals ``data`` there. Parameters and data are arguments: one compilation per batch shape.
   """
-  _check_pc_method(config, "Inpainting")
+  check_replacement_sampler(config, "Inpainting")
   cfg = config.sampling
   inpaint = controllable_generation.get_pc_inpainter(
       sde, cfg.predictor, cfg.corrector, snr=cfg.snr, n_steps=cfg.n_steps_each,
@@ -443,7 +444,7 @@ def build_colorizer(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
   ``gray: [B, H, W, C]`` in model space, of which only the grey component (the channel mean) is
   read; ``x`` has that grey component and sampled colour.
   """
-  _check_pc_method(config, "Colorization")
+  check_replacement_sampler(config, "Colorization")
   cfg = config.sampling
   colorize = controllable_generation.get_pc_colorizer(
       sde, cfg.predictor, cfg.corrector, num_channels=int(config.data.num_channels),
@@ -472,7 +473,7 @@ def check_classifier_config(config: Config, classifier_config: Config) -> None:
   """Raises a one-line ``ValueError`` unless the classifier of ``classifier_config`` was trained on
   the ``x(t)`` the score model of ``config`` samples (same :func:`sde_settings`)."""
   ours, theirs = sde_settings(config), sde_settings(classifier_config)
-  changed = [f"{name}: {theirs.get(name)!r} (classifier) vs {ours[name]!r} (score model)"
+  changed = [f"{name}: {theirs.get(name)!r} (classifier) vs {ours.get(name)!r} (score model)"
              for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)]
   if changed:
     raise ValueError(f"the classifier config does not fit the score model: {'; '.join(changed)}; "
@@ -480,23 +481,26 @@ def check_classifier_config(config: Config, classifier_config: Config) -> None:
 
 
 def build_guided_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
-                         batch_size: int, classifier_model: nn.Module, guidance_scale: float
-                         ) -> Callable[[Array, Params, Params, Array], sampling.SampleOutput]:
-  """``sample(rng, params, classifier_params, labels: [batch_size]) -> (x, nfe)``, jitted.
+                         batch_size: int, classifier_model: nn.Module,
+                         num_steps: Optional[int] = None
+                         ) -> Callable[[Array, Params, Params, Array, Array],
+                                       sampling.SampleOutput]:
+  """``sample(rng, params, classifier_params, labels: [batch_size], scale) -> (x, nfe)``, jitted.
 
-  Any ``sampling.method`` of :func:`build_sampling_fn`, driven by
-  ``controllable_generation.classifier_guided_score``: the model's score plus ``guidance_scale``
-  times ``grad_x log p_t(labels | x)`` of the noise-conditional classifier, which is given the
-  SDE's own noise label (``models.classifier.get_log_prob_fn``). ``nfe`` counts guided score
-  evaluations (each one score and one classifier gradient). ``x`` in model space, batch-sharded.
+  Any ``sampling.method`` of :func:`build_sampling_fn` (``num_steps`` as there), driven by
+  ``controllable_generation.classifier_guided_score``: the model's score plus ``scale`` (a
+  scalar argument, so every scale runs the same compiled program) times ``grad_x log p_t(labels |
+  x)`` of the noise-conditional classifier, which is given the SDE's own noise label
+  (``models.classifier.get_log_prob_fn``). ``nfe`` counts guided score evaluations (each one
+  score and one classifier gradient). ``x`` in model space, batch-sharded.
   """
-  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size))
+  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps)
   score_fn_of = build_score_fn(config, sde, model, devices)
 
-  def sample(rng, params, classifier_params, labels):
+  def sample(rng, params, classifier_params, labels, scale):
     log_prob_fn = classifier_lib.get_log_prob_fn(sde, classifier_model, classifier_params)
     guided = controllable_generation.classifier_guided_score(score_fn_of(params), log_prob_fn,
-                                                             labels, guidance_scale)
+                                                             labels, scale)
     return sampling_fn(rng, guided)
 
   return _jit_batch_sharded(sample, devices)

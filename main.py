@@ -3,8 +3,11 @@
 The three modes pair up on the same workdir, by default ``runs/<config path under configs/>``
 (``configs/vpsde_mnist.py`` -> ``runs/vpsde_mnist``): ``train`` trains (or resumes), ``eval``
 evaluates the checkpoints it wrote, ``sample`` draws ``--num_samples`` samples from the newest
-(or ``--checkpoint``); ``figures`` draws the process; ``fid_stats`` computes the training split's
-FID reference statistics once. Config fields can be overridden, e.g. ``--config.training.batch_size=64``.
+(or ``--checkpoint``), or with ``--inpaint=REGION``, ``--colorize`` or ``--class_label=K``
+(``--classifier_config``, ``--classifier_workdir``, ``--guidance_scale``) inpaints or colours test
+images or draws classifier-guided samples of class ``K`` (``run_lib.controlled_sample``);
+``figures`` draws the process; ``fid_stats`` computes the training split's FID reference
+statistics once. Config fields can be overridden, e.g. ``--config.training.batch_size=64``.
 A single process uses all of its local devices. ``--multihost`` runs it as one of several
 processes (:mod:`distributed`): give every process ``--coordinator_address=host:port
 --num_processes=N --process_id=i`` (or the environment variables ``SCORE_SDE_COORDINATOR_ADDRESS``,
@@ -65,6 +68,24 @@ flags.DEFINE_integer("init_timeout_s", 300,
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume (or evaluate) although fields that define the trained model differ "
                   "from the workdir's recorded config.json; the new config is recorded.")
+flags.DEFINE_enum("inpaint", None, ["left_half", "right_half", "top_half", "bottom_half", "center"],
+                  "--mode sample: inpaint this region of the first --num_samples test images "
+                  "(the rest is kept) instead of sampling; writes input, mask and result.")
+flags.DEFINE_bool("colorize", False,
+                  "--mode sample: colour grey versions of the first --num_samples test images "
+                  "(RGB data); writes grey input, result and original.")
+flags.DEFINE_integer("class_label", None,
+                     "--mode sample: draw samples of this class, guided by the noise-conditional "
+                     "classifier of --classifier_config in --classifier_workdir.")
+config_flags.DEFINE_config_file("classifier_config", None,
+                                "--class_label: the config the classifier was trained with "
+                                "(python -m classifier_training); overrides as for --config.",
+                                lock_config=True)
+flags.DEFINE_string("classifier_workdir", None,
+                    "--class_label: the classifier's workdir (its newest checkpoint, EMA).")
+flags.DEFINE_float("guidance_scale", None,
+                   "--class_label: scale of the classifier's gradient (default 1, Bayes' rule; "
+                   "larger sharpens).")
 flags.mark_flags_as_required(["mode"])
 
 # Errors a user can fix from the command line: reported in one line, non-zero exit. OSError
@@ -82,6 +103,10 @@ def main(argv):
   import run_lib  # pylint: disable=import-outside-toplevel
 
   logs.configure_console()
+  if _controlled() and FLAGS.mode != "sample":
+    sys.exit("error: --inpaint, --colorize, --class_label and the classifier flags belong to "
+             f"--mode sample, not --mode {FLAGS.mode}.")
+  classifier_config = _classifier_config()
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   multi_process = distributed.requested(FLAGS.multihost, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
@@ -98,6 +123,13 @@ def main(argv):
       run_lib.evaluate(FLAGS.config, workdir, FLAGS.eval_folder,
                        allow_config_change=FLAGS.allow_config_change,
                        checkpoint=FLAGS.checkpoint)
+    elif FLAGS.mode == "sample" and _controlled():
+      run_lib.controlled_sample(
+          FLAGS.config, workdir, inpaint=FLAGS.inpaint, colorize=FLAGS.colorize,
+          class_label=FLAGS.class_label, classifier_config=classifier_config,
+          classifier_workdir=FLAGS.classifier_workdir, guidance_scale=FLAGS.guidance_scale,
+          checkpoint=FLAGS.checkpoint, num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
+          allow_config_change=FLAGS.allow_config_change)
     elif FLAGS.mode == "sample":
       run_lib.sample(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
                      num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
@@ -117,6 +149,28 @@ def main(argv):
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     sys.exit(f"error: a collective with the other processes failed ({first}); if one of them "
              "died, start every process again with the same command to resume.")
+
+
+def _controlled() -> bool:
+  """Whether a flag of controlled sampling (inpainting, colorization, guidance) was given."""
+  return (FLAGS.inpaint is not None or FLAGS.colorize or FLAGS.class_label is not None
+          or FLAGS.classifier_config is not None or FLAGS.classifier_workdir is not None
+          or FLAGS.guidance_scale is not None)
+
+
+def _classifier_config():
+  """``--classifier_config`` loaded (None if not given); a file that fails to load exits with one
+  line (config_flags defers that failure to the config's first use)."""
+  if FLAGS.classifier_config is None:
+    return None
+  try:
+    FLAGS.classifier_config.to_dict()
+  except Exception as e:  # pylint: disable=broad-except
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    path = config_flags.get_config_filename(FLAGS["classifier_config"])
+    sys.exit(f"error: cannot load --classifier_config {path!r}: "
+             f"{lines[-1] if lines else type(e).__name__}")
+  return FLAGS.classifier_config
 
 
 def default_workdir(config_path: str) -> str:

@@ -39,6 +39,8 @@ from jax.experimental import multihost_utils
 import batching
 import builders
 import checkpoints
+import classifier_training
+import controllable_generation
 import datasets
 import eval_cache
 import evaluation
@@ -936,6 +938,231 @@ def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
             f"{first_batch_seconds:.1f} s)")
   logging.info("%d samples, %.0f network evaluations each, in %s: %s", num_samples,
                result["nfe"], timing, os.path.join(out_dir, "sample.png"))
+  return result
+
+
+# ----------------------------------------------------------------------------- controlled sampling
+
+INPAINT_REGIONS = ("left_half", "right_half", "top_half", "bottom_half", "center")
+"""``--inpaint`` regions: the part of each image that is sampled (the rest is kept)."""
+
+
+def inpainting_mask(region: str, image_size: int) -> np.ndarray:
+  """``[H, W, 1]`` float32, 1 where the pixel is known and 0 in ``region`` (to be inpainted):
+  a half of the image, or ``'center'``, the central square of half the side."""
+  if region not in INPAINT_REGIONS:
+    raise ValueError(f"--inpaint={region!r}: choose one of {', '.join(INPAINT_REGIONS)}.")
+  s, half = int(image_size), int(image_size) // 2
+  known = np.ones((s, s, 1), np.float32)
+  rows, cols = {"left_half": (slice(None), slice(0, half)),
+                "right_half": (slice(None), slice(half, s)),
+                "top_half": (slice(0, half), slice(None)),
+                "bottom_half": (slice(half, s), slice(None)),
+                "center": (slice(s // 4, s // 4 + half), slice(s // 4, s // 4 + half))}[region]
+  known[rows, cols] = 0.0
+  return known
+
+
+def _controlled_task(inpaint: Optional[str], colorize: bool, class_label: Optional[int],
+                     classifier_config: Optional[Config], classifier_workdir: Optional[str],
+                     guidance_scale: Optional[float]) -> str:
+  """Which task the flags ask for (``'inpaint'``, ``'colorize'`` or ``'guidance'``); one-line
+  ``ValueError`` for a combination that asks for none, several, or a task's missing input."""
+  tasks = [name for name, given in (("--inpaint", inpaint is not None), ("--colorize", colorize),
+                                    ("--class_label", class_label is not None)) if given]
+  if len(tasks) != 1:
+    raise ValueError(f"controlled sampling takes exactly one of --inpaint, --colorize and "
+                     f"--class_label, got {', '.join(tasks) if tasks else 'none'}.")
+  guidance_flags = [name for name, given in (("--classifier_config", classifier_config is not None),
+                                             ("--classifier_workdir", classifier_workdir),
+                                             ("--guidance_scale", guidance_scale is not None))
+                    if given]
+  if tasks[0] != "--class_label":
+    if guidance_flags:
+      raise ValueError(f"{', '.join(guidance_flags)} only apply to classifier guidance "
+                       "(--class_label=K).")
+    if inpaint is not None and inpaint not in INPAINT_REGIONS:
+      raise ValueError(f"--inpaint={inpaint!r}: choose one of {', '.join(INPAINT_REGIONS)}.")
+    return tasks[0][2:]
+  if classifier_config is None or not classifier_workdir:
+    raise ValueError("--class_label needs the classifier: --classifier_config=CONFIG (the config "
+                     "it was trained with) and --classifier_workdir=W (its workdir).")
+  if guidance_scale is not None and guidance_scale < 0:
+    raise ValueError(f"--guidance_scale must be >= 0, got {guidance_scale}.")
+  return "guidance"
+
+
+def _process_rows(n: int) -> slice:
+  """This process's rows of a global batch of ``n``."""
+  local = n // jax.process_count()
+  return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+
+def _padded_batches(arrays: Dict[str, np.ndarray], batch_size: int
+                    ) -> Iterator[Dict[str, np.ndarray]]:
+  """``arrays`` (same leading size) in global batches of ``batch_size``, the last one padded
+  with copies of its first row, so that every batch has the compiled shape."""
+  n = len(next(iter(arrays.values())))
+  for start in range(0, n, batch_size):
+    batch = {}
+    for name, array in arrays.items():
+      chunk = array[start:start + batch_size]
+      pad = np.repeat(chunk[:1], batch_size - len(chunk), axis=0)
+      batch[name] = np.concatenate([chunk, pad])
+    yield batch
+
+
+def _side_by_side(*images: np.ndarray) -> np.ndarray:
+  """``[N, H, W, C]`` images (each ``C`` 1 or the common count) as ``[N, H, k W, C]`` panels."""
+  channels = max(image.shape[-1] for image in images)
+  return np.concatenate([np.broadcast_to(image, image.shape[:-1] + (channels,))
+                         for image in images], axis=2)
+
+
+def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = None,
+                      colorize: bool = False, class_label: Optional[int] = None,
+                      classifier_config: Optional[Config] = None,
+                      classifier_workdir: Optional[str] = None,
+                      guidance_scale: Optional[float] = None, checkpoint: Optional[str] = None,
+                      num_samples: int = 64, folder: str = "sampled",
+                      allow_config_change: bool = False) -> Dict[str, Any]:
+  """Inpainting, colorization or classifier guidance with one checkpoint (EMA parameters).
+
+  Exactly one task (one-line ``ValueError`` otherwise):
+
+  * ``inpaint = region`` (:data:`INPAINT_REGIONS`): the first ``num_samples`` test images with
+    ``region`` sampled by ``controllable_generation.get_pc_inpainter`` and the rest kept exactly;
+    writes ``grid.png`` (per image: the masked input, the mask -- white where known -- and the
+    result) and ``sample.npz`` (``data``, ``mask``, ``samples``, ``labels``; data space).
+  * ``colorize``: grey versions (channel mean) of the first ``num_samples`` test images
+    coloured by ``get_pc_colorizer``; the result's channel mean is the input's (up to float
+    rounding). RGB (``C >= 2``) image data only. ``grid.png``: grey input, result, original;
+    ``sample.npz``: ``gray``, ``samples``, ``data``, ``labels``.
+  * ``class_label = K``: ``num_samples`` samples of class ``K`` from an unconditional model
+    guided by the noise-conditional classifier of ``classifier_config`` in
+    ``classifier_workdir`` (its EMA parameters, ``classifier_training.load_classifier``), with
+    ``guidance_scale`` (default 1: Bayes' rule). The classifier must have been trained on the
+    score model's SDE, data scaling and image shape (``builders.check_classifier_config``).
+    Any ``sampling.method``. ``grid.png``: the samples; ``sample.npz``: ``samples``, ``labels``.
+
+  Inpainting and colorization run the PC sampler of ``config.sampling`` (``method = 'pc'``, any
+  predictor and corrector, ``sde.N`` steps). Outputs go to ``<workdir>/<folder>/<step>_<task>_
+  <sampler>/`` (``<step>`` as :func:`sample`'s folders, ``<task>`` e.g. ``inpaint-left_half``,
+  ``colorize``, ``class3-scale1``), with ``sample.json`` (NFE per sample, time, settings); never
+  into the checkpoint directories. Batches of ``eval.batch_size``, one compilation.
+
+  Returns:
+    ``{"step", "task", "num_samples", "nfe", "seconds", "path"}``.
+  """
+  task = _controlled_task(inpaint, colorize, class_label, classifier_config, classifier_workdir,
+                          guidance_scale)
+  if num_samples < 1:
+    raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
+  if task != "guidance" and builders.is_vector_data(config):
+    raise ValueError(f"--{task} works on images; this config's data are vectors (data.dim = "
+                     f"{config.data.dim}).")
+  if task != "guidance":
+    builders.check_replacement_sampler(config, {"inpaint": "Inpainting",
+                                                "colorize": "Colorization"}[task])
+  channels = builders.input_shape(config)[-1]
+  if task == "colorize" and channels < 2:
+    raise ValueError(f"--colorize needs colour (RGB) images; this config's have {channels} "
+                     "channel (data.num_channels).")
+  scale = 1.0 if guidance_scale is None else float(guidance_scale)
+  if task == "guidance":
+    builders.check_classifier_config(config, classifier_config)
+    num_classes = int(classifier_config.model.num_classes)
+    if not 0 <= class_label < num_classes:
+      raise ValueError(f"--class_label={class_label}: the classifier has classes 0..."
+                       f"{num_classes - 1}.")
+  devices = Devices()
+  sde = builders.build_sde(config)
+  model, _, template = builders.init_state(config, devices)
+  scaler, inverse_scaler = builders.data_scalers(config)
+  label = {"inpaint": f"inpaint-{inpaint}", "colorize": "colorize",
+           "guidance": f"class{class_label}-scale{scale:g}"}[task]
+  if task == "guidance":
+    classifier_model, classifier_params = classifier_training.load_classifier(
+        classifier_config, classifier_workdir)
+    inputs = {"labels": np.full((num_samples,), class_label, np.int32)}
+  else:
+    test = datasets.load_split(config, "test")
+    if num_samples > len(test.labels):
+      logging.warning("The test split has %d images: %s the first %d, not %d.", len(test.labels),
+                      "inpainting" if task == "inpaint" else "colorizing", len(test.labels),
+                      num_samples)
+      num_samples = len(test.labels)
+    data = test.images[:num_samples].astype(np.float32) / 255.0
+    inputs = {"data": data, "labels": test.labels[:num_samples].astype(np.int32)}
+    if task == "inpaint":
+      mask = inpainting_mask(inpaint, config.data.image_size)
+      inputs["mask"] = np.broadcast_to(mask, data.shape).astype(np.float32)
+    else:
+      inputs["gray"] = np.asarray(controllable_generation.to_gray(data))
+  batch_size = devices.round_batch(min(config.eval.batch_size, num_samples))
+  if task == "inpaint":
+    inpainter = builders.build_inpainter(config, sde, model, devices)
+    run = lambda rng, params, b: inpainter(rng, params, devices.put_batch(scaler(b["data"])),
+                                           devices.put_batch(b["mask"]))
+  elif task == "colorize":
+    colorizer = builders.build_colorizer(config, sde, model, devices)
+    run = lambda rng, params, b: colorizer(rng, params, devices.put_batch(scaler(b["gray"])))
+  else:
+    guided = builders.build_guided_sampler(config, sde, model, devices, batch_size,
+                                           classifier_model)
+    classifier_params = devices.put(classifier_params)
+    run = lambda rng, params, b: guided(rng, params, classifier_params,
+                                        devices.put_batch(b["labels"]), jnp.float32(scale))
+  chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, model,
+                                template)
+  tag = sampler_tag(config)
+  out_dir = os.path.join(workdir, folder, f"{chosen.folder}_{label}_{tag}")
+  outputs.check_writable(out_dir)
+  logging.info("%s: %d from %s with %s, batch %d.", label, num_samples, chosen.name, tag,
+               batch_size)
+  base = jax.random.PRNGKey(config.seed)
+  rows = _process_rows(batch_size)
+  num_batches = -(-num_samples // batch_size)
+  progress = _PieceProgress(label, num_batches)
+  results, nfes = [], []
+  start = time.monotonic()
+  for k, batch in enumerate(_padded_batches(inputs, batch_size)):
+    x, nfe = run(jax.random.fold_in(base, k), chosen.params,
+                 {name: array[rows] for name, array in batch.items()})
+    results.append(np.asarray(inverse_scaler(gather(x))))
+    nfes.append(float(nfe))
+    progress.update(f"{nfes[-1]:.0f} NFE")
+  progress.close()
+  seconds = time.monotonic() - start
+  samples = np.concatenate(results)[:num_samples]
+  if not np.all(np.isfinite(samples)):
+    raise FloatingPointError(f"{label} from {chosen.name} with {tag} gave non-finite values; "
+                             "nothing was saved.")
+  result = {"step": chosen.step, "task": label, "num_samples": int(num_samples),
+            "nfe": float(np.mean(nfes)), "seconds": seconds, "path": out_dir}
+  if jax.process_index() == 0:
+    if task == "inpaint":
+      arrays = {"data": inputs["data"], "mask": inputs["mask"]}
+      grid = _side_by_side(inputs["data"] * inputs["mask"], inputs["mask"], samples)
+    elif task == "colorize":
+      arrays = {"gray": inputs["gray"], "data": inputs["data"]}
+      grid = _side_by_side(inputs["gray"], samples, inputs["data"])
+    else:
+      arrays, grid = {}, samples
+    outputs.save_npz(os.path.join(out_dir, "sample.npz"), samples=samples,
+                     labels=inputs["labels"][:num_samples], **arrays)
+    outputs.save_image_grid(grid[:64], os.path.join(out_dir, "grid.png"))
+    settings = {**_section(config, "sampling"), "task": label, "eval.batch_size": batch_size}
+    if task == "guidance":
+      settings.update({"class_label": int(class_label), "guidance_scale": scale,
+                       "classifier_workdir": os.path.abspath(classifier_workdir),
+                       **run_config.flatten(classifier_config.model.to_dict(),
+                                            "classifier.model.")})
+    outputs.save_json(os.path.join(out_dir, "sample.json"),
+                      {**result, "checkpoint": None if chosen.step is None else chosen.name,
+                       "settings": eval_cache.canonical(settings)})
+  logging.info("%s: %d results, %.0f network evaluations each, in %.1f s (compiling included): "
+               "%s", label, num_samples, result["nfe"], seconds, os.path.join(out_dir, "grid.png"))
   return result
 
 

@@ -1,0 +1,248 @@
+"""Controlled sampling from the command line (``run_lib.controlled_sample``, ``--mode sample
+--inpaint / --colorize / --class_label``): inpainting keeps the known pixels of the test images,
+colorization keeps their grey, classifier guidance runs from a classifier workdir and refuses a
+classifier trained on another SDE, and bad flag combinations are refused in one line.
+
+The score networks are tiny untrained NCSN++ checkpoints (the properties tested hold for any
+score); the classifier is trained for two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+import builders
+import checkpoints
+import classifier_training
+import datasets
+import run_config
+import run_lib
+from configs import vesde_mnist, vpsde_mnist
+from configs.classifier import vpsde_mnist_wrn
+from devices import Devices
+from tests.conftest import MNIST_DIR
+from tests.test_app import CONFIG, REPO, _dir_digest, _env
+from tests.test_image_folder import folder_config, write_flat_folder
+
+TINY_NETWORK = {"nf": 8, "ch_mult": (1,), "attn_resolutions": (), "num_res_blocks": 1,
+                "num_scales": 5}
+
+
+def _tiny(config, **sampling):
+  config.model.update(TINY_NETWORK)
+  config.eval.batch_size = 4
+  config.sampling.update(sampling)
+  return config
+
+
+def _checkpointed(config, workdir, step=7):
+  """``workdir`` holding random parameters of ``config``'s network as the step-``step``
+  checkpoint and the config as the recorded one, as training would leave them.
+
+  The initial parameters jittered: NCSN++ initialises its output layer to zero, and a zero score
+  would give Langevin correction an infinite step.
+  """
+  _, _, state = builders.init_state(config, Devices())
+  leaves, tree = jax.tree_util.tree_flatten(state.ema_params)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  jittered = [leaf + 0.02 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]
+  state = state.replace(ema_params=jax.tree_util.tree_unflatten(tree, jittered))
+  with checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints")) as store:
+    store.save(step, state)
+  run_config.save(workdir, config)
+  return workdir
+
+
+def _mnist_config():
+  if not os.path.isfile(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
+    pytest.skip(f"real MNIST IDX files not found in {MNIST_DIR}")
+  config = _tiny(vesde_mnist.get_config())  # reverse diffusion + Langevin
+  config.data.data_dir = MNIST_DIR
+  return config
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+  config = _mnist_config()
+  return config, _checkpointed(config, str(tmp_path_factory.mktemp("mnist")))
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+  """A WRN classifier of the score model's SDE (VE) trained for two steps on MNIST."""
+  config = vpsde_mnist_wrn.get_config()
+  config.training.sde = "vesde"
+  config.model.update(sigma_min=0.01, sigma_max=20.0, embedding_type="fourier")
+  config.data.update(data_dir=MNIST_DIR, centered=False)
+  config.model.channel_multiplier = 1
+  config.training.update(batch_size=8, n_iters=2, log_freq=1, snapshot_freq=2)
+  config.optim.warmup = 0
+  config.model.embedding_dim = 16
+  config.eval.update(batch_size=8, classifier_times=(0.5,))
+  workdir = str(tmp_path_factory.mktemp("classifier"))
+  classifier_training.train(config, workdir)
+  return config, workdir
+
+
+def test_inpainting_keeps_the_known_half_of_the_test_images(mnist_run):
+  config, workdir = mnist_run
+  before = _dir_digest(os.path.join(workdir, "checkpoints"))
+  result = run_lib.controlled_sample(config, workdir, inpaint="left_half", num_samples=6)
+  out = result["path"]
+  assert out == os.path.join(workdir, "sampled",
+                             "step_7_inpaint-left_half_pc-reverse_diffusion-langevin")
+  test = datasets.load_split(config, "test").images[:6]
+  with np.load(os.path.join(out, "sample.npz")) as saved:
+    samples, mask = saved["samples"], saved["mask"]
+    np.testing.assert_array_equal(saved["data"], test / np.float32(255.0))
+  assert samples.shape == (6, 28, 28, 1) and mask.shape == samples.shape
+  assert np.all(mask[:, :, :14] == 0) and np.all(mask[:, :, 14:] == 1)
+  known = mask > 0
+  # Exact in data space, up to the float rounding of the [-1, 1] scaling and back.
+  np.testing.assert_array_equal(np.round(samples * 255.0)[known], test[known])
+  assert np.abs(samples[~known] - test[~known] / 255.0).max() > 0.1  # the rest is sampled
+  # 6 images in batches of 4 (the last one padded): 5 steps of predictor + corrector, + denoise.
+  assert result["nfe"] == 5 * 2 + 1 and result["num_samples"] == 6
+  info = json.loads(open(os.path.join(out, "sample.json")).read())
+  assert info["step"] == 7 and info["settings"]["task"] == "inpaint-left_half"
+  assert info["settings"]["sampling.corrector"] == "langevin" and info["nfe"] == 11
+  with Image.open(os.path.join(out, "grid.png")) as grid:  # 3 x 2 panels of input, mask, result
+    assert grid.size == (3 * (3 * 28 + 2) + 2, 2 * (28 + 2) + 2)
+  assert _dir_digest(os.path.join(workdir, "checkpoints")) == before
+
+
+def test_inpainting_masks():
+  for region, unknown in [("left_half", (slice(None), slice(0, 4))),
+                          ("right_half", (slice(None), slice(4, 8))),
+                          ("top_half", (slice(0, 4), slice(None))),
+                          ("bottom_half", (slice(4, 8), slice(None))),
+                          ("center", (slice(2, 6), slice(2, 6)))]:
+    mask = run_lib.inpainting_mask(region, 8)
+    expected = np.ones((8, 8, 1), np.float32)
+    expected[unknown] = 0.0
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_colorization_keeps_the_grey_of_the_test_images(tmp_path):
+  write_flat_folder(str(tmp_path / "images" / "train"), 2, size=(8, 8))
+  test_pixels = write_flat_folder(str(tmp_path / "images" / "test"), 3, size=(8, 8))
+  config = _tiny(folder_config(tmp_path / "images", image_size=8), method="pc",
+                 predictor="euler_maruyama", corrector="none")
+  workdir = _checkpointed(config, str(tmp_path / "run"))
+  result = run_lib.controlled_sample(config, workdir, colorize=True, num_samples=5)
+  assert result["num_samples"] == 3  # the test split's size
+  assert result["path"].endswith("step_7_colorize_pc-euler_maruyama-none")
+  with np.load(os.path.join(result["path"], "sample.npz")) as saved:
+    samples, gray, data = saved["samples"], saved["gray"], saved["data"]
+  originals = np.stack([test_pixels[name] for name in sorted(test_pixels)]) / np.float32(255.0)
+  np.testing.assert_allclose(data, originals, atol=1e-6)
+  np.testing.assert_allclose(gray, np.repeat(originals.mean(-1, keepdims=True), 3, -1), atol=1e-6)
+  # The result's channel mean is the input's grey, up to the float rounding of the colour
+  # transform and the [-1, 1] scaling (measured: 4e-6); its colour is sampled.
+  np.testing.assert_allclose(samples.mean(-1), gray[..., 0], atol=1e-5)  # 1/400 of a level
+  assert samples.std(-1).mean() > 0.01
+  assert os.path.getsize(os.path.join(result["path"], "grid.png")) > 0
+
+
+def test_classifier_guidance_from_a_classifier_workdir(mnist_run, classifier_run):
+  config, workdir = mnist_run
+  classifier_config, classifier_workdir = classifier_run
+  result = run_lib.controlled_sample(config, workdir, class_label=3,
+                                     classifier_config=classifier_config,
+                                     classifier_workdir=classifier_workdir, guidance_scale=2.0,
+                                     num_samples=4)
+  assert result["path"].endswith("step_7_class3-scale2_pc-reverse_diffusion-langevin")
+  with np.load(os.path.join(result["path"], "sample.npz")) as saved:
+    assert saved["samples"].shape == (4, 28, 28, 1) and np.all(saved["labels"] == 3)
+    assert np.all(np.isfinite(saved["samples"]))
+  info = json.loads(open(os.path.join(result["path"], "sample.json")).read())
+  assert info["settings"]["guidance_scale"] == 2.0 and info["settings"]["class_label"] == 3
+  assert info["nfe"] == 5 * 2 + 1
+  assert os.path.getsize(os.path.join(result["path"], "grid.png")) > 0
+
+
+def test_the_guidance_scale_adds_the_classifier_gradient(mnist_run, classifier_run):
+  # The guided sampler is the plain one plus scale x the classifier's gradient: scale 0 gives the
+  # unguided samples, a positive scale other ones (here with the probability-flow ODE).
+  classifier_config, classifier_workdir = classifier_run
+  config = ml_collections.ConfigDict(mnist_run[0].to_dict())
+  config.sampling.update(method="ode", ode_solver="euler")
+  devices = Devices()
+  sde = builders.build_sde(config)
+  model, _, state = builders.init_state(config, devices)
+  classifier_model, classifier_params = classifier_training.load_classifier(
+      classifier_config, classifier_workdir)
+  rng, labels = jax.random.PRNGKey(1), jnp.full((2,), 5, jnp.int32)
+  plain, plain_nfe = builders.build_sampler(config, sde, model, devices, 2, num_steps=3)(
+      rng, state.ema_params)
+  guided = builders.build_guided_sampler(config, sde, model, devices, 2, classifier_model,
+                                         num_steps=3)
+  unguided, nfe = guided(rng, state.ema_params, classifier_params, labels, jnp.float32(0.0))
+  np.testing.assert_allclose(unguided, plain, atol=1e-5)
+  assert nfe == plain_nfe == 3 + 1
+  pushed, _ = guided(rng, state.ema_params, classifier_params, labels, jnp.float32(3.0))
+  assert float(jnp.abs(pushed - plain).max()) > 1e-3
+
+
+def test_a_classifier_of_another_sde_is_refused_in_one_line(mnist_run, classifier_run):
+  config, workdir = mnist_run
+  classifier_config, classifier_workdir = classifier_run
+  for field, value, named in [("model.sigma_max", 50.0, "model.sigma_max"),
+                              ("data.centered", True, "data.centered"),
+                              ("data.image_size", 14, "shape"),
+                              ("training.sde", "vpsde", "training.sde")]:
+    other = ml_collections.ConfigDict(classifier_config.to_dict())
+    section, name = field.split(".")
+    other[section][name] = value
+    with pytest.raises(ValueError, match="does not fit the score model") as error:
+      run_lib.controlled_sample(config, workdir, class_label=1, classifier_config=other,
+                                classifier_workdir=classifier_workdir)
+    assert named in str(error.value) and "\n" not in str(error.value)
+  with pytest.raises(ValueError, match=re.escape("classes 0...9")):
+    run_lib.controlled_sample(config, workdir, class_label=10,
+                              classifier_config=classifier_config,
+                              classifier_workdir=classifier_workdir)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "exactly one of --inpaint, --colorize and --class_label, got none"),
+    (dict(inpaint="left_half", colorize=True), "got --inpaint, --colorize"),
+    (dict(inpaint="left_half", guidance_scale=2.0), "--guidance_scale only apply to"),
+    (dict(class_label=1), "--class_label needs the classifier"),
+    (dict(inpaint="middle"), "--inpaint='middle': choose one of left_half"),
+    (dict(colorize=True), "--colorize needs colour (RGB) images"),
+    (dict(inpaint="left_half", num_samples=0), "--num_samples must be >= 1"),
+])
+def test_bad_requests_are_refused_in_one_line(tmp_path, kwargs, message):
+  config = _tiny(vpsde_mnist.get_config())
+  with pytest.raises(ValueError, match=re.escape(message)) as error:
+    run_lib.controlled_sample(config, str(tmp_path), **kwargs)
+  assert "\n" not in str(error.value)
+
+
+def test_replacement_needs_the_pc_sampler(tmp_path):
+  config = _tiny(vesde_mnist.get_config(), method="ode")
+  with pytest.raises(ValueError, match=re.escape("set --config.sampling.method=pc")):
+    run_lib.controlled_sample(config, str(tmp_path), inpaint="center", num_samples=2)
+
+
+def test_the_command_line_refuses_bad_combinations_in_one_line(tmp_path):
+  for extra in (["--mode=sample", "--inpaint=left_half", "--colorize"],
+                ["--mode=train", "--class_label=3"]):
+    result = subprocess.run([sys.executable, "main.py", f"--config={CONFIG}",
+                             f"--workdir={tmp_path}", *extra], cwd=REPO, env=_env(1),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr[-2000:]
