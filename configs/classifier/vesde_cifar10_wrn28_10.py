@@ -11,29 +11,11 @@ authors' (their recipe is not part of their release).
 import ml_collections
 
 from configs.ve import cifar10_ncsnpp_continuous
-
-_SDE_FIELDS = ("num_scales", "sigma_min", "sigma_max", "beta_min", "beta_max")
+from configs.classifier import classifier_of
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = cifar10_ncsnpp_continuous.get_config()
-  model = ml_collections.ConfigDict({field: config.model[field] for field in _SDE_FIELDS})
-  model.name = "wideresnet_noise_conditional"
-  model.num_classes = 10
-  model.blocks_per_group = 4
-  model.channel_multiplier = 10
-  model.embedding_type = "fourier"
-  model.embedding_dim = 128
-  model.fourier_scale = 16.0
-  model.ema_rate = 0.999
-  config.model = model
-
-  training = config.training
-  training.batch_size = 128
-  training.n_iters = 200000
-  training.log_freq = 100
-  training.snapshot_freq = 10000
-
-  config.eval.batch_size = 1000
-  config.eval.classifier_times = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9)
+  config = classifier_of(cifar10_ncsnpp_continuous.get_config(), blocks_per_group=4,
+                         channel_multiplier=10, embedding_type="fourier", n_iters=200000,
+                         snapshot_freq=10000)
   return config

@@ -10,31 +10,12 @@ group, width 2; 0.74 M parameters) on 28x28x1.
 import ml_collections
 
 from configs import vpsde_mnist
-
-_SDE_FIELDS = ("num_scales", "sigma_min", "sigma_max", "beta_min", "beta_max")
+from configs.classifier import classifier_of
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = vpsde_mnist.get_config()
-  model = ml_collections.ConfigDict({field: config.model[field] for field in _SDE_FIELDS})
-  model.name = "wideresnet_noise_conditional"
-  model.num_classes = 10
-  model.blocks_per_group = 1
-  model.channel_multiplier = 2
-  model.embedding_type = "positional"
-  model.embedding_dim = 128
-  model.fourier_scale = 16.0
-  model.ema_rate = 0.999
-  config.model = model
-
-  training = config.training
-  training.batch_size = 128
-  training.n_iters = 4000
-  training.log_freq = 100
-  training.snapshot_freq = 1000
-
+  config = classifier_of(vpsde_mnist.get_config(), blocks_per_group=1, channel_multiplier=2,
+                         embedding_type="positional", n_iters=4000, snapshot_freq=1000)
   config.optim.lr = 1e-3
   config.optim.warmup = 200
-  config.eval.batch_size = 1000
-  config.eval.classifier_times = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9)
   return config
