@@ -19,7 +19,8 @@ fields                                                read by
 ``model.name = 'exact_score'``                        :func:`is_exact_score` (below)
 ``optim.*``                                           :func:`build_optimizer`
 ``training.continuous, reduce_mean,                   :func:`build_loss_fn` and the steps
-likelihood_weighting, eps``; ``model.ema_rate``       built from it
+likelihood_weighting, eps, label_dropout``;           built from it
+``model.ema_rate``
 ``sampling.*``                                        :func:`build_sampling_fn`
                                                       (:data:`SAMPLING_METHODS`)
 ``eval.hutchinson_type, rtol, atol``                  :func:`build_bpd_fn`
@@ -59,6 +60,7 @@ import controllable_generation
 import datasets
 import eval_cache
 import evaluation
+import exact_scores
 import fast_samplers
 import inception
 import likelihood
@@ -126,6 +128,10 @@ def build_sde(config: Config) -> sde_lib.SDE:
   return sde_class(**kwargs)
 
 
+# The networks that read model.num_classes.
+CLASS_CONDITIONAL = ("ncsnpp", "toy_mlp")
+
+
 def is_exact_score(model: nn.Module) -> bool:
   """Whether ``model`` is the parameter-free closed-form score (``model.name = 'exact_score'``)."""
   return isinstance(model, ExactScore)
@@ -135,6 +141,10 @@ def build_model(config: Config) -> nn.Module:
   """The network named by ``model.name``, in bf16 if ``training.mixed_precision`` (parameters
   stay float32) and recomputing its blocks in the backward pass if ``training.remat``."""
   model = mutils.get_model(config.model.name)(config)
+  requested = config.model.get("num_classes", 0)
+  if requested and mutils.num_classes(model) != requested:
+    raise ValueError(f"model.num_classes = {requested}: {config.model.name!r} has no class "
+                     f"conditioning; class-conditional networks: {', '.join(CLASS_CONDITIONAL)}.")
   if is_exact_score(model):
     return model  # no network to run in bf16 or to recompute
   fields = {field.name for field in dataclasses.fields(model)}
@@ -197,7 +207,8 @@ def build_loss_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
   training = config.training
   return losses.get_loss_fn(sde, model, train=train, continuous=training.continuous,
                             reduce_mean=training.reduce_mean,
-                            likelihood_weighting=training.likelihood_weighting, eps=training.eps)
+                            likelihood_weighting=training.likelihood_weighting, eps=training.eps,
+                            label_dropout=training.get("label_dropout", 0.0))
 
 
 def _replicated_like(state: losses.TrainState, devices: Devices) -> Any:
@@ -215,7 +226,8 @@ def build_train_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
 def build_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
                       optimizer: optax.GradientTransformation, state: losses.TrainState,
                       devices: Devices) -> Callable[..., Tuple[losses.TrainState, Array]]:
-  """``steps(state, batches: [n, B, ...]) -> (state, losses: [n])``, compiled, state donated.
+  """``steps(state, batches) -> (state, losses: [n])``, compiled, state donated; ``batches`` is a
+  ``losses.Batch`` of ``n`` stacked batches (leaves ``[n, B, ...]``).
 
   ``state`` is read for its structure only. On accelerators the ``n`` steps are one compiled
   ``lax.scan`` (``training.n_jitted_steps`` per call). XLA:CPU runs convolutions inside a loop
@@ -233,8 +245,8 @@ def build_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
 
   def steps(state, batches):
     step_losses = []
-    for i in range(batches.shape[0]):
-      state, loss = single(state, batches[i])
+    for i in range(jax.tree_util.tree_leaves(batches)[0].shape[0]):
+      state, loss = single(state, jax.tree_util.tree_map(lambda b, i=i: b[i], batches))
       step_losses.append(loss)
     return state, jnp.stack(step_losses)
 
@@ -506,6 +518,41 @@ def build_guided_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, dev
   return _jit_batch_sharded(sample, devices)
 
 
+def build_cfg_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
+                      batch_size: int, num_steps: Optional[int] = None
+                      ) -> Callable[[Array, Params, Array, Array], sampling.SampleOutput]:
+  """``sample(rng, params, labels: [batch_size], weight) -> (x, nfe)``, jitted: classifier-free
+  guidance of a class-conditional network (``model.num_classes > 0``, trained with label
+  dropout), ``(1 + weight) s(x, t, labels) - weight s(x, t)``, the unconditional score being
+  the network given its null label (``controllable_generation.classifier_free_guided_score``).
+
+  ``weight`` is a traced scalar, so every weight runs the same compiled program, which evaluates
+  both scores (``weight = 0``, the conditional model, included). Any ``sampling.method``;
+  ``nfe`` counts guided score evaluations (each two network evaluations). ``x`` in model space,
+  batch-sharded.
+  """
+  classes = mutils.num_classes(model)
+  if not classes:
+    raise ValueError("classifier-free guidance needs a class-conditional model "
+                     "(model.num_classes > 0, trained with labels).")
+  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps)
+  continuous = config.training.continuous
+
+  def sample(rng, params, labels, weight):
+    conditional = controllable_generation.get_conditional_score_fn(sde, model, params,
+                                                                   continuous)
+
+    def constrained(x, t, y):
+      return conditional(devices.constrain(x), t, y)
+
+    guided = controllable_generation.classifier_free_guided_score(
+        constrained, controllable_generation.unconditional_score_fn(constrained, classes),
+        labels, weight)
+    return sampling_fn(rng, guided)
+
+  return _jit_batch_sharded(sample, devices)
+
+
 # ----------------------------------------------------------------------------- likelihood
 
 
@@ -574,10 +621,14 @@ def _sample_metrics_kind(config: Config) -> str:
     raise ValueError(f"eval.sample_metrics = {config.eval.sample_metrics!r}; choose one of "
                      f"{', '.join(SAMPLE_METRICS)}.")
   if kind == "auto" and not is_vector_data(config):
-    mnist = (str(config.data.dataset).lower() == "mnist"
-             and input_shape(config)[1:] == (28, 28, 1))
-    return "mnist_classifier" if mnist else "inception"
+    return "mnist_classifier" if _is_mnist(config) else "inception"
   return "none" if kind == "auto" else kind
+
+
+def _is_mnist(config: Config) -> bool:
+  """Whether the data are 28 x 28 MNIST digits (what the MNIST classifier reads)."""
+  return (not is_vector_data(config) and str(config.data.dataset).lower() == "mnist"
+          and input_shape(config)[1:] == (28, 28, 1))
 
 
 def inception_weights_path(config: Config) -> str:
@@ -691,6 +742,40 @@ def build_sample_scorer(config: Config, devices: Devices) -> Tuple[Optional[Samp
       lambda f, l: evaluation.inception_metrics(f, l, reference, num_splits=_splits(ev, l),
                                                 **kid),
       settings), ""
+
+
+def build_class_predictor(config: Config) -> Tuple[Optional[Callable[[np.ndarray], np.ndarray]],
+                                                   str]:
+  """``(predict, "")`` with ``predict(x: [N, ...] in data space) -> int [N]``, the class a
+  classifier of the data sees in each example, or ``(None, why)``: what a guided sample of class
+  ``k`` is checked against. It exists for 28 x 28 MNIST (the MNIST classifier of
+  ``eval.mnist_classifier`` or the cache, 99.3 % test accuracy; trained on first use; images
+  read at their 8-bit levels) and for the toy mixtures (the exact posterior over components,
+  which are the toys' classes)."""
+  if is_vector_data(config):
+    if str(config.data.dataset).lower() not in exact_scores.MIXTURE_TOYS:
+      return None, ("no classifier to check the samples' classes (MNIST and the toys "
+                    f"{', '.join(exact_scores.MIXTURE_TOYS)})")
+    # At t = 0 the VP marginal is the data: the exact classifier of the mixture's components.
+    log_posterior = exact_scores.gaussian_mixture_log_posterior(
+        sde_lib.VPSDE(), *exact_scores.toy_mixture(config.data.dataset))
+    return (lambda x: np.argmax(np.asarray(log_posterior(jnp.asarray(x), jnp.zeros(len(x)))),
+                                axis=-1).astype(np.int32)), ""
+  if not _is_mnist(config):
+    return None, "no classifier to check the samples' classes (MNIST and the mixture toys)"
+  try:
+    trained = mnist_classifier.load_or_train(
+        str(config.eval.mnist_classifier), lambda split: datasets.load_split(config, split),
+        train_if_missing=jax.process_count() == 1)
+  except FileNotFoundError as e:
+    return None, f"classes of the samples not checked: {e}"
+
+  def predict(images: np.ndarray) -> np.ndarray:
+    images = np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0  # what the PNGs hold
+    _, logits = mnist_classifier.batched_features_and_logits(trained.params, images)
+    return np.argmax(logits, axis=-1).astype(np.int32)
+
+  return predict, ""
 
 
 def _splits(ev: Config, logits) -> int:

@@ -52,22 +52,21 @@ Both return a plain ``score_fn(x, t)``, so every sampler (:func:`sampling.get_pc
   conditional and one unconditional evaluation, so a sampler's reported NFE counts guided score
   evaluations (half the network evaluations).
 
-Class-conditional score networks (a network with ``num_classes = K > 0`` called with
-``class_labels``, e.g. ``models.mlp.ToyMLP``) give both scores of classifier-free guidance from
-one set of parameters: :func:`get_conditional_score_fn`, the unconditional one being the null
-label ``K`` (:func:`unconditional_score_fn`), trained together by label dropout
-(:func:`get_conditional_loss_fn`, :func:`drop_labels`).
+Class-conditional score networks (``model.num_classes = K > 0``: NCSN++/DDPM++ and the toy MLP,
+called with ``class_labels``) give both scores of classifier-free guidance from one set of
+parameters: :func:`get_conditional_score_fn`, the unconditional one being the null label ``K``
+(:func:`unconditional_score_fn`), trained together by label dropout (``losses.get_loss_fn``
+with ``label_dropout``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import losses
 import sampling
 import sde_lib
 from models import utils as mutils
@@ -119,7 +118,7 @@ def classifier_guided_score(score_fn: ScoreFn, log_prob_fn: LogProbFn, labels: A
 
 def classifier_free_guided_score(conditional_score_fn: ConditionalScoreFn,
                                  unconditional_score_fn: ScoreFn, labels: Array,
-                                 guidance_weight: float) -> ScoreFn:
+                                 guidance_weight: Union[float, Array]) -> ScoreFn:
   """``(1 + w) s(x, t, labels) - w s(x, t)`` as a plain ``score_fn(x, t)``.
 
   Args:
@@ -127,31 +126,26 @@ def classifier_free_guided_score(conditional_score_fn: ConditionalScoreFn,
     unconditional_score_fn: ``(x, t) -> [B, ...]`` (for a model trained with label dropout, the
       conditional model given its null label).
     labels: int ``[B]``.
-    guidance_weight: ``w >= 0``; 0 is the conditional score alone (the unconditional one is then
-      not evaluated).
+    guidance_weight: ``w >= 0``: a Python number (``w = 0`` is the conditional score alone, the
+      unconditional one then not evaluated) or a traced scalar (one compiled sampler for every
+      ``w``; both scores always evaluated).
   """
-  if guidance_weight < 0:
+  if isinstance(guidance_weight, (int, float)) and guidance_weight < 0:
     raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}.")
   labels = jnp.asarray(labels, jnp.int32)
-  w = float(guidance_weight)
+  w = guidance_weight
 
   def guided_score_fn(x: Array, t: Array) -> Array:
     conditional = conditional_score_fn(x, t, labels)
-    if w == 0.0:
+    if isinstance(w, (int, float)) and w == 0:
       return conditional
-    return (1.0 + w) * conditional - w * unconditional_score_fn(x, t)
+    weight = jnp.asarray(w, x.dtype)
+    return (1.0 + weight) * conditional - weight * unconditional_score_fn(x, t)
 
   return guided_score_fn
 
 
 # --------------------------------------------------------------------------- class-conditional
-
-
-def drop_labels(rng: Array, labels: Array, dropout: float, num_classes: int) -> Array:
-  """Label dropout for classifier-free guidance: each of ``labels: [B]`` is replaced, with
-  probability ``dropout``, by the null label ``num_classes`` (the unconditional model)."""
-  drop = jax.random.bernoulli(rng, dropout, labels.shape)
-  return jnp.where(drop, num_classes, labels).astype(jnp.int32)
 
 
 def get_conditional_score_fn(sde: sde_lib.SDE, model: Any, params: Any,
@@ -161,13 +155,8 @@ def get_conditional_score_fn(sde: sde_lib.SDE, model: Any, params: Any,
   ``labels = model.num_classes`` (the null label) gives its unconditional score."""
 
   def score_fn(x: Array, t: Array, labels: Array) -> Array:
-
-    def model_fn(x: Array, noise_labels: Array) -> Array:
-      return model.apply({"params": params}, x, noise_labels, train=False,
-                         class_labels=labels)
-
-    return mutils.score_fn_from_model_fn(sde, model_fn, continuous,
-                                         getattr(model, "scale_by_sigma", False))(x, t)
+    return mutils.get_score_fn(sde, model, params, continuous=continuous,
+                               class_labels=labels)(x, t)
 
   return score_fn
 
@@ -180,30 +169,6 @@ def unconditional_score_fn(conditional_score_fn: ConditionalScoreFn,
     return conditional_score_fn(x, t, jnp.full((x.shape[0],), num_classes, jnp.int32))
 
   return score_fn
-
-
-def get_conditional_loss_fn(sde: sde_lib.SDE, model: Any, *, label_dropout: float,
-                            reduce_mean: bool = False, likelihood_weighting: bool = False,
-                            eps: float = 1e-5) -> Callable[[Any, Array, Array, Array], Array]:
-  """``loss_fn(params, rng, batch: [B, ...], labels: [B]) -> scalar``: continuous denoising score
-  matching (:func:`losses.sde_loss`) of a class-conditional network, each label dropped to the
-  null label with probability ``label_dropout`` (:func:`drop_labels`), so that one network learns
-  the conditional and the unconditional score of classifier-free guidance."""
-
-  def loss_fn(params: Any, rng: Array, batch: Array, labels: Array) -> Array:
-    drop_rng, dropout_rng, noise_rng = jax.random.split(rng, 3)
-    labels = drop_labels(drop_rng, labels, label_dropout, model.num_classes)
-
-    def model_fn(x: Array, noise_labels: Array) -> Array:
-      return model.apply({"params": params}, x, noise_labels, train=True, class_labels=labels,
-                         rngs={"dropout": dropout_rng})
-
-    score_fn = mutils.score_fn_from_model_fn(sde, model_fn, True,
-                                             getattr(model, "scale_by_sigma", False))
-    return losses.sde_loss(score_fn, sde, noise_rng, batch, reduce_mean=reduce_mean,
-                           likelihood_weighting=likelihood_weighting, eps=eps)
-
-  return loss_fn
 
 
 # --------------------------------------------------------------------------- colour

@@ -53,10 +53,12 @@ class Devices:
     """``tree`` on the devices, replicated unless ``sharding`` says otherwise."""
     return jax.device_put(tree, self.replicated if sharding is None else sharding)
 
-  def put_batch(self, local: np.ndarray, stacked: bool = False) -> Array:
-    """This process's slice of a global batch -> a global array sharded over ``data``."""
+  def put_batch(self, local: Any, stacked: bool = False) -> Any:
+    """This process's slice of a global batch (an array or a dict of arrays with the same batch
+    dimension) -> global arrays sharded over ``data``."""
     sharding = self.stacked_batch if stacked else self.batch
-    return jax.make_array_from_process_local_data(sharding, local)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_process_local_data(sharding, a), local)
 
   def constrain(self, x: Array) -> Array:
     """Inside a jitted function: keep ``x: [B, ...]`` sharded along ``B``."""

@@ -19,7 +19,7 @@ Losses are computed and reduced in (at least) float32 whatever dtype the model o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Tuple, Union
 
 import flax
 import jax
@@ -32,9 +32,12 @@ from sde_lib import batch_mul
 
 Array = jax.Array
 Params = Any
-LossFn = Callable[[Params, Array, Array], Array]
-"""``loss_fn(params, rng, batch: [B, ...]) -> scalar``."""
-StepFn = Callable[["TrainState", Array], Tuple["TrainState", Array]]
+Batch = Union[Array, Dict[str, Array]]
+"""What a loss and a step take: images ``x: [B, ...]``, or for a class-conditional network
+``{'image': x, 'label': int [B]}``."""
+LossFn = Callable[[Params, Array, Batch], Array]
+"""``loss_fn(params, rng, batch) -> scalar``."""
+StepFn = Callable[["TrainState", Batch], Tuple["TrainState", Array]]
 
 
 # ----------------------------------------------------------------------------- train state
@@ -206,17 +209,36 @@ def discrete_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, rng: Array, x: Ar
   return jnp.mean(discrete_losses(score_fn, sde, x, levels, z, reduce_mean=reduce_mean))
 
 
+def drop_labels(rng: Array, labels: Array, dropout: float, num_classes: int) -> Array:
+  """Label dropout for classifier-free guidance: each of ``labels: [B]`` is replaced, with
+  probability ``dropout``, by the null label ``num_classes`` (the unconditional model)."""
+  drop = jax.random.bernoulli(rng, dropout, labels.shape)
+  return jnp.where(drop, num_classes, labels).astype(jnp.int32)
+
+
+# The label-dropout key is folded out of the step's key, so the dropout and noise keys of a
+# class-conditional loss are those of an unconditional one.
+_LABEL_DROPOUT_STREAM = 2
+
+
 def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool = True,
                 reduce_mean: bool = False, likelihood_weighting: bool = False,
-                eps: float = 1e-5) -> LossFn:
-  """``loss_fn(params, rng, batch: [B, ...]) -> scalar`` for a network ``model``.
+                eps: float = 1e-5, label_dropout: float = 0.0) -> LossFn:
+  """``loss_fn(params, rng, batch) -> scalar`` for a network ``model``.
 
   ``continuous`` selects the continuous DSM objective; otherwise the SDE's discrete chain's
   (SMLD for VE, DDPM for VP). ``rng`` is split into a dropout key and a noise key.
 
+  A class-conditional network (``models.utils.num_classes(model) = K > 0``) takes ``batch =
+  {'image': x, 'label': y}`` and learns the score of ``p(x | y)``; with ``train=True`` each label
+  is first replaced by the null label ``K`` with probability ``label_dropout``
+  (:func:`drop_labels`), so that the same network also learns the unconditional score that
+  classifier-free guidance needs. Evaluation (``train=False``) is the conditional loss.
+
   Raises:
     ValueError: for a discrete objective with an SDE that has no discrete chain, or with
-      likelihood weighting (which only the continuous objective defines).
+      likelihood weighting (which only the continuous objective defines); for a
+      ``label_dropout`` outside [0, 1), or one given to an unconditional network.
   """
   if not continuous:
     if likelihood_weighting:
@@ -227,27 +249,45 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
           f"Discrete training (continuous=False) is only defined for "
           f"{' and '.join(sde_lib.discrete_chain_sdes())}, got {type(sde).__name__}; use "
           f"continuous=True.")
+  classes = mutils.num_classes(model)
+  if not 0.0 <= label_dropout < 1.0:
+    raise ValueError(f"training.label_dropout must be in [0, 1), got {label_dropout}.")
 
-  def loss_fn(params: Params, rng: Array, batch: Array) -> Array:
+  def loss_fn(params: Params, rng: Array, batch: Batch) -> Array:
     dropout_rng, noise_rng = jax.random.split(rng)
+    x, class_labels = batch, None
+    if classes:
+      if not isinstance(batch, dict):
+        raise TypeError("a class-conditional network (num_classes > 0) is trained on "
+                        "{'image': x, 'label': y} batches, got an array.")
+      x, class_labels = batch["image"], batch["label"].astype(jnp.int32)
+      if train and label_dropout > 0:
+        class_labels = drop_labels(jax.random.fold_in(rng, _LABEL_DROPOUT_STREAM), class_labels,
+                                   label_dropout, classes)
     score_fn = mutils.get_score_fn(sde, model, params, train=train, continuous=continuous,
-                                   rng=dropout_rng)
+                                   rng=dropout_rng, class_labels=class_labels)
     if continuous:
-      return sde_loss(score_fn, sde, noise_rng, batch, reduce_mean=reduce_mean,
+      return sde_loss(score_fn, sde, noise_rng, x, reduce_mean=reduce_mean,
                       likelihood_weighting=likelihood_weighting, eps=eps)
-    return discrete_loss(score_fn, sde, noise_rng, batch, reduce_mean=reduce_mean)
+    return discrete_loss(score_fn, sde, noise_rng, x, reduce_mean=reduce_mean)
 
   return loss_fn
 
 
-def per_example_losses(loss_fn: LossFn, params: Params, rng: Array, batch: Array) -> Array:
-  """``[B]`` losses of ``loss_fn`` on each example of ``batch: [B, ...]`` alone.
+def batch_size_of(batch: Batch) -> int:
+  """``B`` of a :data:`Batch` (every leaf is ``[B, ...]``)."""
+  return jax.tree_util.tree_leaves(batch)[0].shape[0]
+
+
+def per_example_losses(loss_fn: LossFn, params: Params, rng: Array, batch: Batch) -> Array:
+  """``[B]`` losses of ``loss_fn`` on each example of ``batch`` (a :data:`Batch`) alone.
 
   Example ``b`` gets the key ``jax.random.split(rng, B)[b]``, so its loss does not depend on the
   rest of the batch (e.g. padding examples, which the caller can then mask out).
   """
-  keys = jax.random.split(rng, batch.shape[0])
-  return jax.vmap(lambda key, x: loss_fn(params, key, x[None]))(keys, batch)
+  keys = jax.random.split(rng, batch_size_of(batch))
+  return jax.vmap(lambda key, example: loss_fn(
+      params, key, jax.tree_util.tree_map(lambda a: a[None], example)))(keys, batch)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -269,7 +309,7 @@ _EVAL_STREAM = 1
 
 def get_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, train: bool,
                 ema_rate: float) -> StepFn:
-  """A pure, jittable ``step_fn(state, batch: [B, ...]) -> (state, loss)``.
+  """A pure, jittable ``step_fn(state, batch) -> (state, loss)`` (``batch``: a :data:`Batch`).
 
   ``train=True``: splits ``state.rng`` (keeping one half as the next state's key), takes a
   gradient step on ``loss_fn`` at ``state.params``, then updates the EMA with the *new*
@@ -280,7 +320,7 @@ def get_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, tra
   of the state; pass ``state.replace(rng=key)`` to draw different noise.
   """
 
-  def train_step(state: TrainState, batch: Array) -> Tuple[TrainState, Array]:
+  def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Array]:
     rng, step_rng = jax.random.split(state.rng)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, step_rng, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -289,17 +329,18 @@ def get_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, tra
                               ema_params=_ema_update(state.ema_params, params, ema_rate), rng=rng)
     return new_state, loss.astype(jnp.float32)
 
-  def eval_step(state: TrainState, batch: Array) -> Tuple[TrainState, Array]:
+  def eval_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Array]:
     loss = loss_fn(state.ema_params, jax.random.fold_in(state.rng, _EVAL_STREAM), batch)
     return state, loss.astype(jnp.float32)
 
   return train_step if train else eval_step
 
 
-def get_multi_step_fn(step_fn: StepFn) -> Callable[[TrainState, Array], Tuple[TrainState, Array]]:
-  """``multi_step(state, batches: [n, B, ...]) -> (state, losses: [n])``, ``n`` steps in a scan."""
+def get_multi_step_fn(step_fn: StepFn) -> Callable[[TrainState, Batch], Tuple[TrainState, Array]]:
+  """``multi_step(state, batches) -> (state, losses: [n])``, ``n`` steps in a scan; ``batches``
+  is a :data:`Batch` whose leaves are stacked ``[n, B, ...]``."""
 
-  def multi_step(state: TrainState, batches: Array) -> Tuple[TrainState, Array]:
+  def multi_step(state: TrainState, batches: Batch) -> Tuple[TrainState, Array]:
     return jax.lax.scan(step_fn, state, batches)
 
   return multi_step

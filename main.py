@@ -4,8 +4,9 @@ The three modes pair up on the same workdir, by default ``runs/<config path unde
 (``configs/vpsde_mnist.py`` -> ``runs/vpsde_mnist``): ``train`` trains (or resumes), ``eval``
 evaluates the checkpoints it wrote, ``sample`` draws ``--num_samples`` samples from the newest
 (or ``--checkpoint``), or with ``--inpaint=REGION``, ``--colorize`` or ``--class_label=K``
-(``--classifier_config``, ``--classifier_workdir``, ``--guidance_scale``) inpaints or colours test
-images or draws classifier-guided samples of class ``K`` (``run_lib.controlled_sample``);
+inpaints or colours test images or draws samples of class ``K``, guided by a classifier
+(``--classifier_config``, ``--classifier_workdir``, ``--guidance_scale``) or, for a
+class-conditional model, classifier-free (``--cfg_weight``) (``run_lib.controlled_sample``);
 ``figures`` draws the process; ``fid_stats`` computes the training split's FID reference
 statistics once. Config fields can be overridden, e.g. ``--config.training.batch_size=64``.
 A single process uses all of its local devices. ``--multihost`` runs it as one of several
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Optional, Union
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -74,9 +76,11 @@ flags.DEFINE_enum("inpaint", None, ["left_half", "right_half", "top_half", "bott
 flags.DEFINE_bool("colorize", False,
                   "--mode sample: colour grey versions of the first --num_samples test images "
                   "(RGB data); writes grey input, result and original.")
-flags.DEFINE_integer("class_label", None,
-                     "--mode sample: draw samples of this class, guided by the noise-conditional "
-                     "classifier of --classifier_config in --classifier_workdir.")
+flags.DEFINE_string("class_label", None,
+                    "--mode sample: draw samples of this class ('all': every class in turn), "
+                    "guided by the noise-conditional classifier of --classifier_config in "
+                    "--classifier_workdir, or by classifier-free guidance of a class-conditional "
+                    "model (model.num_classes > 0).")
 config_flags.DEFINE_config_file("classifier_config", None,
                                 "--class_label: the config the classifier was trained with "
                                 "(python -m classifier_training); overrides as for --config.",
@@ -85,6 +89,10 @@ flags.DEFINE_string("classifier_workdir", None,
                     "--class_label: the classifier's workdir (its newest checkpoint, EMA).")
 flags.DEFINE_float("guidance_scale", None,
                    "--class_label: scale of the classifier's gradient (default 1, Bayes' rule; "
+                   "larger sharpens).")
+flags.DEFINE_float("cfg_weight", None,
+                   "--class_label with a class-conditional model: classifier-free guidance "
+                   "weight w, (1 + w) s(x, t, y) - w s(x, t) (default 0, the conditional model; "
                    "larger sharpens).")
 flags.mark_flags_as_required(["mode"])
 
@@ -104,7 +112,7 @@ def main(argv):
 
   logs.configure_console()
   if _controlled() and FLAGS.mode != "sample":
-    sys.exit("error: --inpaint, --colorize, --class_label and the classifier flags belong to "
+    sys.exit("error: --inpaint, --colorize, --class_label and the guidance flags belong to "
              f"--mode sample, not --mode {FLAGS.mode}.")
   classifier_config = _classifier_config()
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
@@ -126,8 +134,9 @@ def main(argv):
     elif FLAGS.mode == "sample" and _controlled():
       run_lib.controlled_sample(
           FLAGS.config, workdir, inpaint=FLAGS.inpaint, colorize=FLAGS.colorize,
-          class_label=FLAGS.class_label, classifier_config=classifier_config,
+          class_label=_class_label(), classifier_config=classifier_config,
           classifier_workdir=FLAGS.classifier_workdir, guidance_scale=FLAGS.guidance_scale,
+          cfg_weight=FLAGS.cfg_weight,
           checkpoint=FLAGS.checkpoint, num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
           allow_config_change=FLAGS.allow_config_change)
     elif FLAGS.mode == "sample":
@@ -155,7 +164,18 @@ def _controlled() -> bool:
   """Whether a flag of controlled sampling (inpainting, colorization, guidance) was given."""
   return (FLAGS.inpaint is not None or FLAGS.colorize or FLAGS.class_label is not None
           or FLAGS.classifier_config is not None or FLAGS.classifier_workdir is not None
-          or FLAGS.guidance_scale is not None)
+          or FLAGS.guidance_scale is not None or FLAGS.cfg_weight is not None)
+
+
+def _class_label() -> Optional[Union[int, str]]:
+  """``--class_label`` as a class index, ``'all'``, or None; one line for anything else."""
+  value = FLAGS.class_label
+  if value is None or value == "all":
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    sys.exit(f"error: --class_label={value!r}: give a class index (e.g. 3) or 'all'.")
 
 
 def _classifier_config():

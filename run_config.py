@@ -30,7 +30,7 @@ MAY_CHANGE_ON_RESUME = (
 )
 MAY_CHANGE_IN_EVAL = MAY_CHANGE_ON_RESUME + (
     "seed", "optim.", "training.batch_size", "training.mixed_precision", "training.reduce_mean",
-    "training.likelihood_weighting", "training.eps", "data.random_flip",
+    "training.likelihood_weighting", "training.eps", "training.label_dropout", "data.random_flip",
     "data.uniform_dequantization",
 )
 

@@ -52,6 +52,7 @@ import released_checkpoints
 import run_config
 import toy_data
 from devices import Devices, gather
+from models import utils as mutils
 
 Config = ml_collections.ConfigDict
 Array = jax.Array
@@ -65,9 +66,36 @@ def _crossed(step: int, n: int, freq: int) -> bool:
   return freq > 0 and step // freq > (step - n) // freq
 
 
-def stack_batches(iterator: Iterator[Dict[str, np.ndarray]], n: int, scaler) -> np.ndarray:
-  """The next ``n`` batches of ``iterator``, scaled, as one float32 block ``[n, B, ...]``."""
-  return np.stack([np.asarray(scaler(next(iterator)["image"]), np.float32) for _ in range(n)])
+def model_batch(batch: Dict[str, np.ndarray], scaler, num_classes: int = 0) -> Any:
+  """A data batch as the loss takes it (``losses.Batch``): the scaled float32 images, with their
+  labels (``{'image', 'label'}``) for a class-conditional network of ``num_classes`` classes.
+  Padding rows (``mask = 0``) get the null label ``num_classes``.
+
+  Raises:
+    ValueError: if a real example's label is not a class of the network (e.g. -1: the data set
+      has no labels).
+  """
+  images = np.asarray(scaler(batch["image"]), np.float32)
+  if not num_classes:
+    return images
+  labels = np.asarray(batch["label"], np.int32)
+  real = np.asarray(batch.get("mask", np.ones(len(labels))), bool)
+  bad = real & ((labels < 0) | (labels >= num_classes))
+  if bad.any():
+    found = ("the data set has no labels" if labels[bad][0] < 0
+             else f"the data have label {labels[bad].max()}")
+    raise ValueError(f"model.num_classes = {num_classes} asks for class labels 0..."
+                     f"{num_classes - 1}, but {found}; use labelled data or "
+                     "--config.model.num_classes=0.")
+  return {"image": images, "label": np.where(real, labels, num_classes).astype(np.int32)}
+
+
+def stack_batches(iterator: Iterator[Dict[str, np.ndarray]], n: int, scaler,
+                  num_classes: int = 0) -> Any:
+  """The next ``n`` batches of ``iterator`` as :func:`model_batch` gives them, stacked: leaves
+  ``[n, B, ...]``."""
+  parts = [model_batch(next(iterator), scaler, num_classes) for _ in range(n)]
+  return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *parts)
 
 
 class _StopSignals:
@@ -141,6 +169,9 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
   train_data = datasets.get_dataset(config, split="train", shuffle_seed=config.seed, **stream)
   eval_data = datasets.get_dataset(config, split="test", shuffle_seed=config.seed + 1, **stream)
   model, optimizer, state = builders.init_state(config, devices)
+  num_classes = mutils.num_classes(model)
+  scaler, inverse_scaler = builders.data_scalers(config)
+  model_batch(train_data.batch(0), scaler, num_classes)  # labels checked before any write
   train_steps = builders.build_train_steps(config, sde, model, optimizer, state, devices)
   eval_step = builders.build_eval_step(config, sde, model, optimizer, state, devices)
   # Built even when unused so that a bad sampler name fails now, not at the first snapshot.
@@ -166,7 +197,6 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
                  config.model.name, f"{_parameter_count(state.params):,}", config.training.sde,
                  training.n_iters, training.batch_size, jax.device_count(),
                  jax.devices()[0].platform)
-    scaler, inverse_scaler = builders.data_scalers(config)
     train_iter = iter(train_data.starting_at(initial_step))
     eval_iter = iter(eval_data.starting_at(initial_step // max(training.eval_freq, 1)))
     summary = outputs.Summary(os.path.join(workdir, "tensorboard"))
@@ -190,7 +220,8 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
       with _StopSignals() as signals:
         while step < training.n_iters:
           n = min(training.n_jitted_steps, training.n_iters - step)
-          batch = devices.put_batch(stack_batches(train_iter, n, scaler), stacked=True)
+          batch = devices.put_batch(stack_batches(train_iter, n, scaler, num_classes),
+                                    stacked=True)
           state, loss_values = train_steps(state, batch)
           step += n
           if _crossed(step, n, training.log_freq):
@@ -205,8 +236,7 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
           else:
             progress.update(n)
           if _crossed(step, n, training.eval_freq):
-            eval_batch = devices.put_batch(np.asarray(scaler(next(eval_iter)["image"]),
-                                                      np.float32))
+            eval_batch = devices.put_batch(model_batch(next(eval_iter), scaler, num_classes))
             _, eval_loss = eval_step(state, eval_batch)
             summary.scalar("eval/loss", float(eval_loss), step)
           # Multi-process runs agree at logging steps, where the loss is fetched anyway.
@@ -350,7 +380,8 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
       settings = dict(shared)
       result: Dict[str, Any] = {"step": step}
       if ev.enable_loss:
-        result["loss"] = _eval_loss(config, batch_losses, state.ema_params, devices)
+        result["loss"] = _eval_loss(config, batch_losses, state.ema_params, devices,
+                                    mutils.num_classes(model))
         settings.update(_loss_settings(config))
       if ev.enable_bpd:
         bpd_settings = {**shared, **_bpd_settings(config, bpd_examples)}
@@ -558,14 +589,14 @@ def _build_eval_losses(config: Config, sde, model) -> Callable[[Any, Array, Arra
   return jax.jit(functools.partial(losses.per_example_losses, loss_fn))
 
 
-def _eval_loss(config: Config, batch_losses, params, devices: Devices) -> float:
+def _eval_loss(config: Config, batch_losses, params, devices: Devices, num_classes: int) -> float:
   """Mean DSM loss of ``params`` (the EMA parameters) over every example of the test split, once
-  each; ``batch_losses`` is :func:`_build_eval_losses`'."""
+  each (class-conditional: given its label); ``batch_losses`` is :func:`_build_eval_losses`'."""
   scaler, _ = builders.data_scalers(config)
   rng = jax.random.PRNGKey(config.seed + 2)
   total, count = 0.0, 0.0
   for k, batch in enumerate(_eval_batches(config, "test", config.eval.batch_size)):
-    x = devices.put_batch(np.asarray(scaler(batch["image"]), np.float32))
+    x = devices.put_batch(model_batch(batch, scaler, num_classes))
     per_example = np.asarray(gather(batch_losses(params, jax.random.fold_in(rng, k), x)))
     mask = np.asarray(gather(devices.put_batch(batch["mask"])))
     total += float((per_example * mask).sum())
@@ -963,33 +994,60 @@ def inpainting_mask(region: str, image_size: int) -> np.ndarray:
   return known
 
 
-def _controlled_task(inpaint: Optional[str], colorize: bool, class_label: Optional[int],
-                     classifier_config: Optional[Config], classifier_workdir: Optional[str],
-                     guidance_scale: Optional[float]) -> str:
-  """Which task the flags ask for (``'inpaint'``, ``'colorize'`` or ``'guidance'``); one-line
+def _controlled_task(config: Config, inpaint: Optional[str], colorize: bool,
+                     class_label: Optional[Union[int, str]], classifier_config: Optional[Config],
+                     classifier_workdir: Optional[str], guidance_scale: Optional[float],
+                     cfg_weight: Optional[float]) -> str:
+  """Which task the flags ask for (``'inpaint'``, ``'colorize'``, ``'guidance'`` -- classifier
+  guidance -- or ``'cfg'`` -- classifier-free guidance of a class-conditional model); one-line
   ``ValueError`` for a combination that asks for none, several, or a task's missing input."""
   tasks = [name for name, given in (("--inpaint", inpaint is not None), ("--colorize", colorize),
                                     ("--class_label", class_label is not None)) if given]
   if len(tasks) != 1:
     raise ValueError(f"controlled sampling takes exactly one of --inpaint, --colorize and "
                      f"--class_label, got {', '.join(tasks) if tasks else 'none'}.")
-  guidance_flags = [name for name, given in (("--classifier_config", classifier_config is not None),
-                                             ("--classifier_workdir", classifier_workdir),
-                                             ("--guidance_scale", guidance_scale is not None))
-                    if given]
+  classifier_flags = [name for name, given in (
+      ("--classifier_config", classifier_config is not None),
+      ("--classifier_workdir", classifier_workdir),
+      ("--guidance_scale", guidance_scale is not None)) if given]
+  guidance_flags = classifier_flags + (["--cfg_weight"] if cfg_weight is not None else [])
   if tasks[0] != "--class_label":
     if guidance_flags:
-      raise ValueError(f"{', '.join(guidance_flags)} only apply to classifier guidance "
+      raise ValueError(f"{', '.join(guidance_flags)} only apply to guided sampling "
                        "(--class_label=K).")
     if inpaint is not None and inpaint not in INPAINT_REGIONS:
       raise ValueError(f"--inpaint={inpaint!r}: choose one of {', '.join(INPAINT_REGIONS)}.")
     return tasks[0][2:]
-  if classifier_config is None or not classifier_workdir:
-    raise ValueError("--class_label needs the classifier: --classifier_config=CONFIG (the config "
-                     "it was trained with) and --classifier_workdir=W (its workdir).")
+  if isinstance(class_label, str) and class_label != "all":
+    raise ValueError(f"--class_label={class_label!r}: give a class index or 'all'.")
   if guidance_scale is not None and guidance_scale < 0:
     raise ValueError(f"--guidance_scale must be >= 0, got {guidance_scale}.")
-  return "guidance"
+  if cfg_weight is not None and cfg_weight < 0:
+    raise ValueError(f"--cfg_weight must be >= 0, got {cfg_weight}.")
+  if classifier_flags:
+    if cfg_weight is not None:
+      raise ValueError("--cfg_weight (classifier-free guidance) and the classifier flags "
+                       "(classifier guidance) exclude each other; give one of them.")
+    if classifier_config is None or not classifier_workdir:
+      raise ValueError("classifier guidance needs the classifier: --classifier_config=CONFIG (the "
+                       "config it was trained with) and --classifier_workdir=W (its workdir).")
+    return "guidance"
+  if not config.model.get("num_classes", 0):
+    raise ValueError("--class_label needs a noise-conditional classifier (--classifier_config, "
+                     "--classifier_workdir) or a class-conditional score model (trained with "
+                     "--config.model.num_classes=K) for classifier-free guidance (--cfg_weight).")
+  return "cfg"
+
+
+def guidance_labels(class_label: Union[int, str], num_classes: int, n: int) -> np.ndarray:
+  """``int32 [n]``: ``class_label`` for every sample, or with ``'all'`` the classes in turn
+  (sample ``i`` of class ``i mod num_classes``); one-line ``ValueError`` for a class the model
+  does not have."""
+  if class_label == "all":
+    return (np.arange(n) % num_classes).astype(np.int32)
+  if not 0 <= int(class_label) < num_classes:
+    raise ValueError(f"--class_label={class_label}: the model has classes 0...{num_classes - 1}.")
+  return np.full((n,), int(class_label), np.int32)
 
 
 def _process_rows(n: int) -> slice:
@@ -1020,13 +1078,14 @@ def _side_by_side(*images: np.ndarray) -> np.ndarray:
 
 
 def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = None,
-                      colorize: bool = False, class_label: Optional[int] = None,
+                      colorize: bool = False, class_label: Optional[Union[int, str]] = None,
                       classifier_config: Optional[Config] = None,
                       classifier_workdir: Optional[str] = None,
-                      guidance_scale: Optional[float] = None, checkpoint: Optional[str] = None,
-                      num_samples: int = 64, folder: str = "sampled",
-                      allow_config_change: bool = False) -> Dict[str, Any]:
-  """Inpainting, colorization or classifier guidance with one checkpoint (EMA parameters).
+                      guidance_scale: Optional[float] = None, cfg_weight: Optional[float] = None,
+                      checkpoint: Optional[str] = None, num_samples: int = 64,
+                      folder: str = "sampled", allow_config_change: bool = False
+                      ) -> Dict[str, Any]:
+  """Inpainting, colorization or guided sampling with one checkpoint (EMA parameters).
 
   Exactly one task (one-line ``ValueError`` otherwise):
 
@@ -1038,30 +1097,42 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
     coloured by ``get_pc_colorizer``; the result's channel mean is the input's (up to float
     rounding). RGB (``C >= 2``) image data only. ``grid.png``: grey input, result, original;
     ``sample.npz``: ``gray``, ``samples``, ``data``, ``labels``.
-  * ``class_label = K``: ``num_samples`` samples of class ``K`` from an unconditional model
-    guided by the noise-conditional classifier of ``classifier_config`` in
-    ``classifier_workdir`` (its EMA parameters, ``classifier_training.load_classifier``), with
-    ``guidance_scale`` (default 1: Bayes' rule). The classifier must have been trained on the
-    score model's SDE, data scaling and image shape (``builders.check_classifier_config``).
+  * ``class_label = K`` (or ``'all'``: sample ``i`` of class ``i mod num_classes``),
+    ``num_samples`` samples of class ``K``, by either
+
+    - classifier guidance (``classifier_config`` and ``classifier_workdir`` given): the
+      model's score (of a class-conditional model: its unconditional one) plus ``guidance_scale``
+      (default 1: Bayes' rule) times the gradient of the noise-conditional classifier's
+      ``log p_t(K | x)`` (its EMA parameters, ``classifier_training.load_classifier``), which
+      must have been trained on the score model's SDE, data scaling and image shape
+      (``builders.check_classifier_config``); or
+    - classifier-free guidance of a class-conditional model (``model.num_classes > 0``), weight
+      ``cfg_weight`` (default 0: the conditional model as trained; ``builders.build_cfg_sampler``).
+
     Any ``sampling.method``. ``grid.png``: the samples; ``sample.npz``: ``samples``, ``labels``.
+    For MNIST the MNIST classifier reads every sample (``builders.build_class_predictor``):
+    ``requested_class_rate``, the fraction it sees as the requested digit, is in the result,
+    ``sample.json`` and the console, and ``sample.npz`` has its ``predicted`` labels.
 
   Inpainting and colorization run the PC sampler of ``config.sampling`` (``method = 'pc'``, any
   predictor and corrector, ``sde.N`` steps). Outputs go to ``<workdir>/<folder>/<step>_<task>_
   <sampler>/`` (``<step>`` as :func:`sample`'s folders, ``<task>`` e.g. ``inpaint-left_half``,
-  ``colorize``, ``class3-scale1``), with ``sample.json`` (NFE per sample, time, settings); never
+  ``colorize``, ``class3-scale1``, ``classall-cfg2``), with ``sample.json`` (NFE per sample, time, settings); never
   into the checkpoint directories. Batches of ``eval.batch_size``, one compilation.
 
   Returns:
-    ``{"step", "task", "num_samples", "nfe", "seconds", "path"}``.
+    ``{"step", "task", "num_samples", "nfe", "seconds", "path"}`` (and
+    ``requested_class_rate`` where the classes were checked).
   """
-  task = _controlled_task(inpaint, colorize, class_label, classifier_config, classifier_workdir,
-                          guidance_scale)
+  task = _controlled_task(config, inpaint, colorize, class_label, classifier_config,
+                          classifier_workdir, guidance_scale, cfg_weight)
   if num_samples < 1:
     raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
-  if task != "guidance" and builders.is_vector_data(config):
+  guided = task in ("guidance", "cfg")
+  if not guided and builders.is_vector_data(config):
     raise ValueError(f"--{task} works on images; this config's data are vectors (data.dim = "
                      f"{config.data.dim}).")
-  if task != "guidance":
+  if not guided:
     builders.check_replacement_sampler(config, {"inpaint": "Inpainting",
                                                 "colorize": "Colorization"}[task])
   channels = builders.input_shape(config)[-1]
@@ -1069,22 +1140,25 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
     raise ValueError(f"--colorize needs colour (RGB) images; this config's have {channels} "
                      "channel (data.num_channels).")
   scale = 1.0 if guidance_scale is None else float(guidance_scale)
+  weight = 0.0 if cfg_weight is None else float(cfg_weight)
   if task == "guidance":
     builders.check_classifier_config(config, classifier_config)
-    num_classes = int(classifier_config.model.num_classes)
-    if not 0 <= class_label < num_classes:
-      raise ValueError(f"--class_label={class_label}: the classifier has classes 0..."
-                       f"{num_classes - 1}.")
+    labels = guidance_labels(class_label, int(classifier_config.model.num_classes), num_samples)
+  elif task == "cfg":
+    labels = guidance_labels(class_label, int(config.model.num_classes), num_samples)
   devices = Devices()
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)
   scaler, inverse_scaler = builders.data_scalers(config)
   label = {"inpaint": f"inpaint-{inpaint}", "colorize": "colorize",
-           "guidance": f"class{class_label}-scale{scale:g}"}[task]
+           "guidance": f"class{class_label}-scale{scale:g}",
+           "cfg": f"class{class_label}-cfg{weight:g}"}[task]
   if task == "guidance":
     classifier_model, classifier_params = classifier_training.load_classifier(
         classifier_config, classifier_workdir)
-    inputs = {"labels": np.full((num_samples,), class_label, np.int32)}
+  if guided:
+    inputs = {"labels": labels}
+    predict_class, unchecked = builders.build_class_predictor(config)
   else:
     test = datasets.load_split(config, "test")
     if num_samples > len(test.labels):
@@ -1107,12 +1181,16 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
   elif task == "colorize":
     colorizer = builders.build_colorizer(config, sde, model, devices)
     run = lambda rng, params, b: colorizer(rng, params, devices.put_batch(scaler(b["gray"])))
-  else:
-    guided = builders.build_guided_sampler(config, sde, model, devices, batch_size,
-                                           classifier_model)
+  elif task == "guidance":
+    guided_sampler = builders.build_guided_sampler(config, sde, model, devices, batch_size,
+                                                   classifier_model)
     classifier_params = devices.put(classifier_params)
-    run = lambda rng, params, b: guided(rng, params, classifier_params,
-                                        devices.put_batch(b["labels"]), jnp.float32(scale))
+    run = lambda rng, params, b: guided_sampler(rng, params, classifier_params,
+                                                devices.put_batch(b["labels"]), jnp.float32(scale))
+  else:
+    cfg_sampler = builders.build_cfg_sampler(config, sde, model, devices, batch_size)
+    run = lambda rng, params, b: cfg_sampler(rng, params, devices.put_batch(b["labels"]),
+                                             jnp.float32(weight))
   chosen = _sampling_parameters(config, workdir, checkpoint, allow_config_change, model,
                                 template)
   tag = sampler_tag(config)
@@ -1140,6 +1218,18 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
                              "nothing was saved.")
   result = {"step": chosen.step, "task": label, "num_samples": int(num_samples),
             "nfe": float(np.mean(nfes)), "seconds": seconds, "path": out_dir}
+  picture = os.path.join(out_dir, "samples_vs_data.png" if builders.is_vector_data(config)
+                         else "grid.png")
+  predicted = None
+  if guided and predict_class is not None:
+    predicted = predict_class(samples)
+    result["requested_class_rate"] = float(np.mean(predicted == inputs["labels"][:num_samples]))
+    logging.info("%s: %.1f %% of the samples are of the requested class (by %s).", label,
+                 100 * result["requested_class_rate"],
+                 "the exact posterior" if builders.is_vector_data(config)
+                 else "the MNIST classifier")
+  elif guided:
+    logging.info("%s: %s.", label, unchecked)
   if jax.process_index() == 0:
     if task == "inpaint":
       arrays = {"data": inputs["data"], "mask": inputs["mask"]}
@@ -1148,13 +1238,21 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
       arrays = {"gray": inputs["gray"], "data": inputs["data"]}
       grid = _side_by_side(inputs["gray"], samples, inputs["data"])
     else:
-      arrays, grid = {}, samples
+      arrays, grid = ({} if predicted is None else {"predicted": predicted}), samples
     outputs.save_npz(os.path.join(out_dir, "sample.npz"), samples=samples,
                      labels=inputs["labels"][:num_samples], **arrays)
-    outputs.save_image_grid(grid[:64], os.path.join(out_dir, "grid.png"))
+    if builders.is_vector_data(config):
+      if figures.available():
+        figures.toy_samples_vs_data(samples, _data_reference(config, max(num_samples, 2000)),
+                                    picture, title=figures.run_title(chosen.title, label,
+                                                                     result["nfe"]))
+    else:
+      outputs.save_image_grid(grid[:64], picture)
     settings = {**_section(config, "sampling"), "task": label, "eval.batch_size": batch_size}
-    if task == "guidance":
-      settings.update({"class_label": int(class_label), "guidance_scale": scale,
+    if task == "cfg":
+      settings.update({"class_label": class_label, "cfg_weight": weight})
+    elif task == "guidance":
+      settings.update({"class_label": class_label, "guidance_scale": scale,
                        "classifier_workdir": os.path.abspath(classifier_workdir),
                        **run_config.flatten(classifier_config.model.to_dict(),
                                             "classifier.model.")})
@@ -1162,7 +1260,7 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
                       {**result, "checkpoint": None if chosen.step is None else chosen.name,
                        "settings": eval_cache.canonical(settings)})
   logging.info("%s: %d results, %.0f network evaluations each, in %.1f s (compiling included): "
-               "%s", label, num_samples, result["nfe"], seconds, os.path.join(out_dir, "grid.png"))
+               "%s", label, num_samples, result["nfe"], seconds, picture)
   return result
 
 

@@ -26,6 +26,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.snapshot_sampling = True   # sample a PNG grid at each snapshot
   training.mixed_precision = False    # bf16 activations/matmuls; fp32 params, optimizer, EMA, loss
   training.remat = False              # NCSN++/DDPM++: recompute blocks in backward (less memory)
+  training.label_dropout = 0.1        # class-conditional models: P(label -> null label), for CFG
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"              # pc | ode | ddim | dpm_solver | edm_heun
@@ -98,6 +99,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.embedding_type = "fourier"
   model.scale_by_sigma = False
   model.ema_rate = 0.9999
+  model.num_classes = 0               # > 0: class-conditional network (ncsnpp, toy_mlp), for CFG
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.0

@@ -79,6 +79,37 @@ def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int,
   return emb
 
 
+class ClassEmbedding(nn.Module):
+  """``class_labels: [B]`` int in ``0 .. num_classes`` -> ``[B, features]``, a learned vector per
+  class plus one for the null label ``num_classes``: the unconditional model that
+  classifier-free guidance trains by label dropout (Ho & Salimans 2022). ``class_labels=None``
+  means the null label for every example of a batch of ``batch_size``.
+  """
+  num_classes: int
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, class_labels: Optional[jax.Array], batch_size: int) -> jax.Array:
+    if class_labels is None:
+      class_labels = jnp.full((batch_size,), self.num_classes, jnp.int32)
+    elif class_labels.shape != (batch_size,):
+      raise ValueError(f"class_labels must have shape [B] = ({batch_size},), got "
+                       f"{class_labels.shape}.")
+    # flax's nn.Embed initialisation (std 1 / sqrt(features)); mode='clip': an index can never
+    # read past the table (jnp.take's default gives NaN there).
+    table = self.param("embedding", nn.linear.default_embed_init,
+                       (self.num_classes + 1, self.features))
+    return jnp.take(table, class_labels.astype(jnp.int32), axis=0, mode="clip").astype(self.dtype)
+
+
+def check_class_labels(num_classes: int, class_labels: Optional[jax.Array]) -> None:
+  """Raises if ``class_labels`` are given to an unconditional network (``num_classes = 0``)."""
+  if class_labels is not None and not num_classes:
+    raise ValueError("class_labels given to an unconditional network; a class-conditional one "
+                     "has model.num_classes > 0.")
+
+
 # --- DDPM U-Net blocks (Ho et al. 2020) ---------------------------------------------------------
 
 

@@ -46,12 +46,10 @@ class ToyMLP(nn.Module):
     act = layers.get_act(self.act)
     temb = layers.get_timestep_embedding(labels * self.embedding_scale, self.nf)
     temb = nn.Dense(self.nf, dtype=self.dtype)(act(nn.Dense(self.nf, dtype=self.dtype)(temb)))
+    layers.check_class_labels(self.num_classes, class_labels)
     if self.num_classes:
-      if class_labels is None:
-        class_labels = jnp.full(labels.shape, self.num_classes, jnp.int32)
-      temb = temb + nn.Embed(self.num_classes + 1, self.nf, dtype=self.dtype)(class_labels)
-    elif class_labels is not None:
-      raise ValueError("class_labels given to an unconditional network (model.num_classes = 0).")
+      temb = temb + layers.ClassEmbedding(self.num_classes, self.nf, dtype=self.dtype)(
+          class_labels, x.shape[0])
     h = nn.Dense(self.nf, dtype=self.dtype)(x)
     for _ in range(self.num_blocks):
       residual = nn.Dense(self.nf, dtype=self.dtype)(act(h) + temb)

@@ -62,6 +62,12 @@ class NCSNpp(nn.Module):
   * ``fir``: FIR (``fir_kernel``) instead of nearest/box resampling.
   * ``centered``: inputs already in [-1, 1]; otherwise ``2 x - 1`` is applied first.
 
+  ``num_classes = K > 0`` makes the network class-conditional (``model.num_classes``): a learned
+  embedding of ``class_labels: [B]`` in ``0 .. K`` is added to the noise-level embedding that
+  every residual block receives; ``K``, the null label (also what ``class_labels=None`` means),
+  is the unconditional model that label dropout trains beside the conditional ones. ``K = 0`` is
+  the unconditional network, parameters unchanged.
+
   ``dtype`` is the computation dtype (bfloat16 for mixed precision); parameters are float32.
   ``remat``: each residual and attention block keeps only its inputs for the backward pass and
   recomputes its insides there (``flax.linen.remat``): less activation memory for about one more
@@ -87,6 +93,7 @@ class NCSNpp(nn.Module):
   nonlinearity: str = "swish"
   centered: bool = False
   scale_by_sigma: bool = False
+  num_classes: int = 0
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -100,6 +107,9 @@ class NCSNpp(nn.Module):
     layers.get_act(self.nonlinearity)
     if not self.ch_mult or self.num_res_blocks < 1 or self.nf < 4:
       raise ValueError("Need a non-empty ch_mult, num_res_blocks >= 1 and nf >= 4.")
+    if self.num_classes and not self.conditional:
+      raise ValueError("A class-conditional NCSN++ (num_classes > 0) adds its class embedding to "
+                       "the noise-level embedding; set model.conditional = True.")
     super().__post_init__()
 
   @classmethod
@@ -125,10 +135,11 @@ class NCSNpp(nn.Module):
         progressive_combine=model.progressive_combine.lower(), init_scale=model.init_scale,
         fourier_scale=model.get("fourier_scale", 16.0), embedding_type=embedding_type,
         nonlinearity=model.get("nonlinearity", "swish"), centered=data.centered,
-        scale_by_sigma=model.scale_by_sigma)
+        scale_by_sigma=model.scale_by_sigma, num_classes=model.get("num_classes", 0))
 
-  def _embed(self, labels: Array) -> Optional[Array]:
-    """``labels: [B] -> temb: [B, 4 nf]`` (None if unconditional)."""
+  def _embed(self, labels: Array, class_labels: Optional[Array]) -> Optional[Array]:
+    """``labels: [B]`` (noise levels), ``class_labels: [B]`` or None -> ``temb: [B, 4 nf]`` (None
+    if not conditioned on the noise level)."""
     if self.embedding_type == "fourier":
       temb = layerspp.GaussianFourierProjection(
           embedding_size=self.nf, scale=self.fourier_scale)(jnp.log(labels.astype(jnp.float32)))
@@ -138,7 +149,11 @@ class NCSNpp(nn.Module):
       return None
     act = layers.get_act(self.nonlinearity)
     temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), dtype=self.dtype)(temb)
-    return nn.Dense(4 * self.nf, kernel_init=layers.default_init(), dtype=self.dtype)(act(temb))
+    temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init(), dtype=self.dtype)(act(temb))
+    if self.num_classes:
+      temb = temb + layers.ClassEmbedding(self.num_classes, 4 * self.nf, dtype=self.dtype)(
+          class_labels, labels.shape[0])
+    return temb
 
   def _head(self, h: Array, out_ch: int, init_scale: float) -> Array:
     """GN-act-conv3x3 to ``out_ch`` channels."""
@@ -147,9 +162,11 @@ class NCSNpp(nn.Module):
     return layers.ddpm_conv3x3(out_ch, init_scale=init_scale, dtype=self.dtype)(h)
 
   @nn.compact
-  def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, labels: Array, train: bool = False,
+               class_labels: Optional[Array] = None) -> Array:
     if x.ndim != 4 or labels.shape != x.shape[:1]:
       raise ValueError(f"Expected x: [B, H, W, C] and labels: [B]; got {x.shape}, {labels.shape}.")
+    layers.check_class_labels(self.num_classes, class_labels)
     num_resolutions = len(self.ch_mult)
     check_image_size(x.shape[1], x.shape[2], num_resolutions)
     act = layers.get_act(self.nonlinearity)
@@ -183,7 +200,7 @@ class NCSNpp(nn.Module):
       return named(layerspp.AttnBlockpp)(init_scale=self.init_scale,
                                          skip_rescale=self.skip_rescale, dtype=dtype)
 
-    temb = self._embed(labels)
+    temb = self._embed(labels, class_labels)
     if not self.centered:
       x = 2 * x - 1.0
     x = x.astype(dtype)

@@ -4,7 +4,7 @@ a RefineNet decoder, ``[B, H, W, C] x labels [B] -> [B, H, W, C]``.
 NCSNv2 is not told the noise level: its output is divided by sigma outside the network
 (``scale_by_sigma``, see ``models.utils.get_score_fn``), so its ``labels`` are unused. NCSN v1
 instead conditions every normalization on the noise-level index (conditional InstanceNorm++);
-its labels are integer levels ``i`` in ``[0, num_classes)`` passed as floats.
+its labels are integer levels ``i`` in ``[0, num_levels)`` passed as floats.
 
 Registered names: ``ncsnv2`` (depth chosen from the image size, like the authors'
 ``get_network``), ``ncsnv2_64``, ``ncsnv2_128``, ``ncsnv2_256`` (a fixed depth, the authors'
@@ -52,7 +52,7 @@ def downsampling_factor(arch: int) -> int:
 
 
 class NCSNv2(nn.Module):
-  """NCSNv2 (``num_classes == 0``) or NCSN v1 (``num_classes > 0``) of depth ``arch`` (64/128/256).
+  """NCSNv2 (``num_levels == 0``) or NCSN v1 (``num_levels > 0`` noise levels) of depth ``arch`` (64/128/256).
 
   ``H`` and ``W`` must be multiples of :func:`downsampling_factor` ``(arch)``. Inputs in ``[0, 1]``
   (``centered=False``) are mapped to ``[-1, 1]`` first. NCSN v1 (as in the authors' code) exists
@@ -63,7 +63,7 @@ class NCSNv2(nn.Module):
   nonlinearity: str = "elu"
   normalization: str = "InstanceNorm++"
   interpolation: str = "bilinear"
-  num_classes: int = 0
+  num_levels: int = 0
   num_groups: int = 32
   centered: bool = False
   scale_by_sigma: bool = True
@@ -74,8 +74,8 @@ class NCSNv2(nn.Module):
     # Fail on a bad option when the model is built, not deep inside tracing.
     if self.arch not in _ARCHS:
       raise ValueError(f"Unknown NCSNv2 arch {self.arch}; valid values are: {sorted(_ARCHS)}.")
-    if self.num_classes and self.arch != 64:
-      raise ValueError(f"NCSN v1 (num_classes > 0) has only the 64 architecture, got {self.arch}.")
+    if self.num_levels and self.arch != 64:
+      raise ValueError(f"NCSN v1 (num_levels > 0) has only the 64 architecture, got {self.arch}.")
     if self.interpolation not in ("bilinear", "nearest_neighbor"):
       raise ValueError(f"Unknown interpolation {self.interpolation!r}; valid names are: "
                        "bilinear, nearest_neighbor.")
@@ -83,10 +83,10 @@ class NCSNv2(nn.Module):
     self._normalizer()
 
   def _normalizer(self):
-    conditional = self.num_classes > 0
+    conditional = self.num_levels > 0
     return normalization.get_normalization(
         self.normalization, conditional=conditional,
-        num_classes=self.num_classes if conditional else None, num_groups=self.num_groups,
+        num_classes=self.num_levels if conditional else None, num_groups=self.num_groups,
         dtype=self.dtype)
 
   def _check_input(self, x: jax.Array, labels: jax.Array) -> None:
@@ -107,7 +107,7 @@ class NCSNv2(nn.Module):
     self._check_input(x, labels)
     act = layers.get_act(self.nonlinearity)
     normalizer = self._normalizer()
-    y = labels if self.num_classes else None
+    y = labels if self.num_levels else None
     nf, dtype = self.nf, self.dtype
     arch = _ARCHS[self.arch]
 
@@ -131,7 +131,7 @@ class NCSNv2(nn.Module):
       inputs = [features[i]] if h is None else [features[i], h]
       h = layers.RefineBlock(features[i].shape[1:3], arch["refine"][i] * nf, act=act,
                              interpolation=self.interpolation, start=h is None, end=i == 0,
-                             normalizer=normalizer if self.num_classes else None,
+                             normalizer=normalizer if self.num_levels else None,
                              dtype=dtype)(inputs, y)
 
     h = act(normalizer()(h) if y is None else normalizer()(h, y))
@@ -171,9 +171,8 @@ def ncsnv2_256_from_config(config: ml_collections.ConfigDict) -> NCSNv2:
 @register_model("ncsn")
 def ncsn_from_config(config: ml_collections.ConfigDict) -> NCSNv2:
   """NCSN v1: one conditional-normalization class per noise level, ``model.num_scales`` of them
-  unless ``model.num_classes`` says otherwise (the authors' configs lacked ``num_classes``)."""
+  (the authors' module read a ``num_classes`` their configs lacked)."""
   if config.training.continuous:
     raise ValueError("NCSN v1 is conditioned on integer noise levels; set "
                      "training.continuous = False.")
-  num_classes = config.model.get("num_classes", config.model.num_scales)
-  return NCSNv2(arch=64, num_classes=num_classes, **_common_kwargs(config))
+  return NCSNv2(arch=64, num_levels=config.model.num_scales, **_common_kwargs(config))

@@ -16,7 +16,10 @@ VP/sub-VP, cont.      ``999 t``                ``-out / std(t)``   (``out`` pred
 VP, discrete (DDPM)   ``i = round(t (N-1))``   ``-out / sqrt(1 - alpha_bar_i)``
 ====================  =======================  ==========================================
 
-A module opts into VE sigma scaling with a boolean attribute ``scale_by_sigma``. Networks are
+A module opts into VE sigma scaling with a boolean attribute ``scale_by_sigma``, and into class
+conditioning with ``num_classes = K > 0`` (:func:`num_classes`): it is then also called with
+``class_labels: [B]`` int in ``0 .. K``, ``K`` (or ``class_labels=None``) being the null label of
+the unconditional model. Networks are
 built from a config by ``builders.build_model``, through the factories registered here.
 """
 
@@ -59,23 +62,32 @@ def get_model(name: str) -> ModelFactory:
   return MODELS.get(name)
 
 
+def num_classes(model: nn.Module) -> int:
+  """The number of classes a class-conditional network is conditioned on; 0 if unconditional."""
+  return int(getattr(model, "num_classes", 0) or 0)
+
+
 def get_model_fn(model: nn.Module, params: Any, train: bool = False,
-                 rng: Optional[Array] = None) -> ModelFn:
-  """``model_fn(x, labels) -> output``; ``rng`` drives dropout and is required when training."""
+                 rng: Optional[Array] = None, class_labels: Optional[Array] = None) -> ModelFn:
+  """``model_fn(x, labels) -> output``; ``rng`` drives dropout and is required when training.
+  ``class_labels: [B]`` condition a class-conditional network (None: its null label)."""
   if train and rng is None:
     raise ValueError("get_model_fn(train=True) needs an rng for dropout.")
+  kwargs = {} if class_labels is None else {"class_labels": class_labels}
 
   def model_fn(x: Array, labels: Array) -> Array:
     rngs = {"dropout": rng} if train else None
-    return model.apply({"params": params}, x, labels, train=train, rngs=rngs)
+    return model.apply({"params": params}, x, labels, train=train, rngs=rngs, **kwargs)
 
   return model_fn
 
 
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, params: Any, train: bool = False,
-                 continuous: bool = True, rng: Optional[Array] = None) -> sde_lib.ScoreFn:
-  """``score_fn(x: [B, ...], t: [B]) -> [B, ...]`` from a network, per the table above."""
-  model_fn = get_model_fn(model, params, train=train, rng=rng)
+                 continuous: bool = True, rng: Optional[Array] = None,
+                 class_labels: Optional[Array] = None) -> sde_lib.ScoreFn:
+  """``score_fn(x: [B, ...], t: [B]) -> [B, ...]`` from a network, per the table above; with
+  ``class_labels: [B]`` the class-conditional score of a class-conditional network."""
+  model_fn = get_model_fn(model, params, train=train, rng=rng, class_labels=class_labels)
   return score_fn_from_model_fn(sde, model_fn, continuous,
                                 scale_by_sigma=getattr(model, "scale_by_sigma", False))
 

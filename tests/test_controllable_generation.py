@@ -346,12 +346,12 @@ def test_toy_mlp_class_conditioning_and_its_null_label():
   x, noise_labels = jnp.ones((3, 2)), jnp.full((3,), 10.0)
   plain = ToyMLP(nf=16, num_blocks=1)
   params = plain.init(jax.random.PRNGKey(0), x, noise_labels)["params"]
-  assert "Embed_0" not in params                              # unconditional: as before
-  with pytest.raises(ValueError, match="num_classes = 0"):
+  assert "ClassEmbedding_0" not in params                     # unconditional: as before
+  with pytest.raises(ValueError, match="unconditional network"):
     plain.apply({"params": params}, x, noise_labels, class_labels=jnp.zeros(3, jnp.int32))
   model = ToyMLP(nf=16, num_blocks=1, num_classes=4)
   params = model.init(jax.random.PRNGKey(0), x, noise_labels)["params"]
-  assert params["Embed_0"]["embedding"].shape == (5, 16)      # 4 classes + the null label
+  assert params["ClassEmbedding_0"]["embedding"].shape == (5, 16)  # 4 classes + the null label
   # Random parameters (the residual blocks start at zero, hiding every label).
   leaves, tree = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
@@ -363,7 +363,7 @@ def test_toy_mlp_class_conditioning_and_its_null_label():
                              apply(jnp.full((3,), 4)), rtol=1e-5)
   assert float(jnp.abs(apply(jnp.zeros(3, jnp.int32)) - apply(jnp.ones(3, jnp.int32))).max()) > 0
   labels = jnp.arange(10000) % 4
-  dropped = cg.drop_labels(jax.random.PRNGKey(1), labels, 0.2, 4)
+  dropped = losses.drop_labels(jax.random.PRNGKey(1), labels, 0.2, 4)
   assert abs(float(jnp.mean(dropped == 4)) - 0.2) < 0.02
   np.testing.assert_array_equal(jnp.where(dropped == 4, labels, dropped), labels)
 
@@ -379,7 +379,7 @@ def test_classifier_free_guidance_of_a_trained_toy_model():
   x_all, y_all = jnp.asarray(x_all), jnp.asarray(y_all)
   params = model.init(jax.random.PRNGKey(0), x_all[:1], jnp.ones(1))["params"]
   optimizer = losses.get_optimizer(2e-3, warmup=100)
-  loss_fn = cg.get_conditional_loss_fn(sde, model, label_dropout=0.2, reduce_mean=True)
+  loss_fn = losses.get_loss_fn(sde, model, train=True, label_dropout=0.2, reduce_mean=True)
 
   @jax.jit
   def train(params):
@@ -388,7 +388,8 @@ def test_classifier_free_guidance_of_a_trained_toy_model():
       params, opt_state = carry
       index_key, loss_key = jax.random.split(key)
       index = jax.random.randint(index_key, (256,), 0, x_all.shape[0])
-      grads = jax.grad(loss_fn)(params, loss_key, x_all[index], y_all[index])
+      batch = {"image": x_all[index], "label": y_all[index]}
+      grads = jax.grad(loss_fn)(params, loss_key, batch)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
 

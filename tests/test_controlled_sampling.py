@@ -219,7 +219,7 @@ def test_a_classifier_of_another_sde_is_refused_in_one_line(mnist_run, classifie
     (dict(), "exactly one of --inpaint, --colorize and --class_label, got none"),
     (dict(inpaint="left_half", colorize=True), "got --inpaint, --colorize"),
     (dict(inpaint="left_half", guidance_scale=2.0), "--guidance_scale only apply to"),
-    (dict(class_label=1), "--class_label needs the classifier"),
+    (dict(class_label=1), "--class_label needs a noise-conditional classifier"),
     (dict(inpaint="middle"), "--inpaint='middle': choose one of left_half"),
     (dict(colorize=True), "--colorize needs colour (RGB) images"),
     (dict(inpaint="left_half", num_samples=0), "--num_samples must be >= 1"),

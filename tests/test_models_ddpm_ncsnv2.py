@@ -152,7 +152,7 @@ def test_ncsnv2_256_parameter_count():
     ("ncsnv2_64", lambda: ncsnv2.NCSNv2(arch=64), 28, 1),
     ("ncsnv2_128", lambda: ncsnv2.NCSNv2(arch=128), 28, 1),
     ("ncsnv2_256", lambda: ncsnv2.NCSNv2(arch=256), 32, 1),
-    ("ncsn", lambda: ncsnv2.NCSNv2(num_classes=10), 28, 1),
+    ("ncsn", lambda: ncsnv2.NCSNv2(num_levels=10), 28, 1),
 ])
 def test_output_shape_equals_input_shape(name, build, size, channels):
   del name
@@ -336,9 +336,9 @@ def test_config_builds_its_model(module):
     assert model.scale_by_sigma == (config.training.sde == "vesde")
   elif name == "ncsn":
     # NCSN v1 outputs the score itself and needs one normalization class per noise level.
-    assert not model.scale_by_sigma and model.num_classes == config.model.num_scales
+    assert not model.scale_by_sigma and model.num_levels == config.model.num_scales
   else:
-    assert model.scale_by_sigma and model.num_classes == 0
+    assert model.scale_by_sigma and model.num_levels == 0
     assert model.arch == ncsnv2.arch_for_image_size(config.data.image_size)
 
 
@@ -385,8 +385,8 @@ def test_bad_label_shape_fails():
     (lambda: ncsnv2.NCSNv2(nonlinearity="gelu"), "Unknown activation"),
     (lambda: ncsnv2.NCSNv2(interpolation="cubic"), "interpolation"),
     (lambda: ncsnv2.NCSNv2(arch=96), "arch"),
-    (lambda: ncsnv2.NCSNv2(num_classes=10, normalization="GroupNorm"), "Conditional"),
-    (lambda: ncsnv2.NCSNv2(num_classes=10, arch=128), "64"),
+    (lambda: ncsnv2.NCSNv2(num_levels=10, normalization="GroupNorm"), "Conditional"),
+    (lambda: ncsnv2.NCSNv2(num_levels=10, arch=128), "64"),
     (lambda: ncsnv2.arch_for_image_size(512), "512"),
 ])
 def test_bad_options_fail_at_construction(build, match):
