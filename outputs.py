@@ -116,12 +116,13 @@ def load_npz(path: str, keys: Sequence[str]) -> Optional[Dict[str, np.ndarray]]:
     return {key: saved[key] for key in keys}
 
 
-def save_image_grid(images: np.ndarray, path: str) -> None:
-  """Saves ``images: [B, H, W, C]`` in [0, 1] as one PNG grid (``ceil(sqrt(B))`` per row)."""
+def save_image_grid(images: np.ndarray, path: str, ncol: Optional[int] = None) -> None:
+  """Saves ``images: [B, H, W, C]`` in [0, 1] as one PNG grid, ``ncol`` per row (default
+  ``ceil(sqrt(B))``)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
   b, h, w, c = images.shape
-  ncol = int(np.ceil(np.sqrt(b)))
+  ncol = ncol or int(np.ceil(np.sqrt(b)))
   nrow = int(np.ceil(b / ncol))
   grid = np.zeros((nrow * (h + 2) + 2, ncol * (w + 2) + 2, c), np.float32)
   for i, image in enumerate(images):

@@ -1143,9 +1143,11 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
   weight = 0.0 if cfg_weight is None else float(cfg_weight)
   if task == "guidance":
     builders.check_classifier_config(config, classifier_config)
-    labels = guidance_labels(class_label, int(classifier_config.model.num_classes), num_samples)
+    classes = int(classifier_config.model.num_classes)
   elif task == "cfg":
-    labels = guidance_labels(class_label, int(config.model.num_classes), num_samples)
+    classes = int(config.model.num_classes)
+  if guided:
+    labels = guidance_labels(class_label, classes, num_samples)
   devices = Devices()
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)
@@ -1246,6 +1248,8 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
         figures.toy_samples_vs_data(samples, _data_reference(config, max(num_samples, 2000)),
                                     picture, title=figures.run_title(chosen.title, label,
                                                                      result["nfe"]))
+    elif class_label == "all":  # one class per column, as many rows as fit in 100 images
+      outputs.save_image_grid(grid[:classes * max(1, 100 // classes)], picture, ncol=classes)
     else:
       outputs.save_image_grid(grid[:64], picture)
     settings = {**_section(config, "sampling"), "task": label, "eval.batch_size": batch_size}
