@@ -223,35 +223,43 @@ def _parse_flags(argv):
   return remaining
 
 
+# The flags that take a config file and its ``--<flag>.a.b=v`` overrides.
+_CONFIG_FLAGS = ("config", "classifier_config")
+
+
 def _config_error(argv, error: Exception) -> str:
-  """What went wrong loading ``--config`` or applying an override, in one line."""
+  """What went wrong loading ``--config`` (or ``--classifier_config``) or applying an override to
+  it, in one line."""
   import configs  # pylint: disable=import-outside-toplevel
-  path = _config_path(argv)
-  try:
-    config = configs.load_config(path)
-  except Exception as e:  # pylint: disable=broad-except
-    return (f"cannot load config {path!r}: {type(e).__name__}: {str(e).rstrip('.')}. Pass a "
-            "config file that defines get_config(), e.g. --config configs/vpsde_mnist.py")
-  for arg in argv[1:]:
-    if not arg.startswith("--config."):
+  for flag in _CONFIG_FLAGS:
+    path = _flag_value(argv, flag)
+    if not path:
       continue
-    key = arg[len("--config."):].partition("=")[0]
-    node, parts = config, key.split(".")
-    for i, part in enumerate(parts):
-      if not hasattr(node, "keys") or part not in node:
-        where = ".".join(parts[:i]) or "the config"
-        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
-        return (f"--config.{key}: {where} has no field {part!r} (its fields: {known}).")
-      node = node[part]
+    try:
+      config = configs.load_config(path)
+    except Exception as e:  # pylint: disable=broad-except
+      return (f"cannot load config {path!r}: {type(e).__name__}: {str(e).rstrip('.')}. Pass a "
+              "config file that defines get_config(), e.g. --config configs/vpsde_mnist.py")
+    for arg in argv[1:]:
+      if not arg.startswith(f"--{flag}."):
+        continue
+      key = arg[len(f"--{flag}."):].partition("=")[0]
+      node, parts = config, key.split(".")
+      for i, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node:
+          where = ".".join(parts[:i]) or "the config"
+          known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
+          return f"--{flag}.{key}: {where} has no field {part!r} (its fields: {known})."
+        node = node[part]
   return f"bad --config override: {type(error).__name__}: {error}"
 
 
-def _config_path(argv) -> str:
-  """The value of ``--config`` in ``argv`` (``--config=PATH`` or ``--config PATH``)."""
+def _flag_value(argv, flag: str) -> str:
+  """The value of ``--<flag>`` in ``argv`` (``--flag=VALUE`` or ``--flag VALUE``), or ""."""
   for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
+    if arg.startswith(f"--{flag}="):
       return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
+    if arg == f"--{flag}" and i + 1 < len(argv):
       return argv[i + 1]
   return ""
 

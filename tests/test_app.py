@@ -391,6 +391,9 @@ _BAD_CONFIGS = {
     (CONFIG, ["--config.trainin.lr=1"], "the config has no field 'trainin'"),
     (CONFIG, ["--config.training.batch_size=abc"], "--config.training.batch_size=abc"),
     (CONFIG, ["stray"], "unexpected arguments 'stray'"),
+    (CONFIG, [f"--classifier_config={REPO}/configs/classifier/vpsde_mnist_wrn.py",
+              "--classifier_config.model.bogus=1"],
+     "--classifier_config.model.bogus: model has no field 'bogus' (its fields: beta_max,"),
 ])
 def test_bad_config_or_override_gives_one_line_error(tmp_path, config, flags, expected):
   for name, text in _BAD_CONFIGS.items():
