@@ -751,7 +751,9 @@ def build_class_predictor(config: Config) -> Tuple[Optional[Callable[[np.ndarray
   ``k`` is checked against. It exists for 28 x 28 MNIST (the MNIST classifier of
   ``eval.mnist_classifier`` or the cache, 99.3 % test accuracy; trained on first use; images
   read at their 8-bit levels) and for the toy mixtures (the exact posterior over components,
-  which are the toys' classes)."""
+  which are the toys' classes). ``eval.sample_metrics = 'none'`` turns the check off."""
+  if _sample_metrics_kind(config) == "none" and not is_vector_data(config):
+    return None, "classes of the samples not checked (eval.sample_metrics = 'none')"
   if is_vector_data(config):
     if str(config.data.dataset).lower() not in exact_scores.MIXTURE_TOYS:
       return None, ("no classifier to check the samples' classes (MNIST and the toys "

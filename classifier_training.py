@@ -33,6 +33,7 @@ import checkpoints
 import datasets
 import logs
 import losses
+import run_config
 import sde_lib
 from sde_lib import batch_mul
 
@@ -108,12 +109,16 @@ def _state_target(config: Any) -> Tuple[Any, optax.GradientTransformation, losse
   return model, optimizer, losses.init_train_state(state_rng, params, optimizer)
 
 
-def load_classifier(config: Any, workdir: str) -> Tuple[Any, Params]:
+def load_classifier(config: Any, workdir: str, allow_config_change: bool = False
+                    ) -> Tuple[Any, Params]:
   """``(model, ema_params)`` of the newest classifier checkpoint in ``workdir``.
 
   Raises:
-    ValueError: if ``workdir`` holds no classifier checkpoint.
+    ValueError: if ``workdir`` holds no classifier checkpoint, or (``run_config.check``) its
+      recorded config differs from ``config`` in a field that defines the trained classifier
+      and ``allow_config_change`` is False.
   """
+  run_config.check(workdir, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
   model, _, target = _state_target(config)
   with checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), writer=False) as store:
     state = checkpoints.restore_latest([store], target)
@@ -131,14 +136,22 @@ def _test_batch(config: Any, n: int) -> Tuple[np.ndarray, np.ndarray]:
   return batch["image"][keep], batch["label"][keep]
 
 
-def train(config: Any, workdir: str) -> Dict[str, Any]:
+def train(config: Any, workdir: str, allow_config_change: bool = False) -> Dict[str, Any]:
   """Trains (or resumes) the classifier of ``config`` in ``workdir``; returns the final report
-  ``{'step', 'times', 'test_accuracy'}`` (also written to ``classifier_eval.json``)."""
+  ``{'step', 'times', 'test_accuracy'}`` (also written to ``classifier_eval.json``).
+
+  The config is recorded in ``workdir`` (``run_config``) at the first start; a resume, and every
+  later :func:`load_classifier`, must match it (``allow_config_change`` accepts a deliberate
+  change and records the new config).
+  """
   training = config.training
+  run_config.check(workdir, config, run_config.MAY_CHANGE_ON_RESUME, allow_config_change)
   sde = builders.build_sde(config)
   model, optimizer, state = _state_target(config)
   scaler, _ = builders.data_scalers(config)
   os.makedirs(workdir, exist_ok=True)
+  if allow_config_change or run_config.load(workdir) is None:
+    run_config.save(workdir, config)
   store = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=2)
   with store, logs.to_file(os.path.join(workdir, "classifier_train.log")):
     state = checkpoints.restore_latest([store], state) or state
@@ -178,7 +191,7 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}")
   logs.configure_console()
   try:
-    train(flags.FLAGS.config, flags.FLAGS.workdir)
+    train(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.allow_config_change)
   except (ValueError, OSError) as e:
     sys.exit(f"error: {e}")
 
@@ -188,5 +201,8 @@ if __name__ == "__main__":
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "Classifier config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for the classifier's checkpoints and logs.")
+  flags.DEFINE_bool("allow_config_change", False,
+                    "Resume although fields that define the classifier differ from the workdir's "
+                    "recorded config.json; the new config is recorded.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -1157,7 +1157,7 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
            "cfg": f"class{class_label}-cfg{weight:g}"}[task]
   if task == "guidance":
     classifier_model, classifier_params = classifier_training.load_classifier(
-        classifier_config, classifier_workdir)
+        classifier_config, classifier_workdir, allow_config_change)
   if guided:
     inputs = {"labels": labels}
     predict_class, unchecked = builders.build_class_predictor(config)

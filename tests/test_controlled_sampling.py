@@ -26,6 +26,7 @@ import builders
 import checkpoints
 import classifier_training
 import datasets
+import mnist_classifier
 import run_config
 import run_lib
 from configs import vesde_mnist, vpsde_mnist
@@ -42,6 +43,7 @@ TINY_NETWORK = {"nf": 8, "ch_mult": (1,), "attn_resolutions": (), "num_res_block
 def _tiny(config, **sampling):
   config.model.update(TINY_NETWORK)
   config.eval.batch_size = 4
+  config.eval.sample_metrics = "none"  # no MNIST classifier trained on first use
   config.sampling.update(sampling)
   return config
 
@@ -155,9 +157,14 @@ def test_colorization_keeps_the_grey_of_the_test_images(tmp_path):
   assert os.path.getsize(os.path.join(result["path"], "grid.png")) > 0
 
 
-def test_classifier_guidance_from_a_classifier_workdir(mnist_run, classifier_run):
+def test_classifier_guidance_from_a_classifier_workdir(mnist_run, classifier_run, tmp_path):
   config, workdir = mnist_run
   classifier_config, classifier_workdir = classifier_run
+  # The samples' digits read by an MNIST classifier (here one trained for two steps).
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.update(sample_metrics="auto", mnist_classifier=str(tmp_path / "mnist.msgpack"))
+  mnist_classifier.train_and_save(config.eval.mnist_classifier,
+                                  lambda split: datasets.load_split(config, split), steps=2)
   result = run_lib.controlled_sample(config, workdir, class_label=3,
                                      classifier_config=classifier_config,
                                      classifier_workdir=classifier_workdir, guidance_scale=2.0,
@@ -166,6 +173,7 @@ def test_classifier_guidance_from_a_classifier_workdir(mnist_run, classifier_run
   with np.load(os.path.join(result["path"], "sample.npz")) as saved:
     assert saved["samples"].shape == (4, 28, 28, 1) and np.all(saved["labels"] == 3)
     assert np.all(np.isfinite(saved["samples"]))
+    assert result["requested_class_rate"] == np.mean(saved["predicted"] == 3)
   info = json.loads(open(os.path.join(result["path"], "sample.json")).read())
   assert info["settings"]["guidance_scale"] == 2.0 and info["settings"]["class_label"] == 3
   assert info["nfe"] == 5 * 2 + 1
@@ -213,6 +221,20 @@ def test_a_classifier_of_another_sde_is_refused_in_one_line(mnist_run, classifie
     run_lib.controlled_sample(config, workdir, class_label=10,
                               classifier_config=classifier_config,
                               classifier_workdir=classifier_workdir)
+
+
+def test_a_classifier_config_other_than_the_recorded_one_is_refused_in_one_line(
+    mnist_run, classifier_run):
+  config, workdir = mnist_run
+  classifier_config, classifier_workdir = classifier_run
+  assert run_config.load(classifier_workdir)["model.channel_multiplier"] == 1
+  wider = ml_collections.ConfigDict(classifier_config.to_dict())
+  wider.model.channel_multiplier = 2
+  with pytest.raises(run_config.ConfigChangedError,
+                     match=re.escape("model.channel_multiplier: 1 -> 2")) as error:
+    run_lib.controlled_sample(config, workdir, class_label=1, classifier_config=wider,
+                              classifier_workdir=classifier_workdir)
+  assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("kwargs, message", [
