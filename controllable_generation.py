@@ -218,15 +218,9 @@ def _replacement_sampler(sde: sde_lib.SDE, predictor: str, corrector: str, *, sn
     raise ValueError(f"n_steps must be >= 0, got {n_steps}.")
   if not 0 < eps < sde.T:
     raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
-  num_frames = int(num_frames)
-  if num_frames < 0 or num_frames == 1 or num_frames > num_steps + 1:
-    raise ValueError(f"num_frames must be 0 (no trajectory) or in [2, num_steps + 1 = "
-                     f"{num_steps + 1}], got {num_frames}.")
-  if num_frames:
-    frame_index = sampling.pc_frame_indices(num_steps, num_frames)
-    # As in sampling.get_pc_sampler: the frame slot step j writes, num_frames (dropped) if none.
-    slots = np.full(num_steps, num_frames, np.int32)
-    slots[frame_index[1:-1] - 1] = np.arange(1, num_frames - 1)
+  num_frames = sampling.check_num_frames(num_frames, num_steps + 1)
+  frame_index = sampling.pc_frame_indices(num_steps, num_frames) if num_frames else None
+  slots = sampling.frame_slots(frame_index, num_steps) if num_frames else None
 
   def to_latent(x: Array) -> Array:
     return x if latent is None else jnp.einsum("...i,ij->...j", x, jnp.asarray(latent, x.dtype))
@@ -267,21 +261,11 @@ def _replacement_sampler(sde: sde_lib.SDE, predictor: str, corrector: str, *, sn
           return replace(x, known_t), None
 
         x, _ = jax.lax.scan(corrector_step, x, jax.random.split(corr_rng, n_steps))
-      return x, None
+      return x
 
     keys = jax.random.split(loop_rng, num_steps)
-    if num_frames:
-
-      def framed_step(carry, inputs):
-        x, frames = carry
-        x, _ = pc_step(x, inputs[:-1])
-        return (x, frames.at[inputs[-1]].set(x, mode="drop")), None
-
-      frames = jnp.zeros((num_frames,) + x.shape, x.dtype).at[0].set(x)
-      (x, frames), _ = jax.lax.scan(framed_step, (x, frames),
-                                    (keys, times[:-1], times[1:], jnp.asarray(slots)))
-    else:
-      x, _ = jax.lax.scan(pc_step, x, (keys, times[:-1], times[1:]))
+    x, frames = sampling.scan_with_frames(pc_step, x, (keys, times[:-1], times[1:]), slots,
+                                          first=x)
     if denoise:
       x = sampling.tweedie_denoise(sde, score_fn, x, jnp.full((batch,), times[-1]))
     # The known part of the output is the clean data, the unknown part the (denoised) sample.

@@ -248,9 +248,7 @@ def _check(sde: sde_lib.SDE, num_steps: int, eps: float, schedule: str, rho: flo
     raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
   if not rho > 0:
     raise ValueError(f"rho (karras schedule) must be > 0, got {rho}.")
-  if num_frames < 0 or num_frames == 1:
-    raise ValueError(f"num_frames must be 0 (no trajectory) or >= 2 (the frames at T and at the "
-                     f"end), got {num_frames}.")
+  sampling.check_num_frames(num_frames)
 
 
 def _build(sde: sde_lib.SDE, shape: Shape, method: _Method, *, num_steps: int, schedule: str,
@@ -261,13 +259,12 @@ def _build(sde: sde_lib.SDE, shape: Shape, method: _Method, *, num_steps: int, s
   _check(sde, num_steps, eps, schedule, rho, num_frames)
   host_grid = grid_of_times(sde, get_time_schedule(schedule, sde, num_steps, eps, rho))
   host_extra = tuple(grid_of_times(sde, t) for t in method.extra_times(sde, host_grid))
+  slots = None
   if num_frames:
     frame_index = sampling.pc_frame_indices(num_steps, num_frames)
+    # More frames than grid states repeat states: each is stored once.
     stored, which = np.unique(frame_index, return_inverse=True)
-    # Buffer slot each step writes (step j ends at grid index j + 1); len(stored), out of
-    # range, drops the write. The first and last stored states are written outside the loop.
-    slots = np.full(num_steps, len(stored), np.int32)
-    slots[stored[1:-1] - 1] = np.arange(1, len(stored) - 1)
+    slots = sampling.frame_slots(stored, num_steps)
 
   def sample(rng: Array, score_fn: ScoreFn, z: Optional[Array] = None) -> sampling.SampleOutput:
     prior_rng, loop_rng = jax.random.split(rng)
@@ -279,19 +276,9 @@ def _build(sde: sde_lib.SDE, shape: Shape, method: _Method, *, num_steps: int, s
     carry = init(x / grid.a[0])
     inputs = (jax.random.split(loop_rng, num_steps), jnp.arange(num_steps))
 
-    if num_frames:
-
-      def framed_step(state, inputs):
-        carry, frames = state
-        key, i, slot = inputs
-        carry = step(carry, key, i)
-        return (carry, frames.at[slot].set(grid.a[i + 1] * carry[0], mode="drop")), None
-
-      frames = jnp.zeros((len(stored),) + x.shape, x.dtype).at[0].set(x)
-      (carry, frames), _ = jax.lax.scan(framed_step, (carry, frames),
-                                        inputs + (jnp.asarray(slots),))
-    else:
-      carry, _ = jax.lax.scan(lambda c, inp: (step(c, *inp), None), carry, inputs)
+    carry, frames = sampling.scan_with_frames(
+        lambda c, inp: step(c, *inp), carry, inputs, slots, first=x,
+        frame_of=lambda c, inp: grid.a[inp[1] + 1] * c[0])
     x = grid.a[-1] * carry[0]
     if denoise:
       x = sampling.tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps, x.dtype))

@@ -59,7 +59,7 @@ without a trajectory.
 from __future__ import annotations
 
 import abc
-from typing import Callable, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Type, Union
 
 import jax
 import jax.numpy as jnp
@@ -296,12 +296,51 @@ def tweedie_denoise(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array) -> 
   return batch_mul(1.0 / sde.mean_coeff(t), x + batch_mul(std**2, score_fn(x, t)))
 
 
-def _check_num_frames(num_frames: int) -> int:
+def check_num_frames(num_frames: int, num_states: Optional[int] = None) -> int:
+  """``num_frames`` as an int; ``ValueError`` unless it is 0 (no trajectory) or >= 2 (and at
+  most ``num_states``, the states a sampler's grid holds, where that bounds it)."""
   num_frames = int(num_frames)
   if num_frames < 0 or num_frames == 1:
     raise ValueError(f"num_frames must be 0 (no trajectory) or >= 2 (the frames at T and at the "
                      f"end), got {num_frames}.")
+  if num_states is not None and num_frames > num_states:
+    raise ValueError(f"num_frames ({num_frames}) cannot exceed the {num_states} times of the "
+                     f"PC grid (num_steps + 1).")
   return num_frames
+
+
+def frame_slots(stored: np.ndarray, num_steps: int) -> np.ndarray:
+  """``int32 [num_steps]``: the slot of a frame buffer that step ``j`` (ending at grid index
+  ``j + 1``) writes, for the strictly increasing grid indices ``stored`` (first 0, last
+  ``num_steps``); ``len(stored)``, out of range, where no frame is taken, so the write is
+  dropped. The first and last frames are written outside the loop."""
+  slots = np.full(num_steps, len(stored), np.int32)
+  slots[np.asarray(stored)[1:-1] - 1] = np.arange(1, len(stored) - 1)
+  return slots
+
+
+def scan_with_frames(step: Callable[[Any, Any], Any], carry: Any, xs: Any,
+                     slots: Optional[np.ndarray] = None, first: Optional[Array] = None,
+                     frame_of: Callable[[Any, Any], Array] = lambda carry, x: carry
+                     ) -> Tuple[Any, Any]:
+  """``carry = step(carry, x)`` for every ``x`` of ``xs`` in one ``lax.scan``; returns ``(carry,
+  frames)``. With ``slots`` (:func:`frame_slots`), ``frames: [len(stored), ...]`` holds ``first``
+  at slot 0 and ``frame_of(carry, x)`` after step ``j`` (input ``x``) at ``slots[j]``; without,
+  ``frames`` is None and nothing is recorded."""
+  if slots is None:
+    carry, _ = jax.lax.scan(lambda c, x: (step(c, x), None), carry, xs)
+    return carry, None
+
+  def framed_step(state, inputs):
+    c, frames = state
+    x, slot = inputs
+    c = step(c, x)
+    return (c, frames.at[slot].set(frame_of(c, x), mode="drop")), None
+
+  # The last step never writes (its frame is the returned state): its slot is len(stored).
+  frames = jnp.zeros((int(slots[-1]),) + first.shape, first.dtype).at[0].set(first)
+  (carry, frames), _ = jax.lax.scan(framed_step, (carry, frames), (xs, jnp.asarray(slots)))
+  return carry, frames
 
 
 def pc_frame_indices(num_steps: int, num_frames: int) -> np.ndarray:
@@ -344,17 +383,10 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: st
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
   if not 0 < eps < sde.T:
     raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
-  num_frames = _check_num_frames(num_frames)
-  if num_frames > num_steps + 1:
-    raise ValueError(f"num_frames ({num_frames}) cannot exceed the {num_steps + 1} times of the "
-                     f"PC grid (num_steps + 1).")
+  num_frames = check_num_frames(num_frames, num_steps + 1)
   batch = shape[0]
-  if num_frames:
-    frame_index = pc_frame_indices(num_steps, num_frames)
-    # Slot of the frame each step writes (step j ends at grid index j + 1); num_frames, out of
-    # range, drops the write. The first and last frames are written outside the loop.
-    slots = np.full(num_steps, num_frames, np.int32)
-    slots[frame_index[1:-1] - 1] = np.arange(1, num_frames - 1)
+  frame_index = pc_frame_indices(num_steps, num_frames) if num_frames else None
+  slots = frame_slots(frame_index, num_steps) if num_frames else None
 
   def pc_sample(rng: Array, score_fn: ScoreFn) -> SampleOutput:
     pred = predictor_cls(sde, score_fn, probability_flow)
@@ -369,21 +401,10 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Shape, predictor: str, corrector: st
       t, t_next = jnp.full((batch,), t), jnp.full((batch,), t_next)
       x, _ = pred.update(pred_rng, x, t, t_next)
       x, _ = corr.update(corr_rng, x, t_next)
-      return x, None
+      return x
 
     keys = jax.random.split(loop_rng, num_steps)
-    if num_frames:
-
-      def framed_step(carry, inputs):
-        x, frames = carry
-        x, _ = pc_step(x, inputs[:-1])
-        return (x, frames.at[inputs[-1]].set(x, mode="drop")), None
-
-      frames = jnp.zeros((num_frames,) + x.shape, x.dtype).at[0].set(x)
-      (x, frames), _ = jax.lax.scan(framed_step, (x, frames),
-                                    (keys, times[:-1], times[1:], jnp.asarray(slots)))
-    else:
-      x, _ = jax.lax.scan(pc_step, x, (keys, times[:-1], times[1:]))
+    x, frames = scan_with_frames(pc_step, x, (keys, times[:-1], times[1:]), slots, first=x)
     if denoise:
       x = tweedie_denoise(sde, score_fn, x, jnp.full((batch,), times[-1]))
     nfe = num_steps * (pred.score_evals + corr.score_evals) + int(denoise)
@@ -449,7 +470,7 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Shape, *, rtol: float = 1e-5, atol:
   """
   num_steps = sde.N if num_steps is None else int(num_steps)
   _check_ode_arguments(sde, method, eps, num_steps)
-  num_frames = _check_num_frames(num_frames)
+  num_frames = check_num_frames(num_frames)
 
   def ode_sample(rng: Array, score_fn: ScoreFn, z: Optional[Array] = None) -> SampleOutput:
     x = sde.prior_sampling(rng, shape) if z is None else z
