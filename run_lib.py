@@ -1117,8 +1117,9 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
   Inpainting and colorization run the PC sampler of ``config.sampling`` (``method = 'pc'``, any
   predictor and corrector, ``sde.N`` steps). Outputs go to ``<workdir>/<folder>/<step>_<task>_
   <sampler>/`` (``<step>`` as :func:`sample`'s folders, ``<task>`` e.g. ``inpaint-left_half``,
-  ``colorize``, ``class3-scale1``, ``classall-cfg2``), with ``sample.json`` (NFE per sample, time, settings); never
-  into the checkpoint directories. Batches of ``eval.batch_size``, one compilation.
+  ``colorize``, ``class3-scale1``, ``classall-cfg2``), with ``sample.json`` (NFE per sample,
+  time, settings); never into the checkpoint directories. Batches of ``eval.batch_size``, one
+  compilation.
 
   Returns:
     ``{"step", "task", "num_samples", "nfe", "seconds", "path"}`` (and

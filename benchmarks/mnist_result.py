@@ -39,7 +39,6 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -49,7 +48,7 @@ import figures
 import outputs
 import run_lib
 from benchmarks.run import device_slug, environment
-from benchmarks.time_to_bpd import bpd_blocks, first_test_images, measure_bpd
+from benchmarks.time_to_bpd import TimedTraining, bpd_blocks, first_test_images, measure_bpd
 from configs import apply_overrides, load_config, parse_override
 from devices import Devices, gather
 
@@ -82,60 +81,38 @@ def train_phase(config: ml_collections.ConfigDict, devices: Devices, *, train_mi
 
   Returns ``(sde, model, state)`` after the last step.
   """
-  training = config.training
-  sde = builders.build_sde(config)
-  model, optimizer, state = builders.init_state(config, devices)
-  scaler, _ = builders.data_scalers(config)
-  bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
-  train_steps = builders.build_train_steps(config, sde, model, optimizer, state, devices)
-  train_iter = iter(datasets.get_dataset(config, split="train", batch_size=training.batch_size,
-                                         train=True, shuffle_seed=config.seed))
-  result["num_params"] = int(sum(p.size for p in jax.tree_util.tree_leaves(state.params)))
+  trainer = TimedTraining(config, devices)
+  bpd_fn = builders.build_bpd_fn(config, trainer.sde, trainer.model, devices)
+  result["num_params"] = trainer.num_params
   result["loss_curve"], result["probes"] = [], []
   budget, marks = 60.0 * train_minutes, _probe_marks(train_minutes, checkpoints)
-  step, train_s, steady_s, steady_images = 0, 0.0, 0.0, 0
   # Stop training early enough that the final probe and the sampling phase still fit.
   reserve_s = 60.0
 
   def probe() -> None:
-    point = {"step": step, "images": step * training.batch_size, "train_s": train_s}
-    point.update(measure_bpd(bpd_fn, state.ema_params, probe_blocks, devices,
+    point = {"step": trainer.step, "images": trainer.step * config.training.batch_size,
+             "train_s": trainer.train_s}
+    point.update(measure_bpd(bpd_fn, trainer.state.ema_params, probe_blocks, devices,
                              seed=config.seed + 3))
     result["probes"].append(point)
-    print(f"step {step}: {train_s:.0f} s of training, bits/dim {point['bpd']:.4f} +- "
-          f"{point['bpd_stderr']:.4f} on {point['examples']} test images "
+    print(f"step {trainer.step}: {trainer.train_s:.0f} s of training, bits/dim "
+          f"{point['bpd']:.4f} +- {point['bpd_stderr']:.4f} on {point['examples']} test images "
           f"({point['nfe']:.0f} NFE, {point['eval_s']:.1f} s)", flush=True)
     record()
 
-  while (step < max_steps and train_s < budget and deadline.left() > reserve_s + _SAFETY_S):
-    start, losses, first = time.perf_counter(), [], step
-    stop_at = min(step + log_every - step % log_every, max_steps)
-    while step < stop_at:
-      n = min(training.n_jitted_steps, stop_at - step)
-      batch = devices.put_batch(run_lib.stack_batches(train_iter, n, scaler), stacked=True)
-      state, step_losses = train_steps(state, batch)
-      losses.append(step_losses)
-      if step == 0:
-        jax.block_until_ready(state)
-        result["first_call_s"] = time.perf_counter() - start
-      step += n
-    jax.block_until_ready(state)
-    elapsed = time.perf_counter() - start
-    train_s += elapsed
-    if first > 0:  # steady state: no compilation inside
-      steady_s, steady_images = steady_s + elapsed, steady_images + (step - first) * \
-          training.batch_size
-    loss = float(jnp.mean(jnp.concatenate(losses)))
-    if not np.isfinite(loss):
-      raise FloatingPointError(f"Training loss is {loss} at step {step}.")
+  while (trainer.step < max_steps and trainer.train_s < budget
+         and deadline.left() > reserve_s + _SAFETY_S):
+    step = trainer.step
+    loss = trainer.run_until(min(step + log_every - step % log_every, max_steps))
+    step, train_s = trainer.step, trainer.train_s
+    result["first_call_s"] = trainer.first_call_s
     result["loss_curve"].append({"step": step, "train_s": train_s, "loss": loss})
-    result.update(steps=step, train_s=train_s,
-                  images_per_s=steady_images / steady_s if steady_s else None)
+    result.update(steps=step, train_s=train_s, images_per_s=trainer.images_per_s)
     if marks and train_s >= marks[0]:
       marks = [m for m in marks if m > train_s]
       probe()
   probe()
-  return sde, model, state
+  return trainer.sde, trainer.model, trainer.state
 
 
 def sample_phase(config: ml_collections.ConfigDict, devices: Devices, sde, model, params, *,

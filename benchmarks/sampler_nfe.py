@@ -16,10 +16,10 @@ Trains nothing: it samples the EMA parameters of a trained workdir's newest chec
 and scores each batch with ``evaluation.two_sample_statistics`` (energy distance and MMD to the
 data, and the prior's as a reference) against fresh toy data or the first ``--num_samples``
 test images, in data space, and for images also with the evaluation's sample metrics
-(``builders.build_sample_scorer``: the MNIST classifier's for MNIST). Per case it records NFE, the first call (compiling included) and
-a second call's time per batch. Outputs (``--out``): ``sampler_nfe_<config>_<UTC time>.json``
-and ``.md`` (the table) and, where matplotlib is installed, ``.png`` (energy distance against
-NFE).
+(``builders.build_sample_scorer``: the MNIST classifier's for MNIST). Per case it records NFE,
+the first call (compiling included) and a second call's time per batch. Outputs (``--out``):
+``sampler_nfe_<config>_<UTC time>.json`` and ``.md`` (the table) and, where matplotlib is
+installed, ``.png`` (energy distance against NFE).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ import run_lib
 from benchmarks.run import device_slug, environment
 from configs import apply_overrides, load_config, parse_override
 from devices import Devices, gather
+from models import utils as mutils
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,6 +114,67 @@ def targets_reached(curve: Sequence[Dict[str, Any]], targets: Sequence[float]) -
   return out
 
 
+class TimedTraining:
+  """The train loop of the benchmarks: jitted steps (``builders.build_train_steps``) in timed
+  intervals, the clock stopped between them (for evaluations). Steady-state throughput counts
+  the intervals after the first, which holds the compilation; the first call is timed alone.
+
+  Attributes:
+    state: the train state after the last step; step: its step.
+    train_s: seconds spent in the intervals; first_call_s: the first call's (compiling).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, devices: Devices):
+    training = self._training = config.training
+    devices.check_batch(training.batch_size, "training.batch_size")
+    self._devices = devices
+    self.sde = builders.build_sde(config)
+    self.model, optimizer, self.state = builders.init_state(config, devices)
+    self._scaler, _ = builders.data_scalers(config)
+    self._num_classes = mutils.num_classes(self.model)
+    self._steps = builders.build_train_steps(config, self.sde, self.model, optimizer,
+                                             self.state, devices)
+    self._iter = iter(datasets.get_dataset(config, split="train",
+                                           batch_size=training.batch_size, train=True,
+                                           shuffle_seed=config.seed))
+    self.step, self.train_s, self.first_call_s = 0, 0.0, None
+    self._steady_s, self._steady_images = 0.0, 0
+
+  @property
+  def num_params(self) -> int:
+    return int(sum(p.size for p in jax.tree_util.tree_leaves(self.state.params)))
+
+  @property
+  def images_per_s(self) -> Optional[float]:
+    """Training images per second after compilation; None before a steady interval."""
+    return self._steady_images / self._steady_s if self._steady_s else None
+
+  def run_until(self, stop_at: int) -> float:
+    """Trains to step ``stop_at``; returns the interval's mean loss (``FloatingPointError`` if
+    it is not finite)."""
+    start, losses, first = time.perf_counter(), [], self.step
+    while self.step < stop_at:
+      n = min(self._training.n_jitted_steps, stop_at - self.step)
+      batch = self._devices.put_batch(
+          run_lib.stack_batches(self._iter, n, self._scaler, self._num_classes), stacked=True)
+      self.state, step_losses = self._steps(self.state, batch)
+      losses.append(step_losses)
+      if self.step == 0:
+        jax.block_until_ready(self.state)
+        self.first_call_s = time.perf_counter() - start
+      self.step += n
+    jax.block_until_ready(self.state)
+    elapsed = time.perf_counter() - start
+    self.train_s += elapsed
+    if first > 0:  # steady state: no compilation inside
+      self._steady_s += elapsed
+      self._steady_images += (self.step - first) * self._training.batch_size
+    loss = float(jnp.mean(jnp.concatenate(losses)))
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"Training loss is {loss} at step {self.step}.")
+    return loss
+
+
 def run(config: ml_collections.ConfigDict, *, targets: Sequence[float], eval_every: int,
         eval_examples: int, eval_batch_size: int, max_steps: int, max_minutes: float,
         on_point=None) -> Dict[str, Any]:
@@ -124,47 +186,22 @@ def run(config: ml_collections.ConfigDict, *, targets: Sequence[float], eval_eve
     raise ValueError(f"--eval_every must be >= 1, got {eval_every}.")
   wall_start = time.perf_counter()
   devices = Devices()
-  training = config.training
-  devices.check_batch(training.batch_size, "training.batch_size")
-  sde = builders.build_sde(config)
-  model, optimizer, state = builders.init_state(config, devices)
-  scaler, _ = builders.data_scalers(config)
+  trainer = TimedTraining(config, devices)
   blocks = first_test_images(config, eval_examples, eval_batch_size, devices)
-  bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
-  train_steps = builders.build_train_steps(config, sde, model, optimizer, state, devices)
-  train_iter = iter(datasets.get_dataset(config, split="train", batch_size=training.batch_size,
-                                         train=True, shuffle_seed=config.seed))
+  bpd_fn = builders.build_bpd_fn(config, trainer.sde, trainer.model, devices)
   result: Dict[str, Any] = {"curve": [], "targets": targets_reached([], targets),
-                            "num_params": int(sum(p.size for p in
-                                                  jax.tree_util.tree_leaves(state.params)))}
-  step, train_s, steady_s, steady_images = 0, 0.0, 0.0, 0
-  while step < max_steps:
-    interval_start, interval_losses, interval_first = time.perf_counter(), [], step
-    stop_at = min(step + eval_every - step % eval_every, max_steps)
-    while step < stop_at:
-      n = min(training.n_jitted_steps, stop_at - step)
-      batch = devices.put_batch(run_lib.stack_batches(train_iter, n, scaler), stacked=True)
-      state, step_losses = train_steps(state, batch)
-      interval_losses.append(step_losses)
-      if step == 0:
-        jax.block_until_ready(state)
-        result["first_call_s"] = time.perf_counter() - interval_start
-      step += n
-    jax.block_until_ready(state)
-    elapsed = time.perf_counter() - interval_start
-    train_s += elapsed
-    if interval_first > 0:  # steady state: no compilation inside
-      steady_s += elapsed
-      steady_images += (step - interval_first) * training.batch_size
-    loss = float(jnp.mean(jnp.concatenate(interval_losses)))
-    if not np.isfinite(loss):
-      raise FloatingPointError(f"Training loss is {loss} at step {step}.")
-    point = {"step": step, "images": step * training.batch_size, "train_s": train_s,
+                            "num_params": trainer.num_params}
+  while trainer.step < max_steps:
+    step = trainer.step
+    loss = trainer.run_until(min(step + eval_every - step % eval_every, max_steps))
+    step, train_s, state = trainer.step, trainer.train_s, trainer.state
+    result["first_call_s"] = trainer.first_call_s
+    point = {"step": step, "images": step * config.training.batch_size, "train_s": train_s,
              "train_loss": loss}
     point.update(measure_bpd(bpd_fn, state.ema_params, blocks, devices, seed=config.seed + 3))
     result["curve"].append(point)
     result["targets"] = targets_reached(result["curve"], targets)
-    result["images_per_s"] = steady_images / steady_s if steady_s else None
+    result["images_per_s"] = trainer.images_per_s
     result["wall_s"] = time.perf_counter() - wall_start
     print(f"step {step}: train {train_s:.1f} s, loss {loss:.4g}, bits/dim {point['bpd']:.4f} "
           f"+- {point['bpd_stderr']:.4f} ({point['nfe']:.0f} NFE, {point['eval_s']:.1f} s)",

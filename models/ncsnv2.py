@@ -52,7 +52,8 @@ def downsampling_factor(arch: int) -> int:
 
 
 class NCSNv2(nn.Module):
-  """NCSNv2 (``num_levels == 0``) or NCSN v1 (``num_levels > 0`` noise levels) of depth ``arch`` (64/128/256).
+  """NCSNv2 (``num_levels == 0``) or NCSN v1 (``num_levels > 0`` noise levels) of depth ``arch``
+  (64/128/256).
 
   ``H`` and ``W`` must be multiples of :func:`downsampling_factor` ``(arch)``. Inputs in ``[0, 1]``
   (``centered=False``) are mapped to ``[-1, 1]`` first. NCSN v1 (as in the authors' code) exists
