@@ -17,6 +17,7 @@ import builders
 import logs
 import main
 import run_lib
+from models import utils as mutils
 from tests.test_app import REPO, _dir_digest, _env, toy_config
 
 # The toy config made cheap to train and evaluate; the commands are otherwise as written.
@@ -146,7 +147,8 @@ def test_default_workdir_follows_the_config_path():
 
 
 @pytest.mark.parametrize("name", ["vpsde_mnist", "vesde_mnist", "subvpsde_mnist",
-                                  "vpsde_discrete_mnist", "subvpsde_pc_mnist"])
+                                  "vpsde_discrete_mnist", "subvpsde_pc_mnist",
+                                  "vpsde_mnist_conditional"])
 def test_mnist_configs_build(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   sde = builders.build_sde(config)
@@ -161,6 +163,8 @@ def test_mnist_configs_build(name):
     assert run_lib.sampler_tag(config) == "pc-ancestral_sampling-none"
   if name == "subvpsde_pc_mnist":
     assert run_lib.sampler_tag(config) == "pc-reverse_diffusion-langevin"
+  if name == "vpsde_mnist_conditional":
+    assert mutils.num_classes(model) == 10 and "ClassEmbedding_0" in variables
 
 
 def test_sampler_tags_tell_samplers_and_their_steps_apart():
