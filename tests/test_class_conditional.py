@@ -198,6 +198,17 @@ def test_classifier_free_guidance_from_the_command_line(conditional_run):
   assert rates[0] >= 0.95 and rates[3] >= 0.99, rates
 
 
+def test_classifier_free_guidance_runs_every_sampling_method(conditional_run):
+  """In-process, with the fast samplers: 20-step DPM-Solver and EDM's Heun at w = 1."""
+  for method, tag in (("dpm_solver", "dpm_solver-2m-20steps"),
+                      ("edm_heun", "edm_heun-churn0-20steps")):
+    config = toy_config(**CONDITIONAL, **{"sampling.method": method})
+    result = run_lib.controlled_sample(config, conditional_run, class_label=5, cfg_weight=1.0,
+                                       num_samples=400)
+    assert result["path"].endswith(f"step_600_class5-cfg1_{tag}")
+    assert result["requested_class_rate"] >= 0.95, (method, result)
+
+
 def test_a_conditional_model_evaluates_as_an_unconditional_one(conditional_run):
   """Eval's samples and bits/dim use the null label; its loss is the conditional one."""
   config = toy_config(**CONDITIONAL)
