@@ -15,7 +15,8 @@ fields                                                read by
 ``training.sde``; ``model.num_scales`` and the SDE's  :func:`build_sde` (``N = num_scales``;
 ``model.sigma_min/sigma_max`` or ``beta_min/max``     other constructor arguments by name)
 ``model.*``; ``data.image_size, num_channels, dim``;  :func:`build_model` (the network's
-``training.mixed_precision, remat``                   ``from_config``; dtype and remat here)
+``training.mixed_precision, remat``                   ``from_config``; dtype and remat here;
+                                                      ``model.num_classes`` checked here)
 ``model.name = 'exact_score'``                        :func:`is_exact_score` (below)
 ``optim.*``                                           :func:`build_optimizer`
 ``training.continuous, reduce_mean,                   :func:`build_loss_fn` and the steps
@@ -24,8 +25,8 @@ likelihood_weighting, eps, label_dropout``;           built from it
 ``sampling.*``                                        :func:`build_sampling_fn`
                                                       (:data:`SAMPLING_METHODS`)
 ``eval.hutchinson_type, rtol, atol``                  :func:`build_bpd_fn`
-``eval.sample_metrics, inception_weights, fid_stats,  :func:`build_sample_scorer`
-mnist_classifier, inception_batch_size, is_splits,
+``eval.sample_metrics, inception_weights, fid_stats,  :func:`build_sample_scorer`,
+mnist_classifier, inception_batch_size, is_splits,    :func:`build_class_predictor`
 kid_subsets, kid_subset_size``
 ``data.centered``                                     :func:`data_scalers`, :func:`build_bpd_fn`
 ``data.*`` (source, dataset, files, augmentation)     ``datasets.get_dataset``
