@@ -171,7 +171,8 @@ def train(config: Config, workdir: str, allow_config_change: bool = False) -> No
   model, optimizer, state = builders.init_state(config, devices)
   num_classes = mutils.num_classes(model)
   scaler, inverse_scaler = builders.data_scalers(config)
-  model_batch(train_data.batch(0), scaler, num_classes)  # labels checked before any write
+  if num_classes:
+    model_batch(train_data.batch(0), scaler, num_classes)  # labels checked before any write
   train_steps = builders.build_train_steps(config, sde, model, optimizer, state, devices)
   eval_step = builders.build_eval_step(config, sde, model, optimizer, state, devices)
   # Built even when unused so that a bad sampler name fails now, not at the first snapshot.
