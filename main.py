@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Optional, Union
 
 from absl import app, flags
@@ -265,6 +266,10 @@ def _flag_value(argv, flag: str) -> str:
 
 
 def run() -> None:
+  # A checkpoint write that failed (full disk) leaves orbax's abandoned write coroutines behind;
+  # at exit Python would print a warning about each of them after the one-line error.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
   try:
     app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:  # before training's own handler is installed, or after
