@@ -59,22 +59,22 @@ import optax
 
 import controllable_generation
 import datasets
-import eval_cache
 import evaluation
 import exact_scores
 import fast_samplers
-import inception
 import likelihood
 import losses
-import mnist_classifier
-import outputs
 import sampling
 import sde_lib
-from devices import Devices, batch_apply
+from evaluation import eval_cache
+from evaluation import inception
+from evaluation import mnist_classifier
+from infra import outputs
+from infra.devices import Devices, batch_apply
+from infra.registry import Registry
 from models import classifier as classifier_lib
 from models import utils as mutils
 from models.exact_score import ExactScore
-from registry import Registry
 
 Array = jax.Array
 Config = ml_collections.ConfigDict

@@ -29,12 +29,12 @@ import numpy as np
 import optax
 
 import builders
-import checkpoints
 import datasets
-import logs
 import losses
-import run_config
 import sde_lib
+from infra import checkpoints
+from infra import logs
+from infra import run_config
 from sde_lib import batch_mul
 
 Array = jax.Array

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sde_lib
-import toy_data
+from datasets import toy_data
 
 Array = jax.Array
 

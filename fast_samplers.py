@@ -77,7 +77,7 @@ import numpy as np
 
 import sampling
 import sde_lib
-from registry import Registry
+from infra.registry import Registry
 from sde_lib import batch_mul
 
 Array = jax.Array

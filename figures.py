@@ -25,7 +25,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, 
 
 import numpy as np
 
-import outputs
+from infra import outputs
 
 if TYPE_CHECKING:
   from matplotlib.axes import Axes

@@ -29,7 +29,7 @@ import numpy as np
 
 import ode_solvers
 import sde_lib
-from registry import Registry
+from infra.registry import Registry
 
 Array = jax.Array
 LikelihoodFn = Callable[[Array, sde_lib.ScoreFn, Array], Tuple[Array, Array, Array]]

@@ -106,9 +106,9 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}; flags take the form "
              "--name=value (see --help)")
-  import checkpoints  # pylint: disable=import-outside-toplevel
-  import distributed  # pylint: disable=import-outside-toplevel
-  import logs  # pylint: disable=import-outside-toplevel
+  from infra import checkpoints  # pylint: disable=import-outside-toplevel
+  from infra import distributed  # pylint: disable=import-outside-toplevel
+  from infra import logs  # pylint: disable=import-outside-toplevel
   import run_lib  # pylint: disable=import-outside-toplevel
 
   logs.configure_console()

@@ -25,7 +25,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from registry import Registry
+from infra.registry import Registry
 
 Array = jax.Array
 PyTree = Any

@@ -608,9 +608,9 @@ def convert(config: Any, path: str, workdir: str, *, ema: bool = True) -> str:
       ``workdir`` already holds checkpoints.
   """
   import builders  # pylint: disable=import-outside-toplevel
-  import checkpoints  # pylint: disable=import-outside-toplevel
+  from infra import checkpoints  # pylint: disable=import-outside-toplevel
   import losses  # pylint: disable=import-outside-toplevel
-  import run_config  # pylint: disable=import-outside-toplevel
+  from infra import run_config  # pylint: disable=import-outside-toplevel
 
   for name in ("checkpoints", "checkpoints-meta"):
     with checkpoints.CheckpointStore(os.path.join(workdir, name), writer=False) as store:
@@ -642,8 +642,8 @@ def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}")
   values = flags.FLAGS
-  import checkpoints  # pylint: disable=import-outside-toplevel
-  import logs  # pylint: disable=import-outside-toplevel
+  from infra import checkpoints  # pylint: disable=import-outside-toplevel
+  from infra import logs  # pylint: disable=import-outside-toplevel
   logs.configure_console()
   try:
     written = convert(values.config, values.checkpoint, values.workdir, ema=not values.raw)

@@ -36,22 +36,22 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-import batching
 import builders
-import checkpoints
 import classifier_training
 import controllable_generation
 import datasets
-import eval_cache
 import evaluation
 import figures
-import logs
 import losses
-import outputs
 import released_checkpoints
-import run_config
-import toy_data
-from devices import Devices, gather
+from datasets import batching
+from datasets import toy_data
+from evaluation import eval_cache
+from infra import checkpoints
+from infra import logs
+from infra import outputs
+from infra import run_config
+from infra.devices import Devices, gather
 from models import utils as mutils
 
 Config = ml_collections.ConfigDict

@@ -67,7 +67,7 @@ import numpy as np
 
 import ode_solvers
 import sde_lib
-from registry import Registry
+from infra.registry import Registry
 from sde_lib import batch_mul
 
 Array = jax.Array

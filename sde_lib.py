@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from registry import Registry
+from infra.registry import Registry
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]

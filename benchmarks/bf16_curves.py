@@ -31,7 +31,7 @@ import builders
 import datasets
 from benchmarks.run import device_slug, environment, synthetic_images
 from configs import apply_overrides, load_config, parse_override
-from devices import Devices
+from infra.devices import Devices
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -45,12 +45,12 @@ import numpy as np
 import builders
 import datasets
 import figures
-import outputs
 import run_lib
 from benchmarks.run import device_slug, environment
 from benchmarks.time_to_bpd import TimedTraining, bpd_blocks, first_test_images, measure_bpd
 from configs import apply_overrides, load_config, parse_override
-from devices import Devices, gather
+from infra import outputs
+from infra.devices import Devices, gather
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SAFETY_S = 20.0  # kept free before the deadline for the last write
@@ -149,7 +149,7 @@ def _sample_metrics(samples: np.ndarray, classifier: Optional[str],
                     config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The MNIST classifier's sample metrics against the test split, or why there are none (the
   classifier is not trained here: a device's minutes are for the score model)."""
-  import mnist_classifier  # pylint: disable=import-outside-toplevel
+  from evaluation import mnist_classifier  # pylint: disable=import-outside-toplevel
   path = classifier or mnist_classifier.default_path()
   if not os.path.isfile(path):
     return {"skipped": f"no MNIST classifier at {path} ({mnist_classifier.COMMAND} trains it)"}

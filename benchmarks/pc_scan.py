@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import sampling
 import sde_lib
 from benchmarks.run import device_slug
-from models.mlp import ToyMLP
 from models import utils as mutils
+from models.mlp import ToyMLP
 
 
 def bench(num_steps: int, batch: int, repeats: int, model: ToyMLP, params: Any,

@@ -61,7 +61,7 @@ import numpy as np
 import builders
 import losses
 from configs import apply_overrides, load_config
-from devices import Devices
+from infra.devices import Devices
 
 GROUPS = ("train", "sample", "ode", "bpd", "forward", "mnist")
 DDPMPP = "configs/vp/cifar10_ddpmpp_continuous.py"

@@ -36,13 +36,13 @@ import ml_collections
 import numpy as np
 
 import builders
-import checkpoints
 import evaluation
 import figures
-import toy_data
 from benchmarks.time_to_bpd import first_test_images
 from configs import apply_overrides, load_config, parse_override
-from devices import Devices, gather
+from datasets import toy_data
+from infra import checkpoints
+from infra.devices import Devices, gather
 
 Case = Tuple[str, Dict[str, Any], Optional[int]]
 """``(name, sampling overrides, num_steps or None)``."""

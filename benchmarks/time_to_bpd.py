@@ -40,7 +40,7 @@ import datasets
 import run_lib
 from benchmarks.run import device_slug, environment
 from configs import apply_overrides, load_config, parse_override
-from devices import Devices, gather
+from infra.devices import Devices, gather
 from models import utils as mutils
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from registry import Registry
+from infra.registry import Registry
 
 Initializer = Callable[..., jax.Array]
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 import sde_lib
-from registry import Registry
+from infra.registry import Registry
 from sde_lib import batch_mul
 
 Array = jax.Array

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import builders
-import checkpoints
 import run_lib
 from configs.toy import gaussian_mixture
-from devices import Devices
+from infra import checkpoints
+from infra.devices import Devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "toy", "gaussian_mixture.py")

@@ -17,15 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import builders
+import configs
+import figures
 from benchmarks import bf16_curves
 from benchmarks import mnist_result
 from benchmarks import run as bench
 from benchmarks import time_to_bpd
-import builders
-import figures
-import configs
-from devices import Devices
 from configs.toy import gaussian_mixture
+from infra.devices import Devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,7 @@ import sampling
 import sde_lib
 from configs import default_configs
 from configs.toy import gaussian_mixture
-from devices import Devices
+from infra.devices import Devices
 from models import utils as mutils
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import optax
 import pytest
 
-import checkpoints
-from checkpoints import (CheckpointError, CheckpointStore, CorruptCheckpointError,
+from infra import checkpoints
+from infra.checkpoints import (CheckpointError, CheckpointStore, CorruptCheckpointError,
                          IncompatibleCheckpointError)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -326,7 +326,7 @@ def test_process_killed_mid_save_leaves_previous_checkpoint_restorable(tmp_path)
     import os, signal
     import jax.numpy as jnp
     from orbax.checkpoint._src.path import atomicity
-    import checkpoints
+    from infra import checkpoints
     store = checkpoints.CheckpointStore({directory!r})
     store.save(1, {{"w": jnp.ones((256, 256))}})
     commit = atomicity.AtomicRenameTemporaryPath.finalize
@@ -373,7 +373,7 @@ def test_restore_onto_four_device_mesh_keeps_target_sharding(tmp_path):
   script = f"""
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    import checkpoints
+    from infra import checkpoints
     assert jax.device_count() == 4
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated = NamedSharding(mesh, P())

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 import builders
-import logs
 import main
 import run_lib
+from infra import logs
 from models import utils as mutils
 from tests.test_app import REPO, _dir_digest, _env, toy_config
 

@@ -24,7 +24,7 @@ import exact_scores
 import losses
 import sampling
 import sde_lib
-import toy_data
+from datasets import toy_data
 from models.mlp import ToyMLP
 
 N = 2000

@@ -23,15 +23,15 @@ import pytest
 from PIL import Image
 
 import builders
-import checkpoints
 import classifier_training
 import datasets
-import mnist_classifier
-import run_config
 import run_lib
 from configs import vesde_mnist, vpsde_mnist
 from configs.classifier import vpsde_mnist_wrn
-from devices import Devices
+from evaluation import mnist_classifier
+from infra import checkpoints
+from infra import run_config
+from infra.devices import Devices
 from tests.conftest import MNIST_DIR
 from tests.test_app import CONFIG, REPO, _dir_digest, _env
 from tests.test_image_folder import folder_config, write_flat_folder

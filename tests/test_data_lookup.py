@@ -1,4 +1,4 @@
-"""Tests for ``data_lookup``: where data come from when ``config.data.data_dir`` is empty.
+"""Tests for ``datasets.lookup``: where data come from when ``config.data.data_dir`` is empty.
 
 Nothing here reaches the network: every test runs with ``$SCORE_SDE_DOWNLOAD_PROBE`` at a closed
 local port, ``$HOME`` and ``$TFDS_DATA_DIR`` pointing at empty folders, and TFDS's download
@@ -21,11 +21,11 @@ import time
 import numpy as np
 import pytest
 
-from configs.default_configs import get_default_configs
-import data_lookup
 import datasets
-import readers
-import tf_readers
+from configs.default_configs import get_default_configs
+from datasets import lookup
+from datasets import readers
+from datasets import tf_readers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
@@ -83,7 +83,7 @@ def write_idx_split(folder, n):
 
 
 def lookup_lines(caplog):
-  return [r.getMessage() for r in caplog.records if r.module == "data_lookup"]
+  return [r.getMessage() for r in caplog.records if r.module == "lookup"]
 
 
 def digest(image):
@@ -96,9 +96,9 @@ def nowhere_and_offline(monkeypatch, tmp_path):
   home = tmp_path / "home"
   home.mkdir()
   monkeypatch.setenv("HOME", str(home))
-  monkeypatch.delenv(data_lookup.ENV_DATA_DIR, raising=False)
-  monkeypatch.delenv(data_lookup.ENV_TFDS_DATA_DIR, raising=False)
-  monkeypatch.setenv(data_lookup.ENV_PROBE, f"127.0.0.1:{closed_port()}")
+  monkeypatch.delenv(lookup.ENV_DATA_DIR, raising=False)
+  monkeypatch.delenv(lookup.ENV_TFDS_DATA_DIR, raising=False)
+  monkeypatch.setenv(lookup.ENV_PROBE, f"127.0.0.1:{closed_port()}")
 
   def no_download(*args, **kwargs):
     raise AssertionError(f"a test tried to download: prepare_tfds{args}")
@@ -115,8 +115,8 @@ def test_data_root_serves_the_idx_files_without_data_dir(tmp_path, monkeypatch, 
   root = tmp_path / "root"
   folder = root / "mnist" if layout == "subfolder" else root
   link_files(MNIST_DIR, folder)
-  monkeypatch.setenv(data_lookup.ENV_DATA_DIR, str(root))
-  assert data_lookup.locate("mnist", "idx", "mnist", "idx") == ("idx", str(folder))
+  monkeypatch.setenv(lookup.ENV_DATA_DIR, str(root))
+  assert lookup.locate("mnist", "idx", "mnist", "idx") == ("idx", str(folder))
   found = datasets.load_split(make_config(), "test")
   explicit = datasets.load_split(make_config(data_dir=MNIST_DIR), "test")
   assert np.array_equal(found.images, explicit.images)
@@ -131,7 +131,7 @@ def test_data_root_subfolder_comes_before_files_in_the_root(tmp_path, monkeypatc
   root = tmp_path / "root"
   write_idx_split(str(root), 3)
   write_idx_split(str(root / "fashion_mnist"), 5)
-  monkeypatch.setenv(data_lookup.ENV_DATA_DIR, str(root))
+  monkeypatch.setenv(lookup.ENV_DATA_DIR, str(root))
   assert datasets.load_split(make_config("fashion_mnist"), "test").labels.tolist() == [5] * 5
   assert datasets.load_split(make_config("mnist"), "train").labels.tolist() == [3] * 3
 
@@ -140,21 +140,21 @@ def test_data_root_subfolder_comes_before_files_in_the_root(tmp_path, monkeypatc
 def test_where_the_data_came_from_is_logged_once(tmp_path, monkeypatch, caplog):
   root = tmp_path / "root"
   link_files(MNIST_DIR, root / "mnist")
-  monkeypatch.setenv(data_lookup.ENV_DATA_DIR, str(root))
+  monkeypatch.setenv(lookup.ENV_DATA_DIR, str(root))
   config = make_config()
   with caplog.at_level(logging.INFO):
     for split, train in (("train", True), ("test", False)):
       next(iter(datasets.get_dataset(config, split=split, batch_size=8, train=train, prefetch=0)))
     assert datasets.num_examples(config, "test") == 10000
   assert lookup_lines(caplog) == [
-      f"MNIST: IDX files in {root / 'mnist'} (from ${data_lookup.ENV_DATA_DIR})"]
+      f"MNIST: IDX files in {root / 'mnist'} (from ${lookup.ENV_DATA_DIR})"]
 
 
 @needs_mnist
 def test_explicit_data_dir_and_the_other_sources_are_unchanged(tmp_path, monkeypatch, caplog):
   root = tmp_path / "root"
   write_idx_split(str(root / "mnist"), 3)  # what the lookup would find
-  monkeypatch.setenv(data_lookup.ENV_DATA_DIR, str(root))
+  monkeypatch.setenv(lookup.ENV_DATA_DIR, str(root))
   with caplog.at_level(logging.INFO):
     data = datasets.load_split(make_config(data_dir=MNIST_DIR), "test")
   assert np.bincount(data.labels).tolist() == MNIST_TEST_COUNTS and not lookup_lines(caplog)
@@ -171,15 +171,15 @@ def test_explicit_data_dir_and_the_other_sources_are_unchanged(tmp_path, monkeyp
 
 @pytest.mark.tfds
 def test_prepared_tfds_data_found_without_data_dir(tfds_mnist_dir, tmp_path, monkeypatch, caplog):
-  monkeypatch.setenv(data_lookup.ENV_TFDS_DATA_DIR, tfds_mnist_dir)
-  monkeypatch.setenv(data_lookup.ENV_DATA_DIR, "")
+  monkeypatch.setenv(lookup.ENV_TFDS_DATA_DIR, tfds_mnist_dir)
+  monkeypatch.setenv(lookup.ENV_DATA_DIR, "")
   config = make_config()  # source 'idx' asked for; read as 'tfds' where TFDS's data are found
   with caplog.at_level(logging.INFO):
     got = datasets.load_split(config, "test")
     assert datasets.num_examples(config, "train") == 60000  # from TFDS's metadata
   assert lookup_lines(caplog) == [
-      f"MNIST: TFDS's prepared mnist in {tfds_mnist_dir} (from ${data_lookup.ENV_TFDS_DATA_DIR})"]
-  assert data_lookup.locate("mnist", "idx", "mnist", "idx") == ("tfds", tfds_mnist_dir)
+      f"MNIST: TFDS's prepared mnist in {tfds_mnist_dir} (from ${lookup.ENV_TFDS_DATA_DIR})"]
+  assert lookup.locate("mnist", "idx", "mnist", "idx") == ("tfds", tfds_mnist_dir)
   idx = readers.load_idx(MNIST_DIR, "test")
   assert got.images.shape == idx.images.shape and got.images.dtype == np.uint8
   # TFDS stores the examples in another order: all labels as a multiset, some images as pairs.
@@ -188,19 +188,19 @@ def test_prepared_tfds_data_found_without_data_dir(tfds_mnist_dir, tmp_path, mon
   assert all(pairs[(digest(x), int(y))] for x, y in zip(got.images[:300], got.labels[:300]))
 
   # TFDS's default folder, ~/tensorflow_datasets, when $TFDS_DATA_DIR is unset.
-  monkeypatch.delenv(data_lookup.ENV_TFDS_DATA_DIR)
+  monkeypatch.delenv(lookup.ENV_TFDS_DATA_DIR)
   default = os.path.join(os.environ["HOME"], "tensorflow_datasets")
   os.symlink(tfds_mnist_dir, default)
-  assert data_lookup.locate("mnist", "tfds", "mnist", "idx") == ("tfds", default)
+  assert lookup.locate("mnist", "tfds", "mnist", "idx") == ("tfds", default)
 
 
 @pytest.mark.tfds
 def test_data_root_comes_before_prepared_tfds_data(tfds_mnist_dir, tmp_path, monkeypatch):
   root = tmp_path / "root"
   link_files(MNIST_DIR, root / "mnist")
-  monkeypatch.setenv(data_lookup.ENV_DATA_DIR, str(root))
-  monkeypatch.setenv(data_lookup.ENV_TFDS_DATA_DIR, tfds_mnist_dir)
-  assert data_lookup.locate("mnist", "tfds", "mnist", "idx") == ("idx", str(root / "mnist"))
+  monkeypatch.setenv(lookup.ENV_DATA_DIR, str(root))
+  monkeypatch.setenv(lookup.ENV_TFDS_DATA_DIR, tfds_mnist_dir)
+  assert lookup.locate("mnist", "tfds", "mnist", "idx") == ("idx", str(root / "mnist"))
   got = datasets.load_split(make_config(source="tfds"), "test")
   idx = readers.load_idx(MNIST_DIR, "test")  # the IDX files' own order: they were read
   assert np.array_equal(got.images, idx.images) and np.array_equal(got.labels, idx.labels)
@@ -213,7 +213,7 @@ def test_data_root_comes_before_prepared_tfds_data(tfds_mnist_dir, tmp_path, mon
 @pytest.mark.tfds
 def test_download_when_the_network_answers(tfds_mnist_dir, tmp_path, monkeypatch, caplog):
   tfds_dir = str(tmp_path / "tfds")
-  monkeypatch.setenv(data_lookup.ENV_TFDS_DATA_DIR, tfds_dir)
+  monkeypatch.setenv(lookup.ENV_TFDS_DATA_DIR, tfds_dir)
   probed, downloads = [], []
 
   def reachable(host, port, timeout):
@@ -225,28 +225,28 @@ def test_download_when_the_network_answers(tfds_mnist_dir, tmp_path, monkeypatch
     downloads.append((name, data_dir, manual_dir))
     shutil.copytree(os.path.join(tfds_mnist_dir, "mnist"), os.path.join(data_dir, "mnist"))
 
-  monkeypatch.setattr(data_lookup, "network_reachable", reachable)
+  monkeypatch.setattr(lookup, "network_reachable", reachable)
   monkeypatch.setattr(tf_readers, "prepare_tfds", fake_download)
   config = make_config()
   with caplog.at_level(logging.INFO):
     data = datasets.load_split(config, "test")
     assert datasets.num_examples(config, "train") == 60000
-  port = int(os.environ[data_lookup.ENV_PROBE].rpartition(":")[2])
-  assert probed == [("127.0.0.1", port, data_lookup.PROBE_TIMEOUT_S)]
+  port = int(os.environ[lookup.ENV_PROBE].rpartition(":")[2])
+  assert probed == [("127.0.0.1", port, lookup.PROBE_TIMEOUT_S)]
   assert downloads == [("mnist", tfds_dir, None)]
   assert np.bincount(data.labels).tolist() == MNIST_TEST_COUNTS
   assert lookup_lines(caplog) == [f"MNIST: not found locally; TFDS downloads and prepares mnist "
-                                  f"into {tfds_dir} (${data_lookup.ENV_TFDS_DATA_DIR})"]
+                                  f"into {tfds_dir} (${lookup.ENV_TFDS_DATA_DIR})"]
 
 
 @needs_tfds_installed
 def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
-  monkeypatch.setattr(data_lookup, "network_reachable", lambda host, port, timeout: True)
+  monkeypatch.setattr(lookup, "network_reachable", lambda host, port, timeout: True)
 
   def forbidden(name, data_dir=None, manual_dir=None):
     raise RuntimeError("HTTP Error 403: Forbidden\nmore detail")
   monkeypatch.setattr(tf_readers, "prepare_tfds", forbidden)
-  with pytest.raises(data_lookup.DataNotFoundError) as info:
+  with pytest.raises(lookup.DataNotFoundError) as info:
     datasets.load_split(make_config(), "test")
   message = str(info.value)
   assert "\n" not in message and "download of mnist" in message and "403: Forbidden" in message
@@ -255,16 +255,16 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
 @needs_tfds_installed
 def test_probe_asks_the_download_host_its_proxy_or_the_override(monkeypatch):
   probed = []
-  monkeypatch.setattr(data_lookup, "network_reachable",
+  monkeypatch.setattr(lookup, "network_reachable",
                       lambda host, port, timeout: probed.append((host, port)) or False)
   for name in PROXY_VARIABLES:
     monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv(name.upper(), raising=False)
-  monkeypatch.delenv(data_lookup.ENV_PROBE)
+  monkeypatch.delenv(lookup.ENV_PROBE)
 
   def probe(dataset, numpy_source="idx"):
-    with pytest.raises(data_lookup.DataNotFoundError):
-      data_lookup.locate(dataset, "tfds", dataset, numpy_source)
+    with pytest.raises(lookup.DataNotFoundError):
+      lookup.locate(dataset, "tfds", dataset, numpy_source)
     return probed.pop()
 
   assert probe("mnist") == ("storage.googleapis.com", 443)
@@ -274,11 +274,11 @@ def test_probe_asks_the_download_host_its_proxy_or_the_override(monkeypatch):
   assert probe("mnist") == ("proxy.example", 3128)
   monkeypatch.setenv("no_proxy", "storage.googleapis.com")
   assert probe("mnist") == ("storage.googleapis.com", 443)
-  monkeypatch.setenv(data_lookup.ENV_PROBE, "10.1.2.3:9")
+  monkeypatch.setenv(lookup.ENV_PROBE, "10.1.2.3:9")
   assert probe("mnist") == ("10.1.2.3", 9)
-  monkeypatch.setenv(data_lookup.ENV_PROBE, "nonsense")
+  monkeypatch.setenv(lookup.ENV_PROBE, "nonsense")
   with pytest.raises(ValueError, match="SCORE_SDE_DOWNLOAD_PROBE='nonsense' is not host:port"):
-    data_lookup.locate("mnist", "idx", "mnist", "idx")
+    lookup.locate("mnist", "idx", "mnist", "idx")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,11 +296,11 @@ def test_probe_asks_the_download_host_its_proxy_or_the_override(monkeypatch):
 ])
 def test_nowhere_and_offline_is_one_line_naming_every_way(tmp_path, monkeypatch, dataset, source,
                                                           expected):
-  monkeypatch.setenv(data_lookup.ENV_TFDS_DATA_DIR, str(tmp_path / "empty"))
+  monkeypatch.setenv(lookup.ENV_TFDS_DATA_DIR, str(tmp_path / "empty"))
   channels, size = (3, 32) if dataset == "cifar10" else (1, 28)
   config = make_config(dataset, source, image_size=size, num_channels=channels)
   start = time.monotonic()
-  with pytest.raises(data_lookup.DataNotFoundError) as info:
+  with pytest.raises(lookup.DataNotFoundError) as info:
     datasets.get_dataset(config, split="train", batch_size=8, train=True)
   assert time.monotonic() - start < OFFLINE_BOUND_S
   message = str(info.value)
@@ -316,8 +316,8 @@ def test_without_tensorflow_datasets_its_places_are_skipped_and_said_so(monkeypa
 
   def not_asked(host, port, timeout):
     raise AssertionError("the probe is only for a TFDS download")
-  monkeypatch.setattr(data_lookup, "network_reachable", not_asked)
-  with pytest.raises(data_lookup.DataNotFoundError,
+  monkeypatch.setattr(lookup, "network_reachable", not_asked)
+  with pytest.raises(lookup.DataNotFoundError,
                      match="TensorFlow Datasets is not installed, so neither prepared TFDS data"):
     datasets.load_split(make_config(), "test")
 
@@ -325,7 +325,7 @@ def test_without_tensorflow_datasets_its_places_are_skipped_and_said_so(monkeypa
 def test_command_line_offline_and_nowhere_fails_fast_in_one_line(tmp_path):
   env = dict(os.environ, HOME=str(tmp_path / "home"), TFDS_DATA_DIR=str(tmp_path / "empty"),
              JAX_PLATFORMS="cpu")
-  env.pop(data_lookup.ENV_DATA_DIR, None)
+  env.pop(lookup.ENV_DATA_DIR, None)
   workdir = tmp_path / "w"
   command = [sys.executable, "main.py", "--config", "configs/vpsde_mnist.py", "--mode", "train",
              "--workdir", str(workdir)]

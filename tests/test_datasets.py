@@ -19,12 +19,12 @@ import tarfile
 import numpy as np
 import pytest
 
-from configs.default_configs import get_default_configs
-import batching
 import datasets
-import readers
-import tf_readers
-import toy_data
+from configs.default_configs import get_default_configs
+from datasets import batching
+from datasets import readers
+from datasets import tf_readers
+from datasets import toy_data
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO_ROOT, "..", "shared", "data")

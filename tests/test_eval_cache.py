@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import builders
-import checkpoints
-import eval_cache
-import outputs
 import run_lib
+from evaluation import eval_cache
+from infra import checkpoints
+from infra import outputs
 from tests.test_app import final_state, toy_config
 
 # A tiny training run (one snapshot, at step 50) and a quick evaluation of it: bits/dim of the

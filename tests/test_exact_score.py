@@ -21,9 +21,9 @@ import exact_scores
 import run_lib
 import sampling
 import sde_lib
-import toy_data
 from configs.toy import gaussian_mixture, gaussian_mixture_exact
-from devices import Devices
+from datasets import toy_data
+from infra.devices import Devices
 from tests import oracles
 
 SDES = {"ve": sde_lib.VESDE(), "vp": sde_lib.VPSDE(), "subvp": sde_lib.subVPSDE()}

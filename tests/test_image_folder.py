@@ -16,11 +16,11 @@ from PIL import Image
 
 import datasets
 import evaluation
-import inception
-import readers
 import run_lib
 from configs import image_folder
 from configs.default_configs import get_default_configs
+from datasets import readers
+from evaluation import inception
 from tests.test_inception import random_state_dict
 
 

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import inception
-from devices import Devices
+import inception as inception_command
+from evaluation import inception
+from infra.devices import Devices
 
 # Counted from pytorch-fid's FID Inception module (BatchNorm running statistics excluded).
 PYTORCH_FID_PARAMETERS = 23_850_960
@@ -168,7 +169,7 @@ def test_npz_round_trip_and_converter_without_torch(tmp_path, state_dict, variab
   first, second = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
   inception.save_state_dict(first, state_dict)
   # The converter reads any state dict it can load; here the .npz just written.
-  assert inception.main(["--convert", first, "--out", second]) == second
+  assert inception_command.main(["--convert", first, "--out", second]) == second
   with np.load(second) as saved:
     assert set(saved.files) == set(inception.state_dict_shapes())
   loaded = inception.load_inception(second)
@@ -194,7 +195,7 @@ def test_missing_or_unknown_weight_files(tmp_path):
   with pytest.raises(ValueError, match="expected a torch .pth or"):
     inception.load_inception(str(other))
   with pytest.raises(ValueError, match="must name an .npz"):
-    inception.main(["--convert", str(other), "--out", str(tmp_path / "out.pickle")])
+    inception_command.main(["--convert", str(other), "--out", str(tmp_path / "out.pickle")])
 
 
 def _torch_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import mnist_classifier as mc
-import readers
+import mnist_classifier as mnist_command
+from datasets import readers
+from evaluation import mnist_classifier as mc
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir,
                          "shared", "data", "mnist")
@@ -243,15 +244,15 @@ def test_command_line_without_data_names_its_flag(monkeypatch, tmp_path):
   monkeypatch.setenv("SCORE_SDE_DATA_DIR", str(tmp_path))
   monkeypatch.delenv(mc.ENV_CACHE, raising=False)
   with pytest.raises(ValueError, match="pass --data_dir=") as error:
-    mc.main(["--steps", "1", "--out", str(tmp_path / "clf.msgpack")])
+    mnist_command.main(["--steps", "1", "--out", str(tmp_path / "clf.msgpack")])
   assert "\n" not in str(error.value) and not (tmp_path / "clf.msgpack").exists()
 
 
 def test_command_line_rejects_bad_arguments():
   with pytest.raises(ValueError, match="--steps must be >= 1"):
-    mc.main(["--steps", "0"])
+    mnist_command.main(["--steps", "0"])
   with pytest.raises(ValueError, match="unrecognized"):
-    mc.main(["--stepz", "3"])
+    mnist_command.main(["--stepz", "3"])
 
 
 # ----------------------------------------------------------------------------- in evaluation
@@ -262,9 +263,9 @@ def test_evaluation_scores_mnist_samples_with_the_cached_classifier(classifier, 
   scores the samples against the test split; features are cached per batch."""
   import builders  # pylint: disable=import-outside-toplevel
   import configs  # pylint: disable=import-outside-toplevel
-  import eval_cache  # pylint: disable=import-outside-toplevel
+  from evaluation import eval_cache  # pylint: disable=import-outside-toplevel
   import run_lib  # pylint: disable=import-outside-toplevel
-  from devices import Devices  # pylint: disable=import-outside-toplevel
+  from infra.devices import Devices  # pylint: disable=import-outside-toplevel
   path = str(tmp_path / "classifier.msgpack")
   mc.save(path, classifier)
   config = configs.load_config("configs/vpsde_mnist.py")

@@ -17,9 +17,9 @@ from PIL import Image
 from scipy import stats
 
 import noise_schedule as ns
-import readers
 import sampling
 import sde_lib
+from datasets import readers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/image_folder.py"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import outputs
+from infra import outputs
 
 
 def test_check_writable(tmp_path):

@@ -7,9 +7,9 @@ import likelihood
 import ode_solvers
 import sampling
 import sde_lib
+from infra.registry import Registry
 from models import layers
 from models import utils as mutils
-from registry import Registry
 
 
 def test_register_and_look_up_case_insensitively():

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 
 import builders
-import checkpoints
-import eval_cache
 import losses
 import released_checkpoints as rc
 import run_lib
@@ -26,6 +24,8 @@ from configs.ve import cifar10_ncsnpp_continuous as ncsnpp_config
 from configs.ve.ncsn import cifar10 as ncsn_config
 from configs.ve.ncsnv2 import cifar10 as ncsnv2_config
 from configs.vp.ddpm import cifar10_continuous as ddpm_config
+from evaluation import eval_cache
+from infra import checkpoints
 
 
 def _tiny(module, nf=16):

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-import checkpoints
-import run_config
 import run_lib
+from infra import checkpoints
+from infra import run_config
 from tests.test_app import final_state
 from tests.test_app import toy_config as app_toy_config
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-import eval_cache
 import evaluation
+from evaluation import eval_cache
 
 
 def _spd(rng: np.random.Generator, dim: int) -> np.ndarray:

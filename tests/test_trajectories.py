@@ -14,7 +14,7 @@ import builders
 import sampling
 import sde_lib
 from configs.toy import gaussian_mixture_exact
-from devices import Devices, gather
+from infra.devices import Devices, gather
 
 Z = 4.5  # standard errors allowed per statistic (two-sided p = 7e-6)
 # Gaussian data N(MU, S^2 I) in D = 2.

@@ -10,8 +10,8 @@ authors' (their recipe is not part of their release).
 
 import ml_collections
 
-from configs.ve import cifar10_ncsnpp_continuous
 from configs.classifier import classifier_of
+from configs.ve import cifar10_ncsnpp_continuous
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -22,7 +22,8 @@ import sys
 import time
 from typing import Any, Iterator, Optional
 
-_PROJECT = os.path.dirname(os.path.realpath(__file__))
+# The repository: this file is infra/logs.py.
+_PROJECT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _CHECKPOINT_LIBRARIES = ("orbax", "tensorstore", "asyncio")
 # A record carrying this attribute (``extra={_FILE_ONLY: True}``) skips the console: a progress
 # bar already shows what it says.

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
-import eval_cache
-import outputs
+from evaluation import eval_cache
+from infra import outputs
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> float:

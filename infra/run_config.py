@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import ml_collections
 
-import outputs
+from infra import outputs
 
 RECORD = "config.json"
 

@@ -50,7 +50,7 @@ import urllib.parse
 import urllib.request
 from typing import List, NamedTuple, Tuple
 
-import tf_readers
+from datasets import tf_readers
 
 ENV_DATA_DIR = "SCORE_SDE_DATA_DIR"
 ENV_TFDS_DATA_DIR = "TFDS_DATA_DIR"

@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from readers import SplitData
+from datasets.readers import SplitData
 
 Batch = Dict[str, np.ndarray]
 # sample(n, rng) -> (float32 [n, D] points, int32 [n] labels).

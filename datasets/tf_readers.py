@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 
-from readers import SplitData, check_split
+from datasets.readers import SplitData, check_split
 
 
 @contextlib.contextmanager

@@ -1,27 +1,5 @@
-"""Input pipelines: image data sets and 2-D toy distributions as host-side numpy batches.
-
-This is the entry point: :func:`get_dataset` turns ``config.data`` into :class:`batching.Batches`,
-and :func:`get_data_scaler` / :func:`get_data_inverse_scaler` map between the data's [0, 1] and
-the model's range. The work is done by ``readers`` (numpy-only readers, crop and resize),
-``tf_readers`` (TFDS and TFRecords, the only TensorFlow users), ``toy_data`` (the 2-D toys) and
-``batching`` (order, sharding, augmentation, prefetching).
-
-What a batch is. Iterating a :class:`batching.Batches` yields dicts
-
-* ``'image'``: float32 ``[local_B, H, W, C]`` with values in ``[0, 1]`` (images) or
-  ``[local_B, 2]`` (toys, roughly unit scale). Images are NOT scaled to ``[-1, 1]``: the caller
-  applies :func:`get_data_scaler`, as the authors did.
-* ``'label'``: int32 ``[local_B]``, the class index, or -1 where the data set has no labels and on
-  padding rows.
-* ``'mask'``: float32 ``[local_B]``, 1 for real examples and 0 for padding rows (whose image is all
-  zeros).
-
-``local_B = batch_size // process_count`` where ``batch_size`` is the GLOBAL batch; the
-process-local batches concatenated in process order are exactly the global batch. Training
-streams (``train=True``) repeat forever, reshuffled every epoch, and yield full batches only;
-evaluation passes (``train=False``) visit every example of the split exactly once, in stored
-order, the last batch padded with ``mask = 0`` rows. ``batching`` states the exact order and the
-randomness of flips and dequantization.
+"""Where ``config.data`` leads: the sources that read each data set, whole splits, batch streams
+and the scalers (the package docstring says what a batch is).
 
 Preprocessing (in this order). Images are decoded as uint8 ``[H, W, C]``, centrally cropped and
 resized to ``config.data.image_size`` (``readers.fit_images``), so every source yields 8-bit data.
@@ -58,7 +36,7 @@ Sources (``config.data.source``, registered in :data:`_SOURCES`) and where they 
   ``random_flip`` and ``uniform_dequantization`` must be False.
 
 Without ``data_dir``, sources ``'tfds'``, ``'idx'`` and ``'cifar_python'`` get their data from
-``data_lookup``: ``$SCORE_SDE_DATA_DIR``, then TFDS's prepared data, then a TFDS download when the
+``lookup``: ``$SCORE_SDE_DATA_DIR``, then TFDS's prepared data, then a TFDS download when the
 network answers, else one line naming every way to provide them. The place found may be read by
 another source than the one asked for (``'idx'`` asked, TFDS's prepared MNIST found). The other
 sources need ``data_dir`` (or ``tfrecords_path``).
@@ -72,12 +50,12 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import ml_collections
 
-import batching
-import data_lookup
-import readers
-import tf_readers
-import toy_data
-from registry import Registry
+from datasets import batching
+from datasets import lookup
+from datasets import readers
+from datasets import tf_readers
+from datasets import toy_data
+from infra.registry import Registry
 
 Config = ml_collections.ConfigDict
 
@@ -257,7 +235,7 @@ def _image_request(config: Config, name: str, source: str, split: str,
                    cache_dir: Optional[str]) -> Tuple[str, _Request]:
   """The source that reads ``split`` of image data set ``name``, and the request to it.
 
-  Where ``config.data`` names no folder, :func:`data_lookup.locate` finds one for the data sets
+  Where ``config.data`` names no folder, :func:`lookup.locate` finds one for the data sets
   it can obtain (sources 'tfds' and the numpy ones it knows), possibly read by another source
   than the one asked for.
 
@@ -266,15 +244,15 @@ def _image_request(config: Config, name: str, source: str, split: str,
 
   Raises:
     ValueError: naming the field to set, where no folder is named and the lookup does not apply;
-      :class:`data_lookup.DataNotFoundError` where it applies and finds nothing.
+      :class:`lookup.DataNotFoundError` where it applies and finds nothing.
   """
   spec = _image_spec(name, source)
   entry = _SOURCES.get(source)
   values = (str(config.data.get(field, "") or "") for field in entry.location)
   path = next((v for v in values if v), "")
-  if not path and (source == "tfds" or source in data_lookup.NUMPY_SOURCES):
-    numpy_source = next((s for s in spec.sources if s in data_lookup.NUMPY_SOURCES), "")
-    source, path = data_lookup.locate(name, source, spec.tfds_name, numpy_source)
+  if not path and (source == "tfds" or source in lookup.NUMPY_SOURCES):
+    numpy_source = next((s for s in spec.sources if s in lookup.NUMPY_SOURCES), "")
+    source, path = lookup.locate(name, source, spec.tfds_name, numpy_source)
   elif entry.needs_location and not path:
     fields = " or ".join(f"config.data.{f}" for f in entry.location)
     raise ValueError(f"config.data.source={source!r} reads local files: set {fields}.")

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-import outputs
+from infra import outputs
 
 Settings = Mapping[str, Any]
 

@@ -24,8 +24,8 @@ from typing import Tuple
 
 import numpy as np
 
-from batching import Sampler
-from registry import Registry
+from datasets.batching import Sampler
+from infra.registry import Registry
 
 # Each entry: sampler(n, rng) -> (points [n, 2], labels [n]); sample_with_labels fixes dtypes.
 TOYS: Registry[Sampler] = Registry("toy dataset")
