@@ -28,7 +28,8 @@ likelihood_weighting, eps, label_dropout``;           built from it
 ``eval.sample_metrics, inception_weights, fid_stats,  :func:`build_sample_scorer`,
 mnist_classifier, inception_batch_size, is_splits,    :func:`build_class_predictor`
 kid_subsets, kid_subset_size``
-``data.centered``                                     :func:`data_scalers`, :func:`build_bpd_fn`
+``data.centered``                                     :func:`build_bpd_fn` (and
+                                                      ``datasets.data_scalers``)
 ``data.*`` (source, dataset, files, augmentation)     ``datasets.get_dataset``
 ``training.batch_size, n_iters, *_freq, ...``;        ``run_lib`` (the train loop, evaluation)
 ``eval.batch_size, num_samples, *_ckpt, ...``; ``seed``
@@ -45,34 +46,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import inspect
-import os
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 import controllable_generation
 import datasets
-import evaluation
-import exact_scores
 import fast_samplers
 import likelihood
 import losses
 import sampling
 import sde_lib
-from evaluation import eval_cache
-from evaluation import inception
-from evaluation import mnist_classifier
-from infra import outputs
-from infra.devices import Devices, batch_apply
+from infra import checkpoints
+from infra.devices import Devices
 from infra.registry import Registry
 from models import classifier as classifier_lib
+from models import released
 from models import utils as mutils
 from models.exact_score import ExactScore
 
@@ -80,34 +74,6 @@ Array = jax.Array
 Config = ml_collections.ConfigDict
 Params = Any
 Shape = Tuple[int, ...]
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def is_vector_data(config: Config) -> bool:
-  """Vector (toy) data ``[B, D]`` rather than images ``[B, H, W, C]``."""
-  return bool(config.data.get("dim", 0))
-
-
-def input_shape(config: Config, batch_size: int = 1) -> Shape:
-  """``(B, H, W, C)`` for image data, ``(B, D)`` for vector (toy) data."""
-  data = config.data
-  if is_vector_data(config):
-    return (batch_size, data.dim)
-  return (batch_size, data.image_size, data.image_size, data.num_channels)
-
-
-def data_scalers(config: Config) -> Tuple[Callable, Callable]:
-  """``(scaler, inverse_scaler)`` between data space ([0, 1] images) and model space.
-
-  Images go to [-1, 1] if ``data.centered``; vector (toy) data are not images and pass as they
-  are.
-  """
-  if is_vector_data(config):
-    return (lambda x: x), (lambda x: x)
-  return (datasets.get_data_scaler(config.data.centered),
-          datasets.get_data_inverse_scaler(config.data.centered))
 
 
 # ----------------------------------------------------------------------------- SDE and model
@@ -167,11 +133,45 @@ def init_model(rng: Array, config: Config) -> Tuple[nn.Module, Params]:
   if is_exact_score(model):
     return model, {}
   params_rng, dropout_rng = jax.random.split(rng)
-  x = jnp.zeros(input_shape(config), jnp.float32)
+  x = jnp.zeros(datasets.input_shape(config), jnp.float32)
   labels = jnp.ones((1,), jnp.float32)
   variables = jax.jit(model.init, static_argnames="train")(
       {"params": params_rng, "dropout": dropout_rng}, x, labels, train=False)
   return model, variables["params"]
+
+
+def abstract_model(config: Config) -> Tuple[nn.Module, Params]:
+  """The network of ``config`` and its parameter tree as ``jax.ShapeDtypeStruct`` s (nothing is
+  allocated or initialized, whatever the size); one-line ``ReleasedCheckpointError`` for the
+  exact score, which has no parameters."""
+  model = build_model(config)
+  if is_exact_score(model):
+    raise released.ReleasedCheckpointError("model.name = 'exact_score' has no parameters to load")
+  shape = datasets.input_shape(config)
+  key = jax.random.PRNGKey(0)
+  variables = jax.eval_shape(
+      lambda x, y: model.init({"params": key, "dropout": key}, x, y, train=False),
+      jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:1], jnp.float32))
+  return model, variables["params"]
+
+
+def load_released(config: Config, path: str, *, ema: bool = True
+                  ) -> Tuple[nn.Module, released.Released]:
+  """``(model, released)``: one of the authors' released files (Flax ``checkpoint_<k>`` or
+  PyTorch ``checkpoint_<k>.pth``, :mod:`models.released`) as parameters of ``config``'s network,
+  the EMA ones unless ``ema`` is False.
+
+  Raises:
+    models.released.ReleasedCheckpointError: in one line, for a file that cannot be read or does
+      not fit the config's network.
+    FloatingPointError: for a file holding non-finite values.
+  """
+  model, template = abstract_model(config)
+  loaded = released.load(path, model, template, datasets.input_shape(config), ema=ema)
+  bad = checkpoints.non_finite_leaves(loaded.params)
+  if bad:
+    raise FloatingPointError(f"{path} holds non-finite values ({bad[0]}).")
+  return model, loaded
 
 
 # ----------------------------------------------------------------------------- training
@@ -224,18 +224,17 @@ def build_train_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
                             train=True, ema_rate=config.model.ema_rate)
 
 
-def build_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
-                      optimizer: optax.GradientTransformation, state: losses.TrainState,
-                      devices: Devices) -> Callable[..., Tuple[losses.TrainState, Array]]:
-  """``steps(state, batches) -> (state, losses: [n])``, compiled, state donated; ``batches`` is a
-  ``losses.Batch`` of ``n`` stacked batches (leaves ``[n, B, ...]``).
+def compile_train_steps(train_step: losses.StepFn, state: losses.TrainState,
+                        devices: Devices) -> Callable[..., Tuple[losses.TrainState, Any]]:
+  """``steps(state, batches) -> (state, metrics)``, compiled, state donated: ``n`` calls of the
+  pure ``train_step(state, batch) -> (state, metrics)`` on ``batches``, a ``losses.Batch`` of
+  ``n`` stacked batches (leaves ``[n, B, ...]``); ``metrics`` gets a leading ``[n]`` axis.
 
   ``state`` is read for its structure only. On accelerators the ``n`` steps are one compiled
   ``lax.scan`` (``training.n_jitted_steps`` per call). XLA:CPU runs convolutions inside a loop
   about 8x slower than outside one (DDPM++ on MNIST, 2 cores: 3.3 s vs 0.43 s per step), so on
   CPU each step is its own call of one compiled step -- the same arithmetic, in the same order.
   """
-  train_step = build_train_step(config, sde, model, optimizer)
   state_sharding = _replicated_like(state, devices)
   if jax.default_backend() != "cpu":
     return jax.jit(losses.get_multi_step_fn(train_step),
@@ -245,13 +244,33 @@ def build_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
                    out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
 
   def steps(state, batches):
-    step_losses = []
+    metrics = []
     for i in range(jax.tree_util.tree_leaves(batches)[0].shape[0]):
-      state, loss = single(state, jax.tree_util.tree_map(lambda b, i=i: b[i], batches))
-      step_losses.append(loss)
-    return state, jnp.stack(step_losses)
+      state, step_metrics = single(state, jax.tree_util.tree_map(lambda b, i=i: b[i], batches))
+      metrics.append(step_metrics)
+    return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
 
   return steps
+
+
+def build_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                      optimizer: optax.GradientTransformation, state: losses.TrainState,
+                      devices: Devices) -> Callable[..., Tuple[losses.TrainState, Array]]:
+  """The score model's ``steps(state, batches) -> (state, losses: [n])``
+  (:func:`compile_train_steps` of :func:`build_train_step`)."""
+  return compile_train_steps(build_train_step(config, sde, model, optimizer), state, devices)
+
+
+def build_classifier_train_steps(config: Config, sde: sde_lib.SDE, model: nn.Module,
+                                 optimizer: optax.GradientTransformation,
+                                 state: losses.TrainState, devices: Devices
+                                 ) -> Callable[..., Tuple[losses.TrainState, Any]]:
+  """A noise-conditional classifier's ``steps(state, batches) -> (state, {'loss', 'accuracy'}:
+  [n] each)`` on ``{'image', 'label'}`` batches: cross-entropy on data perturbed by the SDE to
+  ``t ~ U(training.eps, T)`` (``losses.get_classifier_loss_fn``), EMA at ``model.ema_rate``."""
+  step = losses.get_step_fn(losses.get_classifier_loss_fn(sde, model, config.training.eps),
+                            optimizer, train=True, ema_rate=config.model.ema_rate, has_aux=True)
+  return compile_train_steps(step, state, devices)
 
 
 def build_eval_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
@@ -364,18 +383,39 @@ def build_sampling_fn(config: Config, sde: sde_lib.SDE, shape: Shape,
   return factory(sde, shape, config.sampling, num_steps, num_frames)
 
 
+def sampler_tag(config: Config) -> str:
+  """The sampler ``config.sampling`` names, for folder names and messages (``pc-euler_maruyama-
+  none``, ``ode-tsit5``, ``ddim-eta0-20steps``, ``dpm_solver-2m-20steps``,
+  ``edm_heun-churn0-18steps``)."""
+  sampling_config = config.sampling
+  method = str(sampling_config.method).lower()
+  if method == "pc":
+    return f"pc-{sampling_config.predictor}-{sampling_config.corrector}".lower()
+  if method == "ode":
+    return f"ode-{sampling_config.ode_solver}".lower()
+  steps = f"{sampling_config.steps}steps"
+  if method == "ddim":
+    return f"ddim-eta{sampling_config.eta:g}-{steps}"
+  if method == "dpm_solver":
+    return (f"dpm_solver-{sampling_config.order}{'m' if sampling_config.multistep else 's'}-"
+            f"{steps}")
+  if method == "edm_heun":
+    return f"edm_heun-churn{sampling_config.s_churn:g}-{steps}"
+  return method
+
+
 def build_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
                   batch_size: int, num_steps: Optional[int] = None, num_frames: int = 0
                   ) -> Callable[[Array, Params], sampling.SampleOutput]:
   """``sample(rng, params) -> (samples: [batch_size, ...], nfe)``, jitted, samples sharded.
 
-  Samples are in model space (apply :func:`data_scalers`' inverse for data space). The
+  Samples are in model space (apply :func:`datasets.data_scalers`' inverse for data space). The
   parameters are an argument, so new parameters do not recompile. With ``num_frames = K > 0``
   it returns ``(samples, nfe, trajectory)``: ``trajectory.t: [K]`` replicated and
   ``trajectory.x: [K, batch_size, ...]`` (model space) sharded along its batch axis like the
   samples; ``devices.gather`` reads either on the host.
   """
-  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps,
+  sampling_fn = build_sampling_fn(config, sde, datasets.input_shape(config, batch_size), num_steps,
                                   num_frames)
   score_fn_of = build_score_fn(config, sde, model, devices)
 
@@ -415,14 +455,6 @@ def build_ode_codec(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
 # ----------------------------------------------------------------------------- controlled sampling
 
 
-def check_replacement_sampler(config: Config, task: str) -> None:
-  """Replacement (inpainting, colorization) is built on the PC loop: one-line error otherwise."""
-  if str(config.sampling.method).lower() != "pc":
-    raise ValueError(f"{task} runs the predictor-corrector sampler; set "
-                     f"--config.sampling.method=pc (got {config.sampling.method!r}; any "
-                     "predictor and corrector work).")
-
-
 def _jit_batch_sharded(fn: Callable[..., Tuple[Array, Array]], devices: Devices) -> Callable:
   return jax.jit(fn, out_shardings=(devices.batch, None))
 
@@ -436,7 +468,6 @@ def build_inpainter(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
   steps. ``data: [B, ...]`` in model space, ``mask: [B, ...]`` 1 where ``data`` is known; ``x``
   equals ``data`` there. Parameters and data are arguments: one compilation per batch shape.
   """
-  check_replacement_sampler(config, "Inpainting")
   cfg = config.sampling
   inpaint = controllable_generation.get_pc_inpainter(
       sde, cfg.predictor, cfg.corrector, snr=cfg.snr, n_steps=cfg.n_steps_each,
@@ -457,7 +488,6 @@ def build_colorizer(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
   ``gray: [B, H, W, C]`` in model space, of which only the grey component (the channel mean) is
   read; ``x`` has that grey component and sampled colour.
   """
-  check_replacement_sampler(config, "Colorization")
   cfg = config.sampling
   colorize = controllable_generation.get_pc_colorizer(
       sde, cfg.predictor, cfg.corrector, num_channels=int(config.data.num_channels),
@@ -469,28 +499,6 @@ def build_colorizer(config: Config, sde: sde_lib.SDE, model: nn.Module, devices:
     return colorize(rng, score_fn_of(params), gray)
 
   return _jit_batch_sharded(run, devices)
-
-
-def sde_settings(config: Config) -> dict:
-  """What ``x(t)`` and the noise label depend on: ``training.sde``, the SDE's constructor fields
-  of ``config.model`` except ``num_scales`` (a continuous-time model is used at any number of
-  steps), ``data.centered`` and the data's shape."""
-  sde_class = sde_lib.SDES.get(config.training.sde)
-  fields = [name for name in inspect.signature(sde_class).parameters if name != "N"]
-  return {"training.sde": str(config.training.sde).lower(),
-          **{f"model.{name}": config.model.get(name) for name in fields},
-          "data.centered": bool(config.data.centered), "shape": list(input_shape(config)[1:])}
-
-
-def check_classifier_config(config: Config, classifier_config: Config) -> None:
-  """Raises a one-line ``ValueError`` unless the classifier of ``classifier_config`` was trained on
-  the ``x(t)`` the score model of ``config`` samples (same :func:`sde_settings`)."""
-  ours, theirs = sde_settings(config), sde_settings(classifier_config)
-  changed = [f"{name}: {theirs.get(name)!r} (classifier) vs {ours.get(name)!r} (score model)"
-             for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)]
-  if changed:
-    raise ValueError(f"the classifier config does not fit the score model: {'; '.join(changed)}; "
-                     "train the classifier with the score model's SDE, data scaling and shape.")
 
 
 def build_guided_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
@@ -507,7 +515,7 @@ def build_guided_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, dev
   (``models.classifier.get_log_prob_fn``). ``nfe`` counts guided score evaluations (each one
   score and one classifier gradient). ``x`` in model space, batch-sharded.
   """
-  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps)
+  sampling_fn = build_sampling_fn(config, sde, datasets.input_shape(config, batch_size), num_steps)
   score_fn_of = build_score_fn(config, sde, model, devices)
 
   def sample(rng, params, classifier_params, labels, scale):
@@ -536,7 +544,7 @@ def build_cfg_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, device
   if not classes:
     raise ValueError("classifier-free guidance needs a class-conditional model "
                      "(model.num_classes > 0, trained with labels).")
-  sampling_fn = build_sampling_fn(config, sde, input_shape(config, batch_size), num_steps)
+  sampling_fn = build_sampling_fn(config, sde, datasets.input_shape(config, batch_size), num_steps)
   continuous = config.training.continuous
 
   def sample(rng, params, labels, weight):
@@ -559,7 +567,7 @@ def build_cfg_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, device
 
 def bpd_offset_bits(config: Config) -> float:
   """Bits/dim added for uniform dequantization of 8-bit images; 0 for continuous vector data."""
-  if is_vector_data(config):
+  if datasets.is_vector_data(config):
     return 0.0
   return likelihood.dequantization_offset(config.data.centered)
 
@@ -574,11 +582,11 @@ def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
   continuous: their bits/dim is that of the continuous density, with no offset.
   """
   ev = config.eval
-  vector = is_vector_data(config)
+  vector = datasets.is_vector_data(config)
   likelihood_fn = likelihood.get_likelihood_fn(sde, hutchinson_type=ev.hutchinson_type,
                                                rtol=ev.rtol, atol=ev.atol,
                                                bpd_offset=bpd_offset_bits(config))
-  scaler, _ = data_scalers(config)
+  scaler, _ = datasets.data_scalers(config)
   score_fn_of = build_score_fn(config, sde, model, devices)
 
   @functools.partial(jax.jit, out_shardings=(devices.batch, None))
@@ -590,214 +598,3 @@ def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
     return bpd, nfe
 
   return bpd_fn
-
-
-# ----------------------------------------------------------------------------- sample quality
-
-SAMPLE_METRICS = ("auto", "inception", "mnist_classifier", "none")
-ENV_INCEPTION_WEIGHTS = "SCORE_SDE_INCEPTION_WEIGHTS"
-
-
-class SampleScorer(NamedTuple):
-  """How an evaluation scores image samples (``eval.sample_metrics``).
-
-  Attributes:
-    name: ``'inception'`` or ``'mnist_classifier'``; also the name of the cached feature pieces.
-    feature_fn: ``batch -> (features: [n, F], logits: [n, K])`` of a process-local batch
-      ``{'image': [local_B, H, W, C] in [0, 1], 'mask': [local_B]}``, padding rows dropped
-      (``evaluation.reference_statistics``' ``feature_fn``).
-    metrics: ``(features, logits) -> {name: value}`` against the reference statistics.
-    settings: what the features depend on besides the samples (the network's weights), for
-      ``eval_cache``.
-  """
-  name: str
-  feature_fn: Callable[[Any], Tuple[Any, Any]]
-  metrics: Callable[[Any, Any], dict]
-  settings: dict
-
-
-def _sample_metrics_kind(config: Config) -> str:
-  kind = str(config.eval.sample_metrics).lower()
-  if kind not in SAMPLE_METRICS:
-    raise ValueError(f"eval.sample_metrics = {config.eval.sample_metrics!r}; choose one of "
-                     f"{', '.join(SAMPLE_METRICS)}.")
-  if kind == "auto" and not is_vector_data(config):
-    return "mnist_classifier" if _is_mnist(config) else "inception"
-  return "none" if kind == "auto" else kind
-
-
-def _is_mnist(config: Config) -> bool:
-  """Whether the data are 28 x 28 MNIST digits (what the MNIST classifier reads)."""
-  return (not is_vector_data(config) and str(config.data.dataset).lower() == "mnist"
-          and input_shape(config)[1:] == (28, 28, 1))
-
-
-def inception_weights_path(config: Config) -> str:
-  """``eval.inception_weights``, else ``$SCORE_SDE_INCEPTION_WEIGHTS``; "" when neither is set."""
-  return str(config.eval.inception_weights or os.environ.get(ENV_INCEPTION_WEIGHTS, ""))
-
-
-def fid_stats_path(config: Config) -> str:
-  """``eval.fid_stats``, else the cache's ``fid_stats/<dataset>_<H>x<W>x<C>_train.npz`` that
-  ``--mode fid_stats`` writes."""
-  if config.eval.fid_stats:
-    return str(config.eval.fid_stats)
-  _, h, w, c = input_shape(config)
-  return os.path.join(outputs.cache_root(), "fid_stats",
-                      f"{str(config.data.dataset).lower()}_{h}x{w}x{c}_train.npz")
-
-
-def file_digest(path: str) -> str:
-  """SHA-256 of a file's bytes (first 16 hex digits): which weights a cached result used."""
-  sha = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      sha.update(block)
-  return sha.hexdigest()[:16]
-
-
-def _chunked(feature_fn, chunk: int):
-  """``feature_fn`` over a local batch in pieces of at most ``chunk`` rows (memory: the
-  Inception network holds 299 x 299 activations per image)."""
-
-  def chunked(batch):
-    n = len(batch["image"])
-    mask = batch.get("mask", np.ones(n, np.float32))
-    parts = [feature_fn({"image": batch["image"][i:i + chunk], "mask": mask[i:i + chunk]})
-             for i in range(0, n, chunk)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-  return chunked
-
-
-def build_inception_features(config: Config, devices: Devices) -> Tuple[Callable, dict]:
-  """The Inception ``feature_fn`` (chunks of ``eval.inception_batch_size``) and its settings.
-
-  Raises:
-    ValueError: in one line saying how to configure the weights, when none are configured.
-  """
-  weights = inception_weights_path(config)
-  if not weights:
-    raise ValueError(
-        "no Inception weights configured: download pytorch-fid's "
-        "pt_inception-2015-12-05-6726825d.pth and pass --config.eval.inception_weights=PATH (or "
-        f"set {ENV_INCEPTION_WEIGHTS}); without torch, convert it once where torch is installed: "
-        f"{inception.COMMAND} --convert PATH --out inception_fid.npz")
-  chunk = devices.round_batch(int(config.eval.inception_batch_size))
-  feature_fn = inception.make_feature_fn(inception.load_inception(weights), devices)
-  return _chunked(feature_fn, chunk), {"metrics.inception_weights": file_digest(weights)}
-
-
-def build_sample_scorer(config: Config, devices: Devices) -> Tuple[Optional[SampleScorer], str]:
-  """``(scorer, "")``, or ``(None, why)`` with one line saying why samples get no quality
-  numbers and how to get them (never an exception for a missing optional file).
-
-  ``eval.sample_metrics``: ``'inception'`` (FID / IS / KID against :func:`fid_stats_path`, with
-  ``eval.is_splits``, ``kid_subsets``, ``kid_subset_size``), ``'mnist_classifier'`` (the MNIST
-  classifier's Frechet distance, KID, class histogram and Inception-Score analogue against the
-  test split; the classifier is trained on first use, ``eval.mnist_classifier`` or the cache),
-  ``'auto'`` (the classifier for 28 x 28 MNIST, Inception for other images, nothing for
-  vectors) or ``'none'``.
-  """
-  ev = config.eval
-  kind = _sample_metrics_kind(config)
-  if kind == "none":
-    return None, ""
-  kid = dict(kid_subsets=int(ev.kid_subsets), kid_subset_size=int(ev.kid_subset_size),
-             seed=int(config.seed))
-  if kind == "mnist_classifier":
-    # Several processes would each train and write the same file: only a single one trains.
-    try:
-      trained = mnist_classifier.load_or_train(
-          str(ev.mnist_classifier), lambda split: datasets.load_split(config, split),
-          train_if_missing=jax.process_count() == 1)
-    except FileNotFoundError as e:
-      return None, f"MNIST sample metrics not computed: {e}"
-    params = trained.params
-    test = datasets.load_split(config, "test").images
-    reference = mnist_classifier.reference_statistics(params, test)
-    feature_fn = batch_apply(mnist_classifier.features_and_logits, params, devices)
-    return SampleScorer(
-        kind, feature_fn,
-        lambda f, l: mnist_classifier.metrics_from_features(
-            f, l, reference, num_splits=_splits(ev, l), **kid),
-        {"metrics.mnist_classifier": eval_cache.tree_digest(params)}), ""
-  try:
-    feature_fn, settings = build_inception_features(config, devices)
-  except ValueError as e:
-    return None, f"FID/IS/KID not computed: {e}"
-  stats_path = fid_stats_path(config)
-  if not os.path.isfile(stats_path):
-    return None, (f"FID/IS/KID not computed: no reference statistics at {stats_path}; compute "
-                  "them once with --mode fid_stats (same --config), or pass the authors' "
-                  "--config.eval.fid_stats=cifar10_stats.npz")
-  reference = evaluation.load_statistics(stats_path)
-  recorded = reference_settings(stats_path)
-  if recorded is not None and recorded != reference_settings_of(config, settings):
-    changed = eval_cache.differences(recorded, reference_settings_of(config, settings))
-    return None, (f"FID/IS/KID not computed: the reference statistics {stats_path} were computed "
-                  f"with other settings ({'; '.join(changed)}); recompute them with --mode "
-                  "fid_stats")
-  return SampleScorer(
-      kind, feature_fn,
-      lambda f, l: evaluation.inception_metrics(f, l, reference, num_splits=_splits(ev, l),
-                                                **kid),
-      settings), ""
-
-
-def build_class_predictor(config: Config) -> Tuple[Optional[Callable[[np.ndarray], np.ndarray]],
-                                                   str]:
-  """``(predict, "")`` with ``predict(x: [N, ...] in data space) -> int [N]``, the class a
-  classifier of the data sees in each example, or ``(None, why)``: what a guided sample of class
-  ``k`` is checked against. It exists for 28 x 28 MNIST (the MNIST classifier of
-  ``eval.mnist_classifier`` or the cache, 99.3 % test accuracy; trained on first use; images
-  read at their 8-bit levels) and for the toy mixtures (the exact posterior over components,
-  which are the toys' classes). ``eval.sample_metrics = 'none'`` turns the check off."""
-  if _sample_metrics_kind(config) == "none" and not is_vector_data(config):
-    return None, "classes of the samples not checked (eval.sample_metrics = 'none')"
-  if is_vector_data(config):
-    if str(config.data.dataset).lower() not in exact_scores.MIXTURE_TOYS:
-      return None, ("no classifier to check the samples' classes (MNIST and the toys "
-                    f"{', '.join(exact_scores.MIXTURE_TOYS)})")
-    # At t = 0 the VP marginal is the data: the exact classifier of the mixture's components.
-    log_posterior = exact_scores.gaussian_mixture_log_posterior(
-        sde_lib.VPSDE(), *exact_scores.toy_mixture(config.data.dataset))
-    return (lambda x: np.argmax(np.asarray(log_posterior(jnp.asarray(x), jnp.zeros(len(x)))),
-                                axis=-1).astype(np.int32)), ""
-  if not _is_mnist(config):
-    return None, "no classifier to check the samples' classes (MNIST and the mixture toys)"
-  try:
-    trained = mnist_classifier.load_or_train(
-        str(config.eval.mnist_classifier), lambda split: datasets.load_split(config, split),
-        train_if_missing=jax.process_count() == 1)
-  except FileNotFoundError as e:
-    return None, f"classes of the samples not checked: {e}"
-
-  def predict(images: np.ndarray) -> np.ndarray:
-    images = np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0  # what the PNGs hold
-    _, logits = mnist_classifier.batched_features_and_logits(trained.params, images)
-    return np.argmax(logits, axis=-1).astype(np.int32)
-
-  return predict, ""
-
-
-def _splits(ev: Config, logits) -> int:
-  """``eval.is_splits``, at most one split per sample (a short evaluation still gets a score)."""
-  return max(1, min(int(ev.is_splits), len(logits)))
-
-
-def reference_settings_of(config: Config, inception_settings: dict) -> dict:
-  """What FID reference statistics depend on: the data set, its split and image size, how the
-  images were fitted, and the Inception weights."""
-  data = config.data
-  return eval_cache.canonical({
-      "data.dataset": str(data.dataset).lower(), "data.source": str(data.get("source", "")),
-      "data.image_size": int(data.image_size), "data.num_channels": int(data.num_channels),
-      "split": "train", **inception_settings})
-
-
-def reference_settings(stats_path: str) -> Optional[dict]:
-  """The settings ``--mode fid_stats`` recorded beside ``stats_path`` (None for a file it did
-  not write, such as the authors' ``cifar10_stats.npz``)."""
-  info = os.path.splitext(stats_path)[0] + ".json"
-  return outputs.load_json(info) if os.path.isfile(info) else None

@@ -279,6 +279,31 @@ def _replacement_sampler(sde: sde_lib.SDE, predictor: str, corrector: str, *, sn
   return sample
 
 
+INPAINT_REGIONS = ("left_half", "right_half", "top_half", "bottom_half", "center")
+"""Named regions of an image to inpaint (:func:`inpainting_mask`)."""
+
+
+def inpainting_mask(region: str, image_size: int) -> np.ndarray:
+  """``[H, W, 1]`` float32 (``H = W = image_size``), 1 where the pixel is known and 0 in
+  ``region`` (to be inpainted): a half of the image, or ``'center'``, the central square of half
+  the side.
+
+  Raises:
+    ValueError: for a region not in :data:`INPAINT_REGIONS`.
+  """
+  if region not in INPAINT_REGIONS:
+    raise ValueError(f"--inpaint={region!r}: choose one of {', '.join(INPAINT_REGIONS)}.")
+  s, half = int(image_size), int(image_size) // 2
+  known = np.ones((s, s, 1), np.float32)
+  rows, cols = {"left_half": (slice(None), slice(0, half)),
+                "right_half": (slice(None), slice(half, s)),
+                "top_half": (slice(0, half), slice(None)),
+                "bottom_half": (slice(half, s), slice(None)),
+                "center": (slice(s // 4, s // 4 + half), slice(s // 4, s // 4 + half))}[region]
+  known[rows, cols] = 0.0
+  return known
+
+
 def get_pc_inpainter(sde: sde_lib.SDE, predictor: str, corrector: str, *, snr: float = 0.16,
                      n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
                      eps: float = 1e-3, num_steps: Optional[int] = None,

@@ -14,6 +14,9 @@ Each objective comes in two layers:
 * ``*_loss(score_fn, sde, rng, x, ...) -> []``: draws the times/levels and the noise from
   ``rng`` and averages the per-example loss over the batch.
 
+The noise-conditional classifier of classifier guidance has its objective here too: the
+cross-entropy of its label on data perturbed by the same SDE (:func:`get_classifier_loss_fn`).
+
 Losses are computed and reduced in (at least) float32 whatever dtype the model outputs.
 """
 
@@ -37,7 +40,9 @@ Batch = Union[Array, Dict[str, Array]]
 ``{'image': x, 'label': int [B]}``."""
 LossFn = Callable[[Params, Array, Batch], Array]
 """``loss_fn(params, rng, batch) -> scalar``."""
-StepFn = Callable[["TrainState", Batch], Tuple["TrainState", Array]]
+AuxLossFn = Callable[[Params, Array, Batch], Tuple[Array, Dict[str, Array]]]
+"""``loss_fn(params, rng, batch) -> (scalar, {name: scalar})``: a loss and metrics beside it."""
+StepFn = Callable[["TrainState", Batch], Tuple["TrainState", Any]]
 
 
 # ----------------------------------------------------------------------------- train state
@@ -290,6 +295,43 @@ def per_example_losses(loss_fn: LossFn, params: Params, rng: Array, batch: Batch
       params, key, jax.tree_util.tree_map(lambda a: a[None], example)))(keys, batch)
 
 
+# ----------------------------------------------------------------------------- classifier
+
+
+def perturb(sde: sde_lib.SDE, rng: Array, x: Array, t: Array) -> Array:
+  """``x(t) = a(t) x + std(t) z``, ``z ~ N(0, I)``: ``x: [B, ...]`` perturbed to ``t: [B]``."""
+  mean, std = sde.marginal_prob(x, t)
+  return mean + batch_mul(std, jax.random.normal(rng, x.shape, x.dtype))
+
+
+def classifier_cross_entropy(model: Any, params: Params, sde: sde_lib.SDE, x_t: Array, t: Array,
+                             labels: Array) -> Tuple[Array, Array]:
+  """Cross-entropy ``[B]`` and correctness ``[B]`` (1.0 / 0.0) of a noise-conditional classifier
+  (``models.classifier``) on ``x_t: [B, ...]`` at times ``t: [B]`` against ``labels: [B]``; the
+  classifier is given the SDE's noise label of ``t``."""
+  logits = model.apply({"params": params}, x_t, sde.noise_label(t), train=False)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  return nll, (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def get_classifier_loss_fn(sde: sde_lib.SDE, model: Any, eps: float = 1e-5) -> AuxLossFn:
+  """The objective of a noise-conditional classifier: ``loss_fn(params, rng, {'image': x,
+  'label': y}) -> (mean cross-entropy, {'accuracy': mean correctness})`` on ``x`` perturbed to
+  ``t ~ U(eps, T)`` (:func:`perturb`), for :func:`get_step_fn` with ``has_aux=True``."""
+
+  def loss_fn(params: Params, rng: Array, batch: Dict[str, Array]
+              ) -> Tuple[Array, Dict[str, Array]]:
+    images, labels = batch["image"], batch["label"].astype(jnp.int32)
+    t_rng, z_rng = jax.random.split(rng)
+    t = jax.random.uniform(t_rng, (images.shape[0],), minval=eps, maxval=sde.T)
+    nll, correct = classifier_cross_entropy(model, params, sde, perturb(sde, z_rng, images, t), t,
+                                            labels)
+    return jnp.mean(nll), {"accuracy": jnp.mean(correct)}
+
+  return loss_fn
+
+
 # ----------------------------------------------------------------------------- steps
 
 
@@ -307,8 +349,8 @@ def _ema_update(ema: Params, params: Params, ema_rate: float) -> Params:
 _EVAL_STREAM = 1
 
 
-def get_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, train: bool,
-                ema_rate: float) -> StepFn:
+def get_step_fn(loss_fn: Union[LossFn, AuxLossFn], optimizer: optax.GradientTransformation, *,
+                train: bool, ema_rate: float, has_aux: bool = False) -> StepFn:
   """A pure, jittable ``step_fn(state, batch) -> (state, loss)`` (``batch``: a :data:`Batch`).
 
   ``train=True``: splits ``state.rng`` (keeping one half as the next state's key), takes a
@@ -318,29 +360,42 @@ def get_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, tra
   ``train=False``: returns ``state`` unchanged and the loss of ``state.ema_params`` with noise
   from ``fold_in(state.rng, 1)`` -- a key no train step uses. Eval noise is thus a function
   of the state; pass ``state.replace(rng=key)`` to draw different noise.
+
+  ``has_aux``: ``loss_fn`` is an :data:`AuxLossFn`, and the step returns ``(state, {'loss': loss,
+  **metrics})`` instead of the bare loss.
   """
 
-  def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Array]:
+  def value(params: Params, rng: Array, batch: Batch) -> Tuple[Array, Dict[str, Array]]:
+    out = loss_fn(params, rng, batch)
+    return out if has_aux else (out, {})
+
+  def result(loss: Array, metrics: Dict[str, Array]) -> Any:
+    loss = loss.astype(jnp.float32)
+    return {"loss": loss, **metrics} if has_aux else loss
+
+  def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Any]:
     rng, step_rng = jax.random.split(state.rng)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, step_rng, batch)
+    (loss, metrics), grads = jax.value_and_grad(value, has_aux=True)(state.params, step_rng,
+                                                                     batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=_ema_update(state.ema_params, params, ema_rate), rng=rng)
-    return new_state, loss.astype(jnp.float32)
+    return new_state, result(loss, metrics)
 
-  def eval_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Array]:
-    loss = loss_fn(state.ema_params, jax.random.fold_in(state.rng, _EVAL_STREAM), batch)
-    return state, loss.astype(jnp.float32)
+  def eval_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Any]:
+    loss, metrics = value(state.ema_params, jax.random.fold_in(state.rng, _EVAL_STREAM), batch)
+    return state, result(loss, metrics)
 
   return train_step if train else eval_step
 
 
-def get_multi_step_fn(step_fn: StepFn) -> Callable[[TrainState, Batch], Tuple[TrainState, Array]]:
+def get_multi_step_fn(step_fn: StepFn) -> Callable[[TrainState, Batch], Tuple[TrainState, Any]]:
   """``multi_step(state, batches) -> (state, losses: [n])``, ``n`` steps in a scan; ``batches``
-  is a :data:`Batch` whose leaves are stacked ``[n, B, ...]``."""
+  is a :data:`Batch` whose leaves are stacked ``[n, B, ...]`` (a step's metrics dict gives
+  ``{name: [n]}``)."""
 
-  def multi_step(state: TrainState, batches: Batch) -> Tuple[TrainState, Array]:
+  def multi_step(state: TrainState, batches: Batch) -> Tuple[TrainState, Any]:
     return jax.lax.scan(step_fn, state, batches)
 
   return multi_step

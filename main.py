@@ -1,31 +1,45 @@
-"""Command line: ``python main.py --config CONFIG --mode train|eval|sample|figures|fid_stats``.
+"""Command line: ``python main.py --config CONFIG --mode MODE [--workdir W] [--config.a.b=v]``.
 
-The three modes pair up on the same workdir, by default ``runs/<config path under configs/>``
-(``configs/vpsde_mnist.py`` -> ``runs/vpsde_mnist``): ``train`` trains (or resumes), ``eval``
+Modes (``run_lib.MODES``, one module each in ``modes/``): ``train`` trains (or resumes), ``eval``
 evaluates the checkpoints it wrote, ``sample`` draws ``--num_samples`` samples from the newest
-(or ``--checkpoint``), or with ``--inpaint=REGION``, ``--colorize`` or ``--class_label=K``
+(or ``--checkpoint``) -- or with ``--inpaint=REGION``, ``--colorize`` or ``--class_label=K``
 inpaints or colours test images or draws samples of class ``K``, guided by a classifier
 (``--classifier_config``, ``--classifier_workdir``, ``--guidance_scale``) or, for a
-class-conditional model, classifier-free (``--cfg_weight``) (``run_lib.controlled_sample``);
-``figures`` draws the process; ``fid_stats`` computes the training split's FID reference
-statistics once. Config fields can be overridden, e.g. ``--config.training.batch_size=64``.
+class-conditional model, classifier-free (``--cfg_weight``) --, ``figures`` draws the process,
+``fid_stats`` computes the training split's FID reference statistics once, and
+``train_classifier`` trains the noise-conditional classifier of classifier guidance. They pair
+up on the same workdir, by default ``runs/<config path under configs/>`` (``configs/vpsde_mnist.py``
+-> ``runs/vpsde_mnist``). Config fields can be overridden, e.g.
+``--config.training.batch_size=64``.
+
 A single process uses all of its local devices. ``--multihost`` runs it as one of several
-processes (:mod:`distributed`): give every process ``--coordinator_address=host:port
+processes (:mod:`infra.distributed`): give every process ``--coordinator_address=host:port
 --num_processes=N --process_id=i`` (or the environment variables ``SCORE_SDE_COORDINATOR_ADDRESS``,
 ``SCORE_SDE_NUM_PROCESSES``, ``SCORE_SDE_PROCESS_ID``), or launch them under a cluster manager
 JAX detects (SLURM, Open MPI, Cloud TPU, ...); any of those settings implies ``--multihost``.
+
+This module only parses the command line: the flags become a ``modes.Options`` and
+``run_lib.run`` runs the mode.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import warnings
-from typing import Optional, Union
 
 from absl import app, flags
 from ml_collections import config_flags
+
+import configs
+import controllable_generation
+import run_lib
+from infra import checkpoints
+from infra import distributed
+from infra import logs
+from modes import Options
 
 FLAGS = flags.FLAGS
 
@@ -34,10 +48,11 @@ config_flags.DEFINE_config_file("config", None, "Training/evaluation config file
 flags.DEFINE_string("workdir", None,
                     "Directory for checkpoints, samples and logs; default: runs/<the config's "
                     "path under configs/, without .py> (runs/<file name> for other configs).")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "figures", "fid_stats"],
+flags.DEFINE_enum("mode", None, list(run_lib.MODES),
                   "train (or resume), eval (the checkpoints training wrote), sample (from one "
-                  "checkpoint), figures (pictures of the process for one checkpoint), or "
-                  "fid_stats (the training split's FID reference statistics, once).")
+                  "checkpoint), figures (pictures of the process for one checkpoint), "
+                  "fid_stats (the training split's FID reference statistics, once), or "
+                  "train_classifier (the noise-conditional classifier of classifier guidance).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation outputs.")
 flags.DEFINE_string("checkpoint", None,
                     "--mode sample and figures: the checkpoint, as a step number or the path of "
@@ -71,7 +86,7 @@ flags.DEFINE_integer("init_timeout_s", 300,
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume (or evaluate) although fields that define the trained model differ "
                   "from the workdir's recorded config.json; the new config is recorded.")
-flags.DEFINE_enum("inpaint", None, ["left_half", "right_half", "top_half", "bottom_half", "center"],
+flags.DEFINE_enum("inpaint", None, list(controllable_generation.INPAINT_REGIONS),
                   "--mode sample: inpaint this region of the first --num_samples test images "
                   "(the rest is kept) instead of sampling; writes input, mask and result.")
 flags.DEFINE_bool("colorize", False,
@@ -84,7 +99,7 @@ flags.DEFINE_string("class_label", None,
                     "model (model.num_classes > 0).")
 config_flags.DEFINE_config_file("classifier_config", None,
                                 "--class_label: the config the classifier was trained with "
-                                "(python -m classifier_training); overrides as for --config.",
+                                "(--mode train_classifier); overrides as for --config.",
                                 lock_config=True)
 flags.DEFINE_string("classifier_workdir", None,
                     "--class_label: the classifier's workdir (its newest checkpoint, EMA).")
@@ -106,16 +121,11 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}; flags take the form "
              "--name=value (see --help)")
-  from infra import checkpoints  # pylint: disable=import-outside-toplevel
-  from infra import distributed  # pylint: disable=import-outside-toplevel
-  from infra import logs  # pylint: disable=import-outside-toplevel
-  import run_lib  # pylint: disable=import-outside-toplevel
-
   logs.configure_console()
-  if _controlled() and FLAGS.mode != "sample":
-    sys.exit("error: --inpaint, --colorize, --class_label and the guidance flags belong to "
-             f"--mode sample, not --mode {FLAGS.mode}.")
-  classifier_config = _classifier_config()
+  options = Options(**{field.name: FLAGS[field.name].value
+                       for field in dataclasses.fields(Options)
+                       if field.name != "classifier_config"},
+                    classifier_config=_classifier_config())
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   multi_process = distributed.requested(FLAGS.multihost, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
@@ -126,30 +136,7 @@ def main(argv):
                              init_timeout_s=FLAGS.init_timeout_s)
     logging.info("Workdir: %s%s", workdir,
                  "" if FLAGS.workdir else " (this config's default; --workdir sets another)")
-    if FLAGS.mode == "train":
-      run_lib.train(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
-    elif FLAGS.mode == "eval":
-      run_lib.evaluate(FLAGS.config, workdir, FLAGS.eval_folder,
-                       allow_config_change=FLAGS.allow_config_change,
-                       checkpoint=FLAGS.checkpoint)
-    elif FLAGS.mode == "sample" and _controlled():
-      run_lib.controlled_sample(
-          FLAGS.config, workdir, inpaint=FLAGS.inpaint, colorize=FLAGS.colorize,
-          class_label=_class_label(), classifier_config=classifier_config,
-          classifier_workdir=FLAGS.classifier_workdir, guidance_scale=FLAGS.guidance_scale,
-          cfg_weight=FLAGS.cfg_weight,
-          checkpoint=FLAGS.checkpoint, num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
-          allow_config_change=FLAGS.allow_config_change)
-    elif FLAGS.mode == "sample":
-      run_lib.sample(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
-                     num_samples=FLAGS.num_samples, folder=FLAGS.sample_folder,
-                     num_frames=FLAGS.num_frames, allow_config_change=FLAGS.allow_config_change)
-    elif FLAGS.mode == "fid_stats":
-      run_lib.fid_stats(FLAGS.config, workdir)
-    else:
-      run_lib.make_figures(FLAGS.config, workdir, checkpoint=FLAGS.checkpoint,
-                           num_frames=FLAGS.num_frames,
-                           allow_config_change=FLAGS.allow_config_change)
+    run_lib.run(FLAGS.mode, FLAGS.config, workdir, options)
   except _USER_ERRORS + (checkpoints.CheckpointError,) as e:
     sys.exit(f"error: {e}")
   except RuntimeError as e:
@@ -159,24 +146,6 @@ def main(argv):
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     sys.exit(f"error: a collective with the other processes failed ({first}); if one of them "
              "died, start every process again with the same command to resume.")
-
-
-def _controlled() -> bool:
-  """Whether a flag of controlled sampling (inpainting, colorization, guidance) was given."""
-  return (FLAGS.inpaint is not None or FLAGS.colorize or FLAGS.class_label is not None
-          or FLAGS.classifier_config is not None or FLAGS.classifier_workdir is not None
-          or FLAGS.guidance_scale is not None or FLAGS.cfg_weight is not None)
-
-
-def _class_label() -> Optional[Union[int, str]]:
-  """``--class_label`` as a class index, ``'all'``, or None; one line for anything else."""
-  value = FLAGS.class_label
-  if value is None or value == "all":
-    return value
-  try:
-    return int(value)
-  except ValueError:
-    sys.exit(f"error: --class_label={value!r}: give a class index (e.g. 3) or 'all'.")
 
 
 def _classifier_config():
@@ -231,7 +200,6 @@ _CONFIG_FLAGS = ("config", "classifier_config")
 def _config_error(argv, error: Exception) -> str:
   """What went wrong loading ``--config`` (or ``--classifier_config``) or applying an override to
   it, in one line."""
-  import configs  # pylint: disable=import-outside-toplevel
   for flag in _CONFIG_FLAGS:
     path = _flag_value(argv, flag)
     if not path:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 import sampling
 import sde_lib
-from benchmarks.run import device_slug
+from infra.provenance import device_slug
 from models import utils as mutils
 from models.mlp import ToyMLP
 

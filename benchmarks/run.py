@@ -31,7 +31,7 @@ on a CPU in about a minute; it checks the code paths, its times mean nothing.
 high-water mark) belongs to that case alone; use it on an accelerator.
 ``--compile_only`` compiles every selected case and runs none: FLOPs per step and XLA's memory
 estimate (``compiled_bytes``) of the full-size programs, and a check that all of them build,
-on a CPU before spending accelerator time. ``--gpu_target gpu_targets/h100_sxm.txtpb`` does
+on a CPU before spending accelerator time. ``--gpu_target gpu/h100_sxm.txtpb`` does
 the same for a GPU that is not there (XLA deviceless compilation; needs ``jax[cuda13]``, no
 GPU): XLA:GPU's own buffer assignment and kernel count for that GPU.
 """
@@ -43,7 +43,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -59,9 +58,12 @@ import ml_collections
 import numpy as np
 
 import builders
+import datasets
 import losses
 from configs import apply_overrides, load_config
 from infra.devices import Devices
+from infra.provenance import device_slug, environment
+from models import utils as mutils
 
 GROUPS = ("train", "sample", "ode", "bpd", "forward", "mnist")
 DDPMPP = "configs/vp/cifar10_ddpmpp_continuous.py"
@@ -187,7 +189,7 @@ class CompileTargetDevices(Devices):
 
 
 def gpu_target_devices(target_config: str) -> CompileTargetDevices:
-  """One GPU described by a ``GpuTargetConfig`` text proto (``gpu_targets/``), no GPU needed.
+  """One GPU described by a ``GpuTargetConfig`` text proto (``gpu/h100_sxm.txtpb``), no GPU needed.
 
   XLA's deviceless compilation through jax's CUDA plugin (``pip install 'jax[cuda13]'``); this
   process then runs everything else on the CPU, so call it before JAX starts a backend.
@@ -347,7 +349,7 @@ def bench_train(config: ml_collections.ConfigDict, devices: Devices, *, n_jitted
   state = devices.put(losses.init_train_state(jax.random.PRNGKey(1), params, optimizer))
   step_fn = builders.build_train_step(config, sde, model, optimizer)
   state_sharding = jax.tree_util.tree_map(lambda _: devices.replicated, state)
-  shape = builders.input_shape(config, batch_size)
+  shape = datasets.input_shape(config, batch_size)
   if n_jitted == 1:
     data = synthetic_images(shape, config.data.centered)
     batch = devices.put_batch(data)
@@ -374,7 +376,7 @@ def bench_train(config: ml_collections.ConfigDict, devices: Devices, *, n_jitted
   facts = {"batch_size": batch_size, "n_jitted_steps": n_jitted, "compile_s": compile_s,
            "flops_per_step": flops_per_step, "compiled_bytes": _compiled_bytes(compiled),
            **kernels, "kernels_per_step": per_step,
-           "num_params": int(sum(p.size for p in jax.tree_util.tree_leaves(state.params)))}
+           "num_params": mutils.parameter_count(state.params)}
   if steps < 1:
     return facts
 
@@ -459,7 +461,7 @@ def bench_bpd(config, devices, *, batch: int, repeats: int) -> Dict[str, Any]:
   model, params = _model_and_params(config)
   bpd_fn = builders.build_bpd_fn(config, sde, model, devices)
   # Images in data space ([0, 1]), an argument rather than a constant folded into the program.
-  images = devices.put_batch(synthetic_images(builders.input_shape(config, batch), False))
+  images = devices.put_batch(synthetic_images(datasets.input_shape(config, batch), False))
   result = _compile_and_time(bpd_fn, (devices.put(params), images), devices, repeats, batch)
   ev = config.eval
   result.update(rtol=ev.rtol, atol=ev.atol, hutchinson_type=ev.hutchinson_type)
@@ -472,7 +474,7 @@ def bench_forward(config, devices, *, batch: int, steps: int, warmup: int) -> Di
   devices.check_batch(batch, "batch")
   model, params = _model_and_params(config)
   params = devices.put(params)
-  x = devices.put_batch(synthetic_images(builders.input_shape(config, batch),
+  x = devices.put_batch(synthetic_images(datasets.input_shape(config, batch),
                                          config.data.centered))
   labels = devices.put_batch(np.linspace(0.0, 999.0, batch, dtype=np.float32))
   jitted = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y, train=False),
@@ -547,29 +549,6 @@ def _run_isolated(case: Case, tiny: bool, compile_only: bool,
 # ----------------------------------------------------------------------------- reports
 
 
-def environment(devices: Optional[Devices] = None) -> Dict[str, Any]:
-  """Device (default: what JAX sees), library versions and host load, for a result header."""
-  devices = Devices() if devices is None else devices
-  import diffrax  # pylint: disable=import-outside-toplevel
-  import flax  # pylint: disable=import-outside-toplevel
-  import jaxlib  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  device = devices.mesh.devices.flat[0]
-  return {
-      "device": {"device_kind": device.device_kind, "platform": device.platform,
-                 "count": devices.count, "process_count": jax.process_count()},
-      "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                   "flax": flax.__version__, "optax": optax.__version__,
-                   "diffrax": diffrax.__version__, "numpy": np.__version__,
-                   "python": platform.python_version()},
-      "host": {"cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]},
-  }
-
-
-def device_slug(kind: str) -> str:
-  return "".join(c if c.isalnum() else "_" for c in kind.lower()).strip("_") or "device"
-
-
 def _fmt(value: Optional[float], spec: str) -> str:
   return "" if value is None else format(value, spec)
 
@@ -636,7 +615,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                       help="compile every case, run none: FLOPs and XLA's memory estimates")
   parser.add_argument("--gpu_target", metavar="TARGET_CONFIG",
                       help="compile for the GPU this GpuTargetConfig text proto describes "
-                      "(e.g. benchmarks/gpu_targets/h100_sxm.txtpb) without one; implies "
+                      "(e.g. gpu/h100_sxm.txtpb) without one; implies "
                       "--compile_only; needs jax's CUDA plugin")
   parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
   parser.add_argument("--case", help=argparse.SUPPRESS)

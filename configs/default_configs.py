@@ -66,7 +66,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
   evaluate.hutchinson_type = "rademacher"  # rademacher | gaussian | exact
-  # Sample quality (builders.build_sample_scorer): auto = the MNIST classifier for MNIST,
+  # Sample quality (evaluation.scorers.build_sample_scorer): auto = the MNIST classifier for MNIST,
   # FID / IS / KID for other images, nothing for vectors; or inception | mnist_classifier | none.
   evaluate.sample_metrics = "auto"
   evaluate.inception_weights = ""     # pytorch-fid's .pth or .npz; or $SCORE_SDE_INCEPTION_WEIGHTS

@@ -1,8 +1,9 @@
 """Input pipelines: image data sets and 2-D toy distributions as host-side numpy batches.
 
 The public face: :func:`get_dataset` turns ``config.data`` into :class:`batching.Batches`,
-:func:`load_split` reads a whole split, :func:`num_examples` counts one, and
-:func:`get_data_scaler` / :func:`get_data_inverse_scaler` map between the data's [0, 1] and the
+:func:`load_split` reads a whole split, :func:`num_examples` counts one; :func:`input_shape` and
+:func:`is_vector_data` say what the model reads, and :func:`data_scalers` (or
+:func:`get_data_scaler` / :func:`get_data_inverse_scaler`) map between the data's [0, 1] and the
 model's range. The modules:
 
 * ``sources``: ``config.data`` -> the source that reads it (registry), splits, scalers;
@@ -30,8 +31,8 @@ order, the last batch padded with ``mask = 0`` rows. ``batching`` states the exa
 randomness of flips and dequantization.
 """
 
-from datasets.sources import (get_data_inverse_scaler, get_data_scaler, get_dataset, load_split,
-                              num_examples)
+from datasets.sources import (data_scalers, get_data_inverse_scaler, get_data_scaler, get_dataset,
+                              input_shape, is_vector_data, load_split, num_examples)
 
-__all__ = ["get_data_inverse_scaler", "get_data_scaler", "get_dataset", "load_split",
-           "num_examples"]
+__all__ = ["data_scalers", "get_data_inverse_scaler", "get_data_scaler", "get_dataset",
+           "input_shape", "is_vector_data", "load_split", "num_examples"]

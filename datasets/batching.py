@@ -274,3 +274,58 @@ def make_sampled_batches(sample: Sampler, *, batch_size: int, process_index: int
 
   return Batches(produce, batch_size=batch_size, local_batch_size=local_b, num_batches=None,
                  num_examples=None, start_batch=start_batch, prefetch=prefetch)
+
+
+# ------------------------------------------------------------------------------------------------
+# What the model reads.
+
+
+def model_batch(batch: Batch, scaler: Callable[[np.ndarray], np.ndarray],
+                num_classes: int = 0) -> Any:
+  """A data batch as a loss or a train step takes it (``losses.Batch``): the scaled float32
+  images, with their labels (``{'image', 'label'}``) for a network of ``num_classes`` classes.
+  Padding rows (``mask = 0``) get the null label ``num_classes``.
+
+  Raises:
+    ValueError: if a real example's label is not a class of the network (e.g. -1: the data set
+      has no labels).
+  """
+  images = np.asarray(scaler(batch["image"]), np.float32)
+  if not num_classes:
+    return images
+  labels = np.asarray(batch["label"], np.int32)
+  real = np.asarray(batch.get("mask", np.ones(len(labels))), bool)
+  bad = real & ((labels < 0) | (labels >= num_classes))
+  if bad.any():
+    found = ("the data set has no labels" if labels[bad][0] < 0
+             else f"the data have label {labels[bad].max()}")
+    raise ValueError(f"model.num_classes = {num_classes} asks for class labels 0..."
+                     f"{num_classes - 1}, but {found}; use labelled data or "
+                     "--config.model.num_classes=0.")
+  return {"image": images, "label": np.where(real, labels, num_classes).astype(np.int32)}
+
+
+def stack_batches(batches: Iterator[Batch], n: int, scaler: Callable[[np.ndarray], np.ndarray],
+                  num_classes: int = 0) -> Any:
+  """The next ``n`` batches of ``batches`` as :func:`model_batch` gives them, stacked: leaves
+  ``[n, B, ...]`` (the input of ``n`` train steps in one call)."""
+  parts = [model_batch(next(batches), scaler, num_classes) for _ in range(n)]
+  if isinstance(parts[0], dict):
+    return {name: np.stack([part[name] for part in parts]) for name in parts[0]}
+  return np.stack(parts)
+
+
+def padded_batches(arrays: Dict[str, np.ndarray], batch_size: int) -> Iterator[Batch]:
+  """In-memory ``arrays`` (one leading size ``N``) as global batches of ``batch_size``: the last
+  one padded with copies of its first row, so every batch has the compiled shape, and a
+  ``'mask'`` (1 for real rows, 0 for padding) added to each."""
+  n = len(next(iter(arrays.values())))
+  for start in range(0, n, batch_size):
+    batch = {}
+    for name, array in arrays.items():
+      chunk = array[start:start + batch_size]
+      pad = np.repeat(chunk[:1], batch_size - len(chunk), axis=0)
+      batch[name] = np.concatenate([chunk, pad])
+    real = min(batch_size, n - start)
+    batch["mask"] = (np.arange(batch_size) < real).astype(np.float32)
+    yield batch

@@ -60,7 +60,31 @@ from infra.registry import Registry
 Config = ml_collections.ConfigDict
 
 # ------------------------------------------------------------------------------------------------
-# Scalers.
+# Shapes and scalers.
+
+
+def is_vector_data(config: Config) -> bool:
+  """Vector (toy) data ``[B, D]`` (``config.data.dim > 0``) rather than images ``[B, H, W, C]``."""
+  return bool(config.data.get("dim", 0))
+
+
+def input_shape(config: Config, batch_size: int = 1) -> Tuple[int, ...]:
+  """``(B, H, W, C)`` for image data, ``(B, D)`` for vector (toy) data."""
+  data = config.data
+  if is_vector_data(config):
+    return (batch_size, data.dim)
+  return (batch_size, data.image_size, data.image_size, data.num_channels)
+
+
+def data_scalers(config: Config) -> Tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+  """``(scaler, inverse_scaler)`` between data space ([0, 1] images) and model space.
+
+  Images go to [-1, 1] if ``data.centered``; vector (toy) data are not images and pass as they
+  are.
+  """
+  if is_vector_data(config):
+    return (lambda x: x), (lambda x: x)
+  return get_data_scaler(config.data.centered), get_data_inverse_scaler(config.data.centered)
 
 
 def get_data_scaler(centered: bool) -> Callable[[Any], Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Tuple
 
 import flax.linen as nn
 import jax
@@ -376,8 +376,3 @@ def save_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
   np.savez(buffer, **{k: np.asarray(v, np.float32) for k, v in state_dict.items()
                       if not k.endswith("num_batches_tracked")})
   outputs.atomic_write_bytes(path, buffer.getvalue())
-
-
-def parameter_count(variables: Variables) -> int:
-  """Trainable parameters (``params``; BatchNorm's running statistics are not counted)."""
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables["params"]))

@@ -37,7 +37,7 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import flax.serialization

@@ -499,3 +499,51 @@ def restore_latest(stores: Sequence[CheckpointStore], target: PyTree) -> Optiona
         f"all {len(skipped)} checkpoints in {[s.directory for s in stores]} are unusable "
         f"(newest: {skipped[0][3]}); start again in a fresh workdir")
   return None
+
+
+# The two stores of a training workdir (see the module docstring).
+SNAPSHOTS = "checkpoints"
+PREEMPTION = "checkpoints-meta"
+
+
+def find_checkpoint(workdir: str, checkpoint: Optional[str] = None
+                    ) -> Tuple[CheckpointStore, int, str]:
+  """The checkpoint a sampling run asks for: ``(store, step, the workdir that trained it)``.
+
+  Args:
+    workdir: a training workdir.
+    checkpoint: None for the newest step of either store of ``workdir``; a step number; or the
+      path of a step directory (``<other workdir>/checkpoints/<step>``).
+
+  The returned store is open for reading; the caller closes it.
+
+  Raises:
+    FileNotFoundError: naming what exists instead.
+  """
+  if checkpoint and not str(checkpoint).isdigit():
+    path = os.path.abspath(str(checkpoint).rstrip(os.sep))
+    step_name, store_dir = os.path.basename(path), os.path.dirname(path)
+    if not step_name.isdigit() or not os.path.isdir(path):
+      raise FileNotFoundError(f"--checkpoint {checkpoint!r} is not a checkpoint directory "
+                              f"(<workdir>/{SNAPSHOTS}/<step>); pass one, or a step number.")
+    store = CheckpointStore(store_dir, writer=False)
+    if int(step_name) not in store.all_steps():
+      store.close()
+      raise FileNotFoundError(f"--checkpoint {checkpoint!r} is not a complete checkpoint; "
+                              f"complete steps there: {store.all_steps() or 'none'}.")
+    return store, int(step_name), os.path.dirname(store_dir)
+  stores = [CheckpointStore(os.path.join(workdir, name), writer=False)
+            for name in (SNAPSHOTS, PREEMPTION)]
+  available = {step: store for store in reversed(stores) for step in store.all_steps()}
+  step = int(checkpoint) if checkpoint else max(available, default=None)
+  chosen = available.get(step)
+  for store in stores:
+    if store is not chosen:
+      store.close()
+  if not available:
+    raise FileNotFoundError(f"No checkpoint under {workdir}: train first (--mode train with the "
+                            "same --config and --workdir), or pass --checkpoint=<path>.")
+  if chosen is None:
+    raise FileNotFoundError(f"No checkpoint of step {step} under {workdir}; available steps: "
+                            f"{sorted(available)}.")
+  return chosen, step, workdir

@@ -65,6 +65,13 @@ class Devices:
     return jax.lax.with_sharding_constraint(x, self.batch)
 
 
+def process_rows(batch_size: int) -> slice:
+  """This process's rows of a global batch of ``batch_size`` (each process feeds its own slice,
+  in process order)."""
+  local = batch_size // jax.process_count()
+  return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+
 def gather(x: Array) -> np.ndarray:
   """A sharded global array as one host numpy array (on every process)."""
   if jax.process_count() > 1:

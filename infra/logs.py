@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any, Iterator, Optional
 
+import jax
+
 # The repository: this file is infra/logs.py.
 _PROJECT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _CHECKPOINT_LIBRARIES = ("orbax", "tensorstore", "asyncio")
@@ -198,3 +200,24 @@ class Progress:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+
+
+class PieceProgress:
+  """Progress over the pieces (batches) of a long pass (bits/dim, sampling): a bar on a
+  terminal, else about ten plain lines per pass (and none for a pass of one piece); process 0
+  only."""
+
+  def __init__(self, what: str, total: int):
+    self._what = what
+    self._progress = Progress(what, total, unit="batch", enabled=jax.process_index() == 0)
+    self._every = max(1, -(-total // 10)) if total > 1 else total + 1
+
+  def update(self, status: str) -> None:
+    """One more piece done; ``status`` ends the line (``"1.2345 so far"``, ``"501 NFE"``)."""
+    self._progress.update(1)
+    done, total = self._progress.done, self._progress.total
+    if done % self._every == 0 or (done == total and total > 1):
+      self._progress.report("%s: %s", self._what, status)
+
+  def close(self) -> None:
+    self._progress.close()

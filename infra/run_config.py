@@ -51,6 +51,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
   return flat
 
 
+def section(config: ml_collections.ConfigDict, name: str) -> Dict[str, Any]:
+  """The fields of ``config.<name>`` as ``{"<name>.<field>": value}`` (:func:`flatten`)."""
+  return flatten(config[name].to_dict(), f"{name}.")
+
+
 def _may_change(name: str, allowed: Sequence[str]) -> bool:
   return any(name == a or (a.endswith(".") and name.startswith(a)) for a in allowed)
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import sde_lib
 from infra.registry import Registry
@@ -65,6 +66,11 @@ def get_model(name: str) -> ModelFactory:
 def num_classes(model: nn.Module) -> int:
   """The number of classes a class-conditional network is conditioned on; 0 if unconditional."""
   return int(getattr(model, "num_classes", 0) or 0)
+
+
+def parameter_count(params: Any) -> int:
+  """The number of scalars in a parameter tree (any pytree of arrays or shape structs)."""
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
 
 
 def get_model_fn(model: nn.Module, params: Any, train: bool = False,

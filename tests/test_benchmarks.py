@@ -19,12 +19,13 @@ import pytest
 
 import builders
 import configs
+import datasets
 import figures
-from benchmarks import bf16_curves
-from benchmarks import mnist_result
 from benchmarks import run as bench
-from benchmarks import time_to_bpd
 from configs.toy import gaussian_mixture
+from experiments import bf16_curves
+from experiments import mnist_result
+from experiments import time_to_bpd
 from infra.devices import Devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +164,7 @@ def test_full_suite_builds_full_size_networks():
     assert model.dtype == (jnp.bfloat16 if bf16 else jnp.float32), case.name
     if case.config not in built:
       shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                              jnp.zeros(builders.input_shape(config, 1)), jnp.ones((1,)))
+                              jnp.zeros(datasets.input_shape(config, 1)), jnp.ones((1,)))
       built[case.config] = sum(int(np.prod(p.shape))
                                for p in jax.tree_util.tree_leaves(shapes["params"]))
   assert built[bench.DDPMPP] > 50e6 and built[bench.NCSNPP] > 50e6, built
@@ -430,7 +431,7 @@ def _has_cuda_plugin() -> bool:
 def test_gpu_target_compiles_for_an_h100_or_says_what_is_missing(tmp_path):
   """``--gpu_target``: with jax's CUDA plugin, the tiny train step and ODE sampler compile for an
   H100 (cuDNN convolutions, XLA:GPU memory), no GPU present; without it, a one-line error."""
-  target = os.path.join(REPO, "benchmarks", "gpu_targets", "h100_sxm.txtpb")
+  target = os.path.join(REPO, "gpu", "h100_sxm.txtpb")
   env = dict(os.environ, XLA_FLAGS=bench.TINY_XLA_FLAGS)
   proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--gpu_target", target,
                          "--only", "train/ddpmpp/fp32,ode", "--out", str(tmp_path)],

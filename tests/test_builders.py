@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import builders
+import datasets
 import losses
 import sampling
 import sde_lib
@@ -143,12 +144,12 @@ def test_build_model_applies_training_options():
 
 def test_shapes_and_scalers():
   toy = gaussian_mixture.get_config()
-  assert builders.is_vector_data(toy) and builders.input_shape(toy, 5) == (5, 2)
-  scaler, inverse = builders.data_scalers(toy)
+  assert datasets.is_vector_data(toy) and datasets.input_shape(toy, 5) == (5, 2)
+  scaler, inverse = datasets.data_scalers(toy)
   assert scaler(0.3) == 0.3 and inverse(0.3) == 0.3 and builders.bpd_offset_bits(toy) == 0.0
   images = ml_collections.ConfigDict(default_configs.get_default_configs().to_dict())
   images.data.centered = True
-  assert builders.input_shape(images, 2) == (2, 32, 32, 3)
-  scaler, inverse = builders.data_scalers(images)
+  assert datasets.input_shape(images, 2) == (2, 32, 32, 3)
+  scaler, inverse = datasets.data_scalers(images)
   assert scaler(1.0) == 1.0 and scaler(0.0) == -1.0 and inverse(-1.0) == 0.0
   assert builders.bpd_offset_bits(images) == 7.0

@@ -18,6 +18,7 @@ import losses
 import run_lib
 import sde_lib
 from configs import vpsde_mnist
+from datasets import batching
 from models import utils as mutils
 from models.ncsnpp import NCSNpp
 from tests.test_app import assert_states_close, final_state, run_main, toy_config
@@ -141,15 +142,15 @@ def test_a_conditional_loss_refuses_unlabelled_batches_and_bad_dropout():
 def test_model_batch_gives_labels_to_conditional_networks_only():
   batch = {"image": np.full((4, 2), 0.5, np.float32), "label": np.array([1, 0, 2, -1]),
            "mask": np.array([1.0, 1.0, 1.0, 0.0])}
-  np.testing.assert_array_equal(run_lib.model_batch(batch, lambda x: 2 * x), np.ones((4, 2)))
-  got = run_lib.model_batch(batch, lambda x: x, num_classes=3)
+  np.testing.assert_array_equal(batching.model_batch(batch, lambda x: 2 * x), np.ones((4, 2)))
+  got = batching.model_batch(batch, lambda x: x, num_classes=3)
   np.testing.assert_array_equal(got["label"], [1, 0, 2, 3])  # padding: the null label
   unlabelled = dict(batch, label=np.full(4, -1))
   with pytest.raises(ValueError, match="the data set has no labels") as error:
-    run_lib.model_batch(unlabelled, lambda x: x, num_classes=3)
+    batching.model_batch(unlabelled, lambda x: x, num_classes=3)
   assert "--config.model.num_classes=0" in str(error.value) and "\n" not in str(error.value)
   with pytest.raises(ValueError, match="the data have label 2"):
-    run_lib.model_batch(batch, lambda x: x, num_classes=2)
+    batching.model_batch(batch, lambda x: x, num_classes=2)
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,5 +1,5 @@
 """Tests of the noise-conditional classifier (``models.classifier``) and its training
-(``classifier_training``): the authors' WRN-28-10 size, the noise label it is given, and a short
+(``modes.train_classifier``): the authors' WRN-28-10 size, the noise label it is given, and a short
 CPU run on real MNIST that must learn."""
 
 from __future__ import annotations
@@ -14,19 +14,20 @@ import numpy as np
 import pytest
 
 import builders
-import classifier_training
 import controllable_generation as cg
 import datasets
+import losses
 import sde_lib
 from configs.classifier import vesde_cifar10_wrn28_10, vpsde_mnist_wrn
 from models import classifier
+from modes import train_classifier
 from tests.conftest import MNIST_DIR
 
 
 def _parameter_count(config) -> int:
   model = builders.build_model(config)
   shapes = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros(builders.input_shape(config)), jnp.ones((1,))))
+      jax.random.PRNGKey(0), jnp.zeros(datasets.input_shape(config)), jnp.ones((1,))))
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes))
 
 
@@ -74,7 +75,7 @@ def test_the_training_objective_perturbs_with_the_sde():
   sde = sde_lib.VPSDE()
   x = jnp.ones((4096, 2))
   t = jnp.full((4096,), 0.4)
-  x_t = classifier_training.perturb(sde, jax.random.PRNGKey(0), x, t)
+  x_t = losses.perturb(sde, jax.random.PRNGKey(0), x, t)
   a, std = float(sde.mean_coeff(t)[0]), float(sde.marginal_std(t)[0])
   np.testing.assert_allclose(x_t.mean(0), a, atol=4 * std / 64)
   np.testing.assert_allclose(x_t.std(0), std, rtol=0.05)
@@ -99,7 +100,7 @@ def trained(tmp_path_factory):
   config.eval.batch_size = 500
   config.eval.classifier_times = (0.05, 0.95)
   workdir = str(tmp_path_factory.mktemp("classifier"))
-  return config, workdir, classifier_training.train(config, workdir)
+  return config, workdir, train_classifier.train(config, workdir)
 
 
 def test_short_training_learns_on_mildly_noisy_mnist(trained):
@@ -116,14 +117,14 @@ def test_short_training_learns_on_mildly_noisy_mnist(trained):
 
 def test_the_trained_classifier_guides_through_its_log_prob_fn(trained):
   config, workdir, report = trained
-  model, params = classifier_training.load_classifier(config, workdir)
+  model, params = train_classifier.load_classifier(config, workdir)
   sde = builders.build_sde(config)
   log_prob_fn = classifier.get_log_prob_fn(sde, model, params)
   test = datasets.load_split(config, "test")
   x = jnp.asarray(test.images[:500], jnp.float32) / 127.5 - 1.0
   labels = jnp.asarray(test.labels[:500])
   t = jnp.full((500,), 0.05)
-  x_t = classifier_training.perturb(sde, jax.random.PRNGKey(config.seed), x, t)
+  x_t = losses.perturb(sde, jax.random.PRNGKey(config.seed), x, t)
   guidance = cg.classifier_guided_score(lambda x, t: jnp.zeros_like(x), log_prob_fn, labels)
 
   @jax.jit

@@ -14,10 +14,12 @@ import pytest
 from PIL import Image
 
 import builders
+import datasets
 import main
 import run_lib
 from infra import logs
 from models import utils as mutils
+from modes import make_figures
 from tests.test_app import REPO, _dir_digest, _env, toy_config
 
 # The toy config made cheap to train and evaluate; the commands are otherwise as written.
@@ -153,16 +155,16 @@ def test_mnist_configs_build(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   sde = builders.build_sde(config)
   model = builders.build_model(config)
-  shape = builders.input_shape(config, 2)
+  shape = datasets.input_shape(config, 2)
   assert shape == (2, 28, 28, 1)
   variables = jax.eval_shape(lambda: builders.init_model(jax.random.PRNGKey(0), config)[1])
   assert sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables)) > 10 ** 6
   assert builders.build_sampling_fn(config, sde, shape) is not None and model is not None
   if name == "vpsde_discrete_mnist":
     assert not config.training.continuous and sde.N == 1000
-    assert run_lib.sampler_tag(config) == "pc-ancestral_sampling-none"
+    assert builders.sampler_tag(config) == "pc-ancestral_sampling-none"
   if name == "subvpsde_pc_mnist":
-    assert run_lib.sampler_tag(config) == "pc-reverse_diffusion-langevin"
+    assert builders.sampler_tag(config) == "pc-reverse_diffusion-langevin"
   if name == "vpsde_mnist_conditional":
     assert mutils.num_classes(model) == 10 and "ClassEmbedding_0" in variables
 
@@ -175,10 +177,10 @@ def test_sampler_tags_tell_samplers_and_their_steps_apart():
                  dict(method="dpm_solver"), dict(method="dpm_solver", multistep=False),
                  dict(method="dpm_solver", order=3), dict(method="edm_heun"),
                  dict(method="edm_heun", s_churn=40.0)):
-    tags.add(run_lib.sampler_tag(run_lib._with_sampling(config, **fields)))
+    tags.add(builders.sampler_tag(make_figures._with_sampling(config, **fields)))
   assert len(tags) == 10
-  assert run_lib.sampler_tag(run_lib._with_sampling(config, method="dpm_solver", order=3)) == \
-      "dpm_solver-3m-20steps"
+  three_m = make_figures._with_sampling(config, method="dpm_solver", order=3)
+  assert builders.sampler_tag(three_m) == "dpm_solver-3m-20steps"
 
 
 def test_progress_reports_plain_lines_without_a_terminal(caplog, monkeypatch):

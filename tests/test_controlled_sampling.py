@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 import builders
-import classifier_training
+import controllable_generation
 import datasets
 import run_lib
 from configs import vesde_mnist, vpsde_mnist
@@ -32,6 +32,7 @@ from evaluation import mnist_classifier
 from infra import checkpoints
 from infra import run_config
 from infra.devices import Devices
+from modes import train_classifier
 from tests.conftest import MNIST_DIR
 from tests.test_app import CONFIG, REPO, _dir_digest, _env
 from tests.test_image_folder import folder_config, write_flat_folder
@@ -93,7 +94,7 @@ def classifier_run(tmp_path_factory):
   config.model.embedding_dim = 16
   config.eval.update(batch_size=8, classifier_times=(0.5,))
   workdir = str(tmp_path_factory.mktemp("classifier"))
-  classifier_training.train(config, workdir)
+  train_classifier.train(config, workdir)
   return config, workdir
 
 
@@ -130,7 +131,7 @@ def test_inpainting_masks():
                           ("top_half", (slice(0, 4), slice(None))),
                           ("bottom_half", (slice(4, 8), slice(None))),
                           ("center", (slice(2, 6), slice(2, 6)))]:
-    mask = run_lib.inpainting_mask(region, 8)
+    mask = controllable_generation.inpainting_mask(region, 8)
     expected = np.ones((8, 8, 1), np.float32)
     expected[unknown] = 0.0
     np.testing.assert_array_equal(mask, expected)
@@ -189,7 +190,7 @@ def test_the_guidance_scale_adds_the_classifier_gradient(mnist_run, classifier_r
   devices = Devices()
   sde = builders.build_sde(config)
   model, _, state = builders.init_state(config, devices)
-  classifier_model, classifier_params = classifier_training.load_classifier(
+  classifier_model, classifier_params = train_classifier.load_classifier(
       classifier_config, classifier_workdir)
   rng, labels = jax.random.PRNGKey(1), jnp.full((2,), 5, jnp.int32)
   plain, plain_nfe = builders.build_sampler(config, sde, model, devices, 2, num_steps=3)(

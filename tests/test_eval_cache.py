@@ -16,6 +16,7 @@ import run_lib
 from evaluation import eval_cache
 from infra import checkpoints
 from infra import outputs
+from modes import evaluate
 from tests.test_app import final_state, toy_config
 
 # A tiny training run (one snapshot, at step 50) and a quick evaluation of it: bits/dim of the
@@ -244,7 +245,7 @@ def test_bad_settings_fail_before_the_loss_pass(workdir, monkeypatch, override, 
   def no_loss_pass(*args, **kwargs):
     raise AssertionError("the loss pass ran before the settings were checked")
 
-  monkeypatch.setattr(run_lib, "_eval_loss", no_loss_pass)
+  monkeypatch.setattr(evaluate, "_eval_loss", no_loss_pass)
   with pytest.raises(ValueError, match=expected) as error:
     run_lib.evaluate(eval_config(**{"eval.enable_loss": True, **override}), workdir, "eval")
   assert "\n" not in str(error.value)

@@ -105,18 +105,6 @@ _SOLVERS = {  # name: (factory, order)
 }
 
 
-def _exact_flow(sde, z, t):
-  """The probability-flow map of ``N(mu, s^2 I)`` data from ``x(T) = z`` to time ``t``."""
-
-  def mean_var(time):
-    tb = jnp.full((z.shape[0],), time, z.dtype)
-    a, std = sde.mean_coeff(tb)[:, None], sde.marginal_std(tb)[:, None]
-    return a * _GAUSS_MEAN, a**2 * _GAUSS_STD**2 + std**2
-
-  (m_T, v_T), (m_t, v_t) = mean_var(sde.T), mean_var(t)
-  return m_t + jnp.sqrt(v_t / v_T) * (z - m_T)
-
-
 @pytest.mark.parametrize("sde_name", sorted(_SDES))
 @pytest.mark.parametrize("solver", sorted(_SOLVERS))
 def test_deterministic_solvers_converge_at_their_order(solver, sde_name):
@@ -126,7 +114,8 @@ def test_deterministic_solvers_converge_at_their_order(solver, sde_name):
     score_fn = exact_scores.gaussian_mixture_score(sde, _GAUSS_MEAN[None], np.array([_GAUSS_STD]),
                                                    np.ones(1))
     z = sde.prior_sampling(jax.random.PRNGKey(0), (8, 3)).astype(jnp.float64)
-    exact = _exact_flow(sde, z, 1e-3)
+    exact = exact_scores.gaussian_flow_map(sde, _GAUSS_MEAN, _GAUSS_STD**2 * np.eye(3), z,
+                                           sde.T, 1e-3)
     samplers = [make(sde, n) for n in _ORDER_STEPS]
     # One program for the three step counts.
     outs = jax.jit(lambda z: [s(jax.random.PRNGKey(1), score_fn, z) for s in samplers])(z)
@@ -311,7 +300,7 @@ def test_bad_arguments_raise_when_built(build):
 
 
 def test_sampler_nfe_benchmark_tabulates_every_case(tmp_path):
-  from benchmarks import sampler_nfe  # pylint: disable=import-outside-toplevel
+  from experiments import sampler_nfe  # pylint: disable=import-outside-toplevel
   stem = sampler_nfe.main(["--config", "configs/toy/gaussian_mixture_exact.py", "--nfe", "6",
                            "--num_samples", "64", "--override", "model.num_scales=50",
                            "--out", str(tmp_path)])

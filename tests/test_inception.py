@@ -12,6 +12,7 @@ import pytest
 import inception as inception_command
 from evaluation import inception
 from infra.devices import Devices
+from models import utils as mutils
 
 # Counted from pytorch-fid's FID Inception module (BatchNorm running statistics excluded).
 PYTORCH_FID_PARAMETERS = 23_850_960
@@ -78,7 +79,7 @@ def variables(state_dict):
 
 def test_parameter_count_and_layer_shapes_are_the_graphs():
   abstract = inception._abstract_variables()  # pylint: disable=protected-access
-  assert inception.parameter_count(abstract) == PYTORCH_FID_PARAMETERS
+  assert mutils.parameter_count(abstract["params"]) == PYTORCH_FID_PARAMETERS
 
   def forward(v, x):
     return inception.InceptionV3().apply(v, x, capture_intermediates=True,

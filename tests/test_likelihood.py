@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import exact_scores
 import likelihood
 import sde_lib
 from models import utils as mutils
@@ -56,7 +57,7 @@ def _oracle_solve(weights, means, covs, x, bpd_offset, *, sde_name, event_shape)
   compilation: compiling the solve dominates this file's run time.
   """
   sde = SDES[sde_name]()
-  mix = oracles.GaussianMixture(weights, means, covs, event_shape)
+  mix = exact_scores.GaussianMixture(weights, means, covs, event_shape)
   likelihood_fn = likelihood.get_likelihood_fn(
       sde, hutchinson_type="exact", rtol=TOL, atol=TOL, eps=EPS, bpd_offset=bpd_offset)
   return likelihood_fn(jax.random.PRNGKey(0), mix.score_fn(sde), x)
@@ -65,7 +66,7 @@ def _oracle_solve(weights, means, covs, x, bpd_offset, *, sde_name, event_shape)
 def _padded(mix, k):
   """``mix`` with zero-weight copies of its first component appended, to ``k`` components."""
   extra = k - len(mix.weights)
-  return oracles.GaussianMixture(
+  return exact_scores.GaussianMixture(
       np.concatenate([mix.weights, np.zeros(extra)]),
       np.concatenate([mix.means, np.repeat(mix.means[:1], extra, axis=0)]),
       np.concatenate([mix.covs, np.repeat(mix.covs[:1], extra, axis=0)]), mix.event_shape)
@@ -98,21 +99,6 @@ def _marginal_coeffs(sde, t):
           float(sde.marginal_prob(jnp.zeros((1, 1)), t * ones)[1][0]))
 
 
-def _gaussian_flow_map(mix, sde, x, t0, t1):
-  """Closed-form probability-flow map ``x(t0) -> x(t1)`` for one Gaussian ``N(mu, S)``.
-
-  The marginals ``N(a mu, a^2 S + s^2 I)`` share ``S``'s eigenvectors, and the flow is the
-  linear map ``x -> a1 mu + C1^(1/2) C0^(-1/2) (x - a0 mu)`` between them.
-  """
-  mu, cov = mix.means[0], mix.covs[0]
-  evals, evecs = np.linalg.eigh(cov)
-  (a0, s0), (a1, s1) = _marginal_coeffs(sde, t0), _marginal_coeffs(sde, t1)
-  gain = np.sqrt((a1**2 * evals + s1**2) / (a0**2 * evals + s0**2))
-  flat = np.asarray(x, np.float64).reshape(x.shape[0], -1)
-  out = a1 * mu + ((flat - a0 * mu) @ evecs) * gain @ evecs.T
-  return out.reshape(x.shape)
-
-
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("mix_name", list(MIXTURES))
 def test_exact_divergence_matches_analytic_log_density(sde_name, mix_name):
@@ -126,28 +112,9 @@ def test_exact_divergence_matches_analytic_log_density(sde_name, mix_name):
   rel_err = np.abs(logp - target) / np.maximum(np.abs(target), 1.0)
   assert rel_err.max() < 1e-3, (rel_err, logp, target)
   if mix_name == "image_gaussian":
-    z_exact = _gaussian_flow_map(mix, sde, x, EPS, sde.T)
+    z_exact = exact_scores.gaussian_flow_map(sde, mix.means[0], mix.covs[0], x, EPS, sde.T)
     scale = float(np.sqrt(np.mean(z_exact**2)))
     np.testing.assert_allclose(z, z_exact, atol=1e-3 * scale)
-
-
-def _gaussian_score_fn(mix, sde):
-  """Exact score of a one-Gaussian ``mix``'s marginals, by eigendecomposition (matmuls only).
-
-  ``C_t = a^2 S + s^2 I = V diag(a^2 l + s^2) V^T``, so ``score = -V (V^T (x - a mu)) / (a^2 l +
-  s^2)``. Used for large batches: the oracle's batched triangular solves have deadlocked in
-  jaxlib's CPU LAPACK kernel at batch 2048 under load.
-  """
-  evals, evecs = (jnp.asarray(a, jnp.float32) for a in np.linalg.eigh(mix.covs[0]))
-  mu = jnp.asarray(mix.means[0], jnp.float32)
-
-  def score_fn(x, t):
-    a = sde.mean_coeff(t)[:, None]
-    s = sde.marginal_prob(jnp.zeros_like(x), t)[1][:, None]
-    centred = x.reshape(x.shape[0], -1) - a * mu
-    return (-((centred @ evecs) / (a**2 * evals + s**2)) @ evecs.T).reshape(x.shape)
-
-  return score_fn
 
 
 @pytest.mark.parametrize("hutchinson_type, seed", [("rademacher", 11), ("gaussian", 12)])
@@ -157,7 +124,7 @@ def test_hutchinson_estimate_is_unbiased(hutchinson_type, seed):
   sde, mix = SDES["vp"](), MIXTURES["image_gaussian"]()
   x1 = mix.sample(jax.random.PRNGKey(2), 1)
   n = 2048
-  bpd, z, _ = _solve(sde, _gaussian_score_fn(mix, sde), jnp.repeat(x1, n, axis=0),
+  bpd, z, _ = _solve(sde, mix.score_fn(sde), jnp.repeat(x1, n, axis=0),
                      rng=jax.random.PRNGKey(seed), hutchinson_type=hutchinson_type, rtol=1e-5,
                      atol=1e-5, eps=EPS)
   draws = _logp_from_bpd(bpd, x1)

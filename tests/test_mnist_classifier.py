@@ -261,25 +261,25 @@ def test_command_line_rejects_bad_arguments():
 def test_evaluation_scores_mnist_samples_with_the_cached_classifier(classifier, tmp_path):
   """``eval.sample_metrics = 'auto'`` on MNIST: the classifier at ``eval.mnist_classifier``
   scores the samples against the test split; features are cached per batch."""
-  import builders  # pylint: disable=import-outside-toplevel
   import configs  # pylint: disable=import-outside-toplevel
   from evaluation import eval_cache  # pylint: disable=import-outside-toplevel
-  import run_lib  # pylint: disable=import-outside-toplevel
+  from evaluation import scorers  # pylint: disable=import-outside-toplevel
   from infra.devices import Devices  # pylint: disable=import-outside-toplevel
+  from modes import evaluate  # pylint: disable=import-outside-toplevel
   path = str(tmp_path / "classifier.msgpack")
   mc.save(path, classifier)
   config = configs.load_config("configs/vpsde_mnist.py")
   config.data.data_dir, config.eval.mnist_classifier = MNIST_DIR, path
-  scorer, why_not = builders.build_sample_scorer(config, Devices())
+  scorer, why_not = scorers.build_sample_scorer(config, Devices())
   assert why_not == "" and scorer.name == "mnist_classifier"
   samples = readers.load_idx(MNIST_DIR, "test").images[:300].astype(np.float32) / 255.0
   cache = eval_cache.EvalCache(str(tmp_path / "eval"))
-  result = run_lib._score_samples(scorer, samples, 200, cache, {"run": 1})
+  result = evaluate._score_samples(scorer, samples, 200, cache, {"run": 1})
   assert result["mnist_num_samples"] == 300 and result["mnist_num_reference"] == 10000
   assert result["mnist_fd"] < 5.0 and result["mnist_is"] > 5.0  # real digits
   assert os.path.isfile(tmp_path / "eval" / "mnist_classifier_batch1.npz")
-  assert run_lib._score_samples(scorer, samples, 200, cache, {"run": 1}) == result
-  line = run_lib.describe_result({"num_samples": 300, "sampling_nfe": 10.0, **result})
+  assert evaluate._score_samples(scorer, samples, 200, cache, {"run": 1}) == result
+  line = evaluate.describe_result({"num_samples": 300, "sampling_nfe": 10.0, **result})
   assert "MNIST classifier: FD" in line
   config.eval.sample_metrics = "none"
-  assert builders.build_sample_scorer(config, Devices()) == (None, "")
+  assert scorers.build_sample_scorer(config, Devices()) == (None, "")

@@ -20,6 +20,7 @@ import noise_schedule as ns
 import sampling
 import sde_lib
 from datasets import readers
+from noise_schedule import __main__ as noise_schedule_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/image_folder.py"
@@ -227,9 +228,9 @@ def test_command_prints_overrides_from_a_folder(tmp_path):
     assert reason in out
 
   # In-process: the same numbers, and a fixed subset with --max_examples.
-  got = ns.main(["--config", CONFIG, f"--config.data.data_dir={tmp_path}",
+  got = noise_schedule_command.main(["--config", CONFIG, f"--config.data.data_dir={tmp_path}",
                  "--config.data.image_size=8", "--max_examples=5"])
-  again = ns.main(["--config", CONFIG, f"--config.data.data_dir={tmp_path}",
+  again = noise_schedule_command.main(["--config", CONFIG, f"--config.data.data_dir={tmp_path}",
                    "--config.data.image_size=8", "--max_examples", "5"])
   assert got == again and got.max_distance <= expected and got.dim == 192
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import builders
+import datasets
 import losses
-import released_checkpoints as rc
+import released_checkpoints
 import run_lib
 from configs.subvp import cifar10_ddpmpp_continuous as ddpmpp_config
 from configs.ve import cifar10_ncsnpp_continuous as ncsnpp_config
@@ -26,6 +27,7 @@ from configs.ve.ncsnv2 import cifar10 as ncsnv2_config
 from configs.vp.ddpm import cifar10_continuous as ddpm_config
 from evaluation import eval_cache
 from infra import checkpoints
+from models import released as rc
 
 
 def _tiny(module, nf=16):
@@ -54,7 +56,7 @@ CONFIGS = {
 def _random_params(config, seed):
   """The config's network and random parameters of its shapes (float32 numpy arrays)."""
   model = builders.build_model(config)
-  shape = builders.input_shape(config)
+  shape = datasets.input_shape(config)
   template = jax.eval_shape(
       lambda x, y: model.init(jax.random.PRNGKey(0), x, y, train=False),
       jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:1], jnp.float32))
@@ -141,10 +143,10 @@ def test_flax_file_loads_ema_and_raw_parameters_exactly(tmp_path, family):
   path = str(tmp_path / "checkpoint_3")
   _write_flax(path, raw, ema, step=150000)
   assert rc.detect_format(path) == rc.FLAX_MSGPACK
-  _, released = rc.load_for_config(path, config)
+  _, released = builders.load_released(config, path)
   assert (released.step, released.format, released.ema) == (150000, rc.FLAX_MSGPACK, True)
   _assert_same(released.params, ema)
-  _assert_same(rc.load_for_config(path, config, ema=False)[1].params, raw)
+  _assert_same(builders.load_released(config, path, ema=False)[1].params, raw)
 
 
 # ----------------------------------------------------------------------------- PyTorch format
@@ -275,7 +277,7 @@ def test_pytorch_file_loads_ema_and_raw_parameters_exactly(tmp_path, family):
   path = str(tmp_path / "checkpoint_3.pth")
   _write_torch(path, raw, ema, family, step=1300001)
   assert rc.detect_format(path) == rc.PYTORCH
-  _, released = rc.load_for_config(path, config)
+  _, released = builders.load_released(config, path)
   assert (released.step, released.format) == (1300001, rc.PYTORCH)
   # The Fourier W is not trained, so the EMA list skips it and it stays the model's.
   expected = _flat(ema)
@@ -283,7 +285,7 @@ def test_pytorch_file_loads_ema_and_raw_parameters_exactly(tmp_path, family):
     if p[0].startswith("GaussianFourierProjection"):
       expected[p] = _flat(raw)[p]
   _assert_same(released.params, _nest(expected))
-  _assert_same(rc.load_for_config(path, config, ema=False)[1].params, raw)
+  _assert_same(builders.load_released(config, path, ema=False)[1].params, raw)
 
 
 def test_pytorch_layers_out_of_order_are_refused(tmp_path):
@@ -296,7 +298,7 @@ def test_pytorch_layers_out_of_order_are_refused(tmp_path):
   with pytest.raises(rc.ReleasedCheckpointError,
                      match=r"all_modules.3 \(Conv_0.bias, Conv_0.weight\) does not fit the "
                      "config's layer ResnetBlockDDPM_0") as e:
-    rc.load_for_config(path, config, ema=False)
+    builders.load_released(config, path, ema=False)
   assert "\n" not in str(e.value)
 
 
@@ -305,7 +307,7 @@ def test_pytorch_file_without_all_modules_is_refused(tmp_path):
   weight = np.zeros((8, 3, 3, 3), np.float32)
   _write_torch_zip(path, {"model": {"module.begin_conv.weight": weight}, "step": 1})
   with pytest.raises(rc.ReleasedCheckpointError, match="only the authors' U-Nets"):
-    rc.load_for_config(path, CONFIGS["ncsnv2"](), ema=False)
+    builders.load_released(CONFIGS["ncsnv2"](), path, ema=False)
 
 
 def test_unpickler_refuses_other_globals(tmp_path):
@@ -313,7 +315,7 @@ def test_unpickler_refuses_other_globals(tmp_path):
   with zipfile.ZipFile(path, "w") as archive:
     archive.writestr("evil/data.pkl", pickle.GLOBAL + b"os\nsystem\n" + pickle.STOP)
   with pytest.raises(rc.ReleasedCheckpointError, match="refusing to load os.system"):
-    rc.load_for_config(path, CONFIGS["ddpm"]())
+    builders.load_released(CONFIGS["ddpm"](), path)
 
 
 # ----------------------------------------------------------------------------- use
@@ -326,7 +328,8 @@ def test_converted_checkpoint_restores_and_samples_like_a_trained_one(tmp_path):
   path = str(tmp_path / "checkpoint_8")
   _write_flax(path, raw, ema, step=800)
   workdir = str(tmp_path / "work")
-  assert rc.convert(config, path, workdir) == os.path.join(workdir, "checkpoints", "800")
+  written = released_checkpoints.convert(config, path, workdir)
+  assert written == os.path.join(workdir, "checkpoints", "800")
   template = jax.eval_shape(lambda p: losses.init_train_state(
       jax.random.PRNGKey(0), p, builders.build_optimizer(config)), raw)
   with checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"), writer=False) as store:
@@ -348,7 +351,7 @@ def test_converted_checkpoint_restores_and_samples_like_a_trained_one(tmp_path):
 def _one_line_error_leaves_workdir_alone(tmp_path, config, path, match):
   workdir = tmp_path / "work"
   with pytest.raises(ValueError, match=match) as e:
-    rc.convert(config, path, str(workdir))
+    released_checkpoints.convert(config, path, str(workdir))
   assert "\n" not in str(e.value)
   assert not workdir.exists()
 
@@ -405,10 +408,10 @@ def test_convert_refuses_a_workdir_with_checkpoints(tmp_path):
   path = str(tmp_path / "checkpoint_2")
   _write_flax(path, params, params, step=2)
   workdir = str(tmp_path / "work")
-  rc.convert(config, path, workdir)
+  released_checkpoints.convert(config, path, workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   with pytest.raises(rc.ReleasedCheckpointError, match="already holds step") as e:
-    rc.convert(config, path, workdir, ema=False)
+    released_checkpoints.convert(config, path, workdir, ema=False)
   assert "\n" not in str(e.value)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import builders
+import exact_scores
 import sampling
 import sde_lib
 from configs.toy import gaussian_mixture_exact
@@ -23,14 +24,8 @@ PC_CASES = [("euler_maruyama", "none"), ("reverse_diffusion", "langevin")]
 
 
 def gaussian_score(sde: sde_lib.SDE) -> sde_lib.ScoreFn:
-  """The exact score of N(MU, S^2 I) data, ``-(x - a mu) / (a^2 S^2 + std^2)``: the one-component
-  case of ``exact_scores.gaussian_mixture_score``, written out (a smaller program to compile)."""
-
-  def score_fn(x, t):
-    a, std = sde.mean_coeff(t)[:, None], sde.marginal_std(t)[:, None]
-    return -(x - a * jnp.asarray(MU, x.dtype)) / (a**2 * S**2 + std**2)
-
-  return score_fn
+  """The exact score of N(MU, S^2 I) data."""
+  return exact_scores.gaussian_mixture_score(sde, MU[None], np.array([S]), np.ones(1))
 
 
 def marginal(sde: sde_lib.SDE, t: np.ndarray):

@@ -1,6 +1,6 @@
 """Sample quality against NFE: the fast samplers at a few budgets and the PC / ODE baselines.
 
-``python -m benchmarks.sampler_nfe --config configs/vpsde_mnist.py --workdir runs/vpsde_mnist
+``python -m experiments.sampler_nfe --config configs/vpsde_mnist.py --workdir runs/vpsde_mnist
 --nfe 10,20,50,100 --num_samples 1000``
 
 Trains nothing: it samples the EMA parameters of a trained workdir's newest checkpoint (or
@@ -16,7 +16,7 @@ Trains nothing: it samples the EMA parameters of a trained workdir's newest chec
 and scores each batch with ``evaluation.two_sample_statistics`` (energy distance and MMD to the
 data, and the prior's as a reference) against fresh toy data or the first ``--num_samples``
 test images, in data space, and for images also with the evaluation's sample metrics
-(``builders.build_sample_scorer``: the MNIST classifier's for MNIST). Per case it records NFE,
+(``scorers.build_sample_scorer``: the MNIST classifier's for MNIST). Per case it records NFE,
 the first call (compiling included) and a second call's time per batch. Outputs (``--out``):
 ``sampler_nfe_<config>_<UTC time>.json`` and ``.md`` (the table) and, where matplotlib is
 installed, ``.png`` (energy distance against NFE).
@@ -36,11 +36,13 @@ import ml_collections
 import numpy as np
 
 import builders
+import datasets
 import evaluation
 import figures
-from benchmarks.time_to_bpd import first_test_images
 from configs import apply_overrides, load_config, parse_override
 from datasets import toy_data
+from evaluation import scorers
+from experiments.time_to_bpd import first_test_images
 from infra import checkpoints
 from infra.devices import Devices, gather
 
@@ -81,12 +83,12 @@ def _parameters(config: ml_collections.ConfigDict, workdir: str, checkpoint: Opt
 
 def _reference(config: ml_collections.ConfigDict, n: int, devices: Devices) -> np.ndarray:
   """``n`` data points in data space: fresh toy data, or the first ``n`` test images."""
-  if builders.is_vector_data(config):
+  if datasets.is_vector_data(config):
     return toy_data.sample_toy(config.data.dataset, n, seed=config.seed + 5)
   return np.concatenate(first_test_images(config, n, n, devices))
 
 
-def _quality(scorer: Optional[builders.SampleScorer], samples: np.ndarray) -> Dict[str, Any]:
+def _quality(scorer: Optional[scorers.SampleScorer], samples: np.ndarray) -> Dict[str, Any]:
   """The evaluation's sample metrics (the MNIST classifier's, or FID / IS / KID) of one batch,
   at the samples' 8-bit levels; nothing without a scorer."""
   if scorer is None:
@@ -107,14 +109,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, nfe_budgets: Sequenc
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)
   params, step = _parameters(config, workdir, checkpoint, model, template)
-  _, inverse_scaler = builders.data_scalers(config)
+  _, inverse_scaler = datasets.data_scalers(config)
   data = _reference(config, num_samples, devices)
-  shape = builders.input_shape(config, num_samples)
+  shape = datasets.input_shape(config, num_samples)
   prior = np.asarray(inverse_scaler(sde.prior_sampling(jax.random.PRNGKey(config.seed + 6),
                                                        shape)))
   rng = jax.random.PRNGKey(config.seed + 4)
-  scorer, why_not = (None, "") if builders.is_vector_data(config) else \
-      builders.build_sample_scorer(config, devices)
+  scorer, why_not = (None, "") if datasets.is_vector_data(config) else \
+      scorers.build_sample_scorer(config, devices)
   if why_not:
     print(why_not)
   rows = []
@@ -192,13 +194,13 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   parser.add_argument("--num_samples", type=int, default=1000)
   parser.add_argument("--untimed", action="store_true",
                       help="one call per case (no second, compiled call for the time per batch)")
-  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser.add_argument("--out", default=os.path.join("experiments", "results"))
   args = parser.parse_args(argv)
   config = apply_overrides(load_config(args.config), [parse_override(o) for o in args.override])
   record = run(config, args.workdir, nfe_budgets=[int(n) for n in args.nfe.split(",")],
                num_samples=args.num_samples, checkpoint=args.checkpoint,
                timed=not args.untimed)
-  record["command"] = ["python", "-m", "benchmarks.sampler_nfe"] + list(argv or [])
+  record["command"] = ["python", "-m", "experiments.sampler_nfe"] + list(argv or [])
   os.makedirs(args.out, exist_ok=True)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
   stem = os.path.join(args.out, f"sampler_nfe_{os.path.splitext(os.path.basename(args.config))[0]}"

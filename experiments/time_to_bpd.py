@@ -1,11 +1,11 @@
 """Time to a test bits/dim: trains a config and tracks bits/dim of a fixed test subset.
 
-``python -m benchmarks.time_to_bpd --config configs/vpsde_mnist.py
+``python -m experiments.time_to_bpd --config configs/vpsde_mnist.py
 --override data.data_dir=../shared/data/mnist --targets 2.0,1.5,1.3 --eval_every 1000
 --eval_examples 500 --max_minutes 9``
 
-Trains exactly as ``main.py --mode train`` does (the config's data stream, optimizer, EMA and
-``training.n_jitted_steps``; :func:`builders.build_train_steps`) and every ``--eval_every`` steps
+Trains exactly as ``main.py --mode train`` does (its training loop, in timed intervals:
+:class:`experiments.timed_training.TimedTraining`) and every ``--eval_every`` steps
 measures bits/dim of the EMA parameters (the network ``--mode eval`` scores) on the first
 ``--eval_examples`` images of the test split, with the evaluation's own likelihood settings
 (``config.eval``: Hutchinson type, rtol/atol; uniform dequantization and its offset, as
@@ -31,17 +31,15 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import builders
 import datasets
-import run_lib
-from benchmarks.run import device_slug, environment
 from configs import apply_overrides, load_config, parse_override
+from experiments.timed_training import TimedTraining
 from infra.devices import Devices, gather
-from models import utils as mutils
+from infra.provenance import device_slug, environment
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,67 +112,6 @@ def targets_reached(curve: Sequence[Dict[str, Any]], targets: Sequence[float]) -
   return out
 
 
-class TimedTraining:
-  """The train loop of the benchmarks: jitted steps (``builders.build_train_steps``) in timed
-  intervals, the clock stopped between them (for evaluations). Steady-state throughput counts
-  the intervals after the first, which holds the compilation; the first call is timed alone.
-
-  Attributes:
-    state: the train state after the last step; step: its step.
-    train_s: seconds spent in the intervals; first_call_s: the first call's (compiling).
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, devices: Devices):
-    training = self._training = config.training
-    devices.check_batch(training.batch_size, "training.batch_size")
-    self._devices = devices
-    self.sde = builders.build_sde(config)
-    self.model, optimizer, self.state = builders.init_state(config, devices)
-    self._scaler, _ = builders.data_scalers(config)
-    self._num_classes = mutils.num_classes(self.model)
-    self._steps = builders.build_train_steps(config, self.sde, self.model, optimizer,
-                                             self.state, devices)
-    self._iter = iter(datasets.get_dataset(config, split="train",
-                                           batch_size=training.batch_size, train=True,
-                                           shuffle_seed=config.seed))
-    self.step, self.train_s, self.first_call_s = 0, 0.0, None
-    self._steady_s, self._steady_images = 0.0, 0
-
-  @property
-  def num_params(self) -> int:
-    return int(sum(p.size for p in jax.tree_util.tree_leaves(self.state.params)))
-
-  @property
-  def images_per_s(self) -> Optional[float]:
-    """Training images per second after compilation; None before a steady interval."""
-    return self._steady_images / self._steady_s if self._steady_s else None
-
-  def run_until(self, stop_at: int) -> float:
-    """Trains to step ``stop_at``; returns the interval's mean loss (``FloatingPointError`` if
-    it is not finite)."""
-    start, losses, first = time.perf_counter(), [], self.step
-    while self.step < stop_at:
-      n = min(self._training.n_jitted_steps, stop_at - self.step)
-      batch = self._devices.put_batch(
-          run_lib.stack_batches(self._iter, n, self._scaler, self._num_classes), stacked=True)
-      self.state, step_losses = self._steps(self.state, batch)
-      losses.append(step_losses)
-      if self.step == 0:
-        jax.block_until_ready(self.state)
-        self.first_call_s = time.perf_counter() - start
-      self.step += n
-    jax.block_until_ready(self.state)
-    elapsed = time.perf_counter() - start
-    self.train_s += elapsed
-    if first > 0:  # steady state: no compilation inside
-      self._steady_s += elapsed
-      self._steady_images += (self.step - first) * self._training.batch_size
-    loss = float(jnp.mean(jnp.concatenate(losses)))
-    if not np.isfinite(loss):
-      raise FloatingPointError(f"Training loss is {loss} at step {self.step}.")
-    return loss
-
-
 def run(config: ml_collections.ConfigDict, *, targets: Sequence[float], eval_every: int,
         eval_examples: int, eval_batch_size: int, max_steps: int, max_minutes: float,
         on_point=None) -> Dict[str, Any]:
@@ -227,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--max_steps", type=int, default=1_000_000)
   parser.add_argument("--max_minutes", type=float, default=9.0,
                       help="wall-time budget, training and evaluation together")
-  parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
+  parser.add_argument("--out", default=os.path.join(_REPO, "experiments", "results"))
   args = parser.parse_args(argv)
   overrides = [parse_override(o) for o in args.override]
   config = apply_overrides(load_config(args.config), overrides)
@@ -241,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                       "every_steps": args.eval_every, "params": "ema",
                       "hutchinson_type": config.eval.hutchinson_type, "rtol": config.eval.rtol,
                       "atol": config.eval.atol, "offset_bits": builders.bpd_offset_bits(config)},
-                command=" ".join(["python -m benchmarks.time_to_bpd"] + argv),
+                command=" ".join(["python -m experiments.time_to_bpd"] + argv),
                 date=now.isoformat(timespec="seconds"))
   name = os.path.splitext(os.path.basename(args.config))[0]
   path = os.path.join(args.out, f"time_to_bpd_{name}_{header['precision']}_"

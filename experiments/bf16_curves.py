@@ -1,6 +1,6 @@
 """Loss curves of the same training run in float32 and in bfloat16 mixed precision.
 
-``python -m benchmarks.bf16_curves --config configs/toy/gaussian_mixture.py --steps 1000``
+``python -m experiments.bf16_curves --config configs/toy/gaussian_mixture.py --steps 1000``
 trains the config twice from the same seed -- identical initial parameters, data batches and
 per-step noise (times ``t``, Gaussian ``z``, dropout) -- once with
 ``training.mixed_precision = False`` and once with ``True`` (bf16 activations and matmuls;
@@ -20,70 +20,59 @@ import datetime
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import builders
 import datasets
-from benchmarks.run import device_slug, environment, synthetic_images
 from configs import apply_overrides, load_config, parse_override
-from infra.devices import Devices
+from datasets import batching
+from experiments.timed_training import TimedTraining
+from infra.provenance import device_slug, environment
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _batches(config: ml_collections.ConfigDict, data: str, chunk: int):
-  """Endless ``[chunk, B, ...]`` float32 blocks in the model's range, the same on every call.
+class _SyntheticImages(TimedTraining):
+  """Training on uniform images of the config's shape instead of its data set (machines without
+  the data files); global batch ``k`` is drawn from ``config.seed`` and ``k``."""
 
-  ``data='config'`` reads the config's data set (seeded by ``config.seed``); ``'synthetic'``
-  draws uniform images (for machines without the data files).
-  """
-  batch_size = config.training.batch_size
-  if data == "synthetic":
-    shape = builders.input_shape(config, batch_size)
-    k = 0
-    while True:
-      yield synthetic_images((chunk,) + shape, config.data.centered, seed=k)
-      k += 1
-  scaler, _ = builders.data_scalers(config)
-  stream = iter(datasets.get_dataset(config, split="train", batch_size=batch_size, train=True,
-                                     shuffle_seed=config.seed, prefetch=0))
-  while True:
-    yield np.stack([np.asarray(scaler(next(stream)["image"]), np.float32)
-                    for _ in range(chunk)])
+  def load_data(self) -> Tuple[batching.Batches, batching.Batches]:
+    config = self.config
+    shape = datasets.input_shape(config)[1:]
+
+    def sample(n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+      return rng.random((n,) + shape, dtype=np.float32), np.full((n,), -1, np.int32)
+
+    stream = batching.make_sampled_batches(
+        sample, batch_size=config.training.batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), seed=config.seed)
+    return stream, stream
 
 
 def loss_curve(config: ml_collections.ConfigDict, steps: int, *, chunk: int = 50,
                data: str = "config") -> Tuple[np.ndarray, Dict[str, Any]]:
-  """Trains ``steps`` steps; returns the per-step losses ``[steps]`` and run facts.
-
-  Steps run ``chunk`` at a time through :func:`builders.build_train_steps`, as in training
-  (one compiled ``lax.scan`` on accelerators, one compiled step per call on CPU); the state is
-  donated.
-  """
+  """Trains ``steps`` steps of the training loop (:class:`TimedTraining`, ``chunk`` steps per
+  compiled call) on the config's data (``data='config'``) or uniform images
+  (``'synthetic'``); returns the per-step losses ``[steps]`` and run facts (checksums of the
+  data stream and initial parameters, the network's dtype)."""
   if steps % chunk:
     raise ValueError(f"steps ({steps}) must be a multiple of chunk ({chunk}).")
-  devices = Devices()
-  sde = builders.build_sde(config)
-  model, optimizer, state = builders.init_state(config, devices)
-  first_params = jax.tree_util.tree_leaves(jax.device_get(state.params))
-  train = builders.build_train_steps(config, sde, model, optimizer, state, devices)
-  blocks = _batches(config, data, chunk)
-  curve: List[np.ndarray] = []
-  data_checksum = 0.0
-  for _ in range(steps // chunk):
-    block = next(blocks)
-    data_checksum += float(np.sum(block, dtype=np.float64))
-    state, values = train(state, devices.put_batch(block, stacked=True))
-    curve.append(np.asarray(jax.device_get(values), np.float64))
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.training.n_jitted_steps = chunk
+  trainer = (_SyntheticImages if data == "synthetic" else TimedTraining)(config)
+  first_params = jax.tree_util.tree_leaves(jax.device_get(trainer.state.params))
+  stream = trainer.batches(0)  # the same stream the trainer reads, for its checksum
+  data_checksum = sum(float(np.sum(trainer.scaler(next(stream)["image"]), dtype=np.float64))
+                      for _ in range(steps))
+  trainer.run_until(steps)
   facts = {"data_checksum": data_checksum,
            "params_checksum": float(sum(np.sum(p, dtype=np.float64) for p in first_params)),
-           "model_dtype": str(jnp.dtype(getattr(model, "dtype", jnp.float32)))}
-  return np.concatenate(curve), facts
+           "model_dtype": str(jnp.dtype(getattr(trainer.model, "dtype", jnp.float32)))}
+  return trainer.losses, facts
 
 
 def window_std(curve: np.ndarray, window: int) -> float:
@@ -147,12 +136,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--data", choices=("config", "synthetic"), default="config")
   parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                       help="config override, e.g. training.batch_size=64 (repeatable)")
-  parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
+  parser.add_argument("--out", default=os.path.join(_REPO, "experiments", "results"))
   args = parser.parse_args(argv)
   overrides = [parse_override(o) for o in args.override]
   config = apply_overrides(load_config(args.config), overrides)
   result = dict(environment(), config=args.config, overrides=dict(overrides),
-                command=" ".join(["python -m benchmarks.bf16_curves"] + argv),
+                command=" ".join(["python -m experiments.bf16_curves"] + argv),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 **run(config, args.steps, chunk=args.chunk, data=args.data, window=args.window,
                       last=args.last))

@@ -1,6 +1,6 @@
 """The MNIST result in one command: train for a time budget, then bits/dim and samples.
 
-``python -m benchmarks.mnist_result --config configs/vpsde_mnist.py
+``python -m experiments.mnist_result --config configs/vpsde_mnist.py
 --override data.data_dir=.data/mnist --train_minutes 5 --deadline_minutes 9``
 
 One run, three phases, one wall-clock deadline (``--deadline_minutes``, counted from the start,
@@ -12,7 +12,7 @@ start-up and compilation included):
    ``--log_every`` steps (mean over those steps: the loss curve). At ``--checkpoints`` evenly
    spaced fractions of the budget (and at the end) the EMA network's bits/dim is measured on the
    first ``--probe_examples`` test images with fixed noise (time to bits/dim, as
-   ``benchmarks.time_to_bpd``; the training clock stops meanwhile).
+   ``experiments.time_to_bpd``; the training clock stops meanwhile).
 2. ``--num_samples`` samples of the final EMA network with the config's sampler, saved as one PNG
    grid (NFE and time recorded); with ``--classifier PATH`` (or the MNIST classifier's cached
    parameters when :mod:`mnist_classifier` finds them) also its sample metrics.
@@ -45,12 +45,12 @@ import numpy as np
 import builders
 import datasets
 import figures
-import run_lib
-from benchmarks.run import device_slug, environment
-from benchmarks.time_to_bpd import TimedTraining, bpd_blocks, first_test_images, measure_bpd
 from configs import apply_overrides, load_config, parse_override
+from experiments.time_to_bpd import bpd_blocks, first_test_images, measure_bpd
+from experiments.timed_training import TimedTraining
 from infra import outputs
 from infra.devices import Devices, gather
+from infra.provenance import device_slug, environment
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SAFETY_S = 20.0  # kept free before the deadline for the last write
@@ -121,7 +121,7 @@ def sample_phase(config: ml_collections.ConfigDict, devices: Devices, sde, model
   a classifier) the MNIST sample metrics."""
   devices.check_batch(num_samples, "--num_samples")
   sampler = builders.build_sampler(config, sde, model, devices, num_samples)
-  _, inverse_scaler = builders.data_scalers(config)
+  _, inverse_scaler = datasets.data_scalers(config)
   rng = jax.random.PRNGKey(config.seed + 4)
   start = time.perf_counter()
   samples, nfe = sampler(rng, params)
@@ -136,7 +136,7 @@ def sample_phase(config: ml_collections.ConfigDict, devices: Devices, sde, model
   # uint8 as the data are stored: 1000 MNIST samples take 0.8 MB, the PNG comes from them later
   # (``--plot``) where Pillow is missing.
   outputs.save_npz(stem + ".npz", samples=np.round(np.clip(samples, 0, 1) * 255).astype(np.uint8))
-  out = {"num_samples": num_samples, "sampler": run_lib.sampler_tag(config), "nfe": float(nfe),
+  out = {"num_samples": num_samples, "sampler": builders.sampler_tag(config), "nfe": float(nfe),
          "first_call_s": first_s, "run_s": run_s, "npz": os.path.basename(stem + ".npz")}
   if importlib.util.find_spec("PIL") is not None:
     outputs.save_image_grid(samples, path)
@@ -235,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--num_samples", type=int, default=1000)
   parser.add_argument("--classifier", default=None,
                       help="MNIST classifier parameters for the sample metrics")
-  parser.add_argument("--out", default=os.path.join(_REPO, "benchmarks", "results"))
+  parser.add_argument("--out", default=os.path.join(_REPO, "experiments", "results"))
   parser.add_argument("--plot", default=None, metavar="JSON",
                       help="only draw the curves of an earlier result JSON, next to it")
   args = parser.parse_args(argv)
@@ -259,7 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "rtol": config.eval.rtol, "atol": config.eval.atol,
             "offset_bits": builders.bpd_offset_bits(config),
             "probe_examples": args.probe_examples, "batch_size": args.eval_batch_size},
-      command=" ".join(["python -m benchmarks.mnist_result"] + argv),
+      command=" ".join(["python -m experiments.mnist_result"] + argv),
       date=now.isoformat(timespec="seconds"))
   os.makedirs(args.out, exist_ok=True)
 
