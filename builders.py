@@ -1,11 +1,11 @@
 """Config -> objects: the one place a config becomes an SDE, a network, an optimizer, train and
 eval steps, a sampler or a bits/dim function.
 
-``run_lib`` (train, evaluate) and the benchmarks build everything here, so a config means the
-same thing everywhere. The modules the objects come from take explicit arguments and plain
-callables and never read a config (``sde_lib``, ``losses``, ``sampling``, ``ode_solvers``,
-``likelihood``); a network class reads its own ``config.model`` fields in ``from_config``, as in
-the authors' code.
+The modes (``modes/``), the command-line tools, the benchmarks and the experiments build
+everything here, so a config means the same thing everywhere. The modules the objects come from
+take explicit arguments and plain callables and never read a config (``sde_lib``, ``losses``,
+``sampling``, ``fast_samplers``, ``ode_solvers``, ``likelihood``, ``controllable_generation``); a
+network class reads its own ``config.model`` fields in ``from_config``, as in the authors' code.
 
 Where each config field takes effect:
 
@@ -20,19 +20,22 @@ fields                                                read by
 ``model.name = 'exact_score'``                        :func:`is_exact_score` (below)
 ``optim.*``                                           :func:`build_optimizer`
 ``training.continuous, reduce_mean,                   :func:`build_loss_fn` and the steps
-likelihood_weighting, eps, label_dropout``;           built from it
-``model.ema_rate``
+likelihood_weighting, eps, label_dropout``;           built from it; the classifier's:
+``model.ema_rate``                                    :func:`build_classifier_train_steps`
 ``sampling.*``                                        :func:`build_sampling_fn`
-                                                      (:data:`SAMPLING_METHODS`)
+                                                      (:data:`SAMPLING_METHODS`);
+                                                      :func:`sampler_tag` names it
 ``eval.hutchinson_type, rtol, atol``                  :func:`build_bpd_fn`
-``eval.sample_metrics, inception_weights, fid_stats,  :func:`build_sample_scorer`,
-mnist_classifier, inception_batch_size, is_splits,    :func:`build_class_predictor`
-kid_subsets, kid_subset_size``
 ``data.centered``                                     :func:`build_bpd_fn` (and
                                                       ``datasets.data_scalers``)
-``data.*`` (source, dataset, files, augmentation)     ``datasets.get_dataset``
-``training.batch_size, n_iters, *_freq, ...``;        ``run_lib`` (the train loop, evaluation)
-``eval.batch_size, num_samples, *_ckpt, ...``; ``seed``
+``data.*`` (source, dataset, files, augmentation)     ``datasets`` (``datasets/sources.py``)
+``eval.sample_metrics, inception_weights, fid_stats,  ``evaluation.scorers``
+mnist_classifier, inception_batch_size, is_splits,
+kid_subsets, kid_subset_size``
+``training.batch_size, n_iters, n_jitted_steps,       ``modes.training_loop`` (``modes.train``:
+*_freq, snapshot_sampling``                           eval loss, snapshot samples)
+``eval.batch_size, num_samples, *_ckpt, enable_*,     ``modes.evaluate``
+bpd_*``; ``seed``
 ====================================================  ========================================
 
 The exact score (``model.name = 'exact_score'``, :class:`models.exact_score.ExactScore`) is the
@@ -53,6 +56,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 import controllable_generation
@@ -224,29 +228,41 @@ def build_train_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
                             train=True, ema_rate=config.model.ema_rate)
 
 
-def compile_train_steps(train_step: losses.StepFn, state: losses.TrainState,
+def compile_train_steps(step_fn: losses.StepFn, state: losses.TrainState,
                         devices: Devices) -> Callable[..., Tuple[losses.TrainState, Any]]:
   """``steps(state, batches) -> (state, metrics)``, compiled, state donated: ``n`` calls of the
-  pure ``train_step(state, batch) -> (state, metrics)`` on ``batches``, a ``losses.Batch`` of
-  ``n`` stacked batches (leaves ``[n, B, ...]``); ``metrics`` gets a leading ``[n]`` axis.
+  pure ``step_fn(state, batch) -> (state, metrics)`` on ``batches``, a ``losses.Batch`` of ``n``
+  stacked batches (leaves ``[n, B, ...]``, sharded along ``B``); ``metrics`` gets a leading
+  ``[n]`` axis.
 
   ``state`` is read for its structure only. On accelerators the ``n`` steps are one compiled
   ``lax.scan`` (``training.n_jitted_steps`` per call). XLA:CPU runs convolutions inside a loop
   about 8x slower than outside one (DDPM++ on MNIST, 2 cores: 3.3 s vs 0.43 s per step), so on
-  CPU each step is its own call of one compiled step -- the same arithmetic, in the same order.
+  CPU each step is its own call of one compiled step -- the same arithmetic, in the same order
+  -- which takes its batch out of the stack itself, on the devices that hold it.
   """
   state_sharding = _replicated_like(state, devices)
   if jax.default_backend() != "cpu":
-    return jax.jit(losses.get_multi_step_fn(train_step),
+    return jax.jit(losses.get_multi_step_fn(step_fn),
                    in_shardings=(state_sharding, devices.stacked_batch),
                    out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
-  single = jax.jit(train_step, in_shardings=(state_sharding, devices.batch),
+
+  def train_step(state, batches, i):
+    """Step ``i`` on batch ``i`` of ``batches``."""
+    return step_fn(state, jax.tree_util.tree_map(
+        lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False), batches))
+
+  single = jax.jit(train_step, in_shardings=(state_sharding, devices.stacked_batch,
+                                             devices.replicated),
                    out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
 
   def steps(state, batches):
     metrics = []
     for i in range(jax.tree_util.tree_leaves(batches)[0].shape[0]):
-      state, step_metrics = single(state, jax.tree_util.tree_map(lambda b, i=i: b[i], batches))
+      state, step_metrics = single(state, batches, np.int32(i))
+      # One step in flight at a time: XLA:CPU's in-process collectives can deadlock when the
+      # launches of consecutive multi-device steps interleave on its few launcher threads.
+      jax.block_until_ready(state)
       metrics.append(step_metrics)
     return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
 

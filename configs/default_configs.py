@@ -1,7 +1,8 @@
 """Defaults shared by every config, mirroring the authors' structure.
 
 Sections: ``training``, ``sampling``, ``eval``, ``data``, ``model``, ``optim`` and ``seed``.
-Configs are plain data: ``run_lib`` reads them and passes explicit arguments to the math.
+Configs are plain data: the modes and ``builders`` read them and pass explicit arguments to the
+math; ``builders``' docstring says where each field takes effect.
 """
 
 import ml_collections

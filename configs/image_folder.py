@@ -1,6 +1,6 @@
 """Your own images: a folder of PNG / JPEG files, VP SDE, continuous training, a small DDPM++.
 
-Point it at the folder on the command line (the config leaves ``data.data_dir`` empty):
+Point it at the folder on the command line (the config leaves ``data.data_dir`` empty)::
 
     python main.py --config configs/image_folder.py --workdir runs/mine --mode train \\
       --config.data.data_dir=/path/to/images

@@ -1,5 +1,8 @@
 """MNIST, VE SDE, continuous DSM, NCSN++-style conditioning on sigma (see default_mnist_configs).
 
+``python main.py --config configs/vesde_mnist.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 sigma_max = 20 follows the paper's rule of thumb (about the largest distance between two
 training images: MNIST in [0, 1]^784 has pairwise distances up to about 17).
 """

@@ -1,5 +1,8 @@
 """MNIST, DDPM (Ho et al. 2020): the VP SDE's discrete chain, DDPM loss, ancestral sampling.
 
+``python main.py --config configs/vpsde_discrete_mnist.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 The network, data and optimizer are those of the continuous VP twin (vpsde_mnist); training
 uses the discrete objective over ``model.num_scales = 1000`` noise levels (the network is
 conditioned on the level index) and sampling walks the same 1000 levels with the ancestral

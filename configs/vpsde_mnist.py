@@ -1,4 +1,10 @@
-"""MNIST, VP SDE, continuous DSM, DDPM++-style network (see default_mnist_configs)."""
+"""MNIST, VP SDE, continuous DSM, DDPM++-style network (see default_mnist_configs).
+
+Sampling: the Euler-Maruyama predictor, no corrector.
+
+``python main.py --config configs/vpsde_mnist.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+"""
 
 from configs.default_mnist_configs import get_default_configs
 

@@ -1,6 +1,6 @@
 """Per-piece evaluation results on disk, each recording the settings that produced it.
 
-An evaluation is long (bits/dim ODE solves, thousands of samples), so ``run_lib.evaluate`` saves
+An evaluation is long (bits/dim ODE solves, thousands of samples), so ``modes.evaluate`` saves
 it piece by piece (one batch of one repeat) and a re-run reuses the pieces already done. A piece
 is only the same result if everything that produced it is the same: the parameters, the batch
 it covered, the solver and its tolerances, the seed... Each piece's ``.npz`` therefore stores
@@ -12,7 +12,7 @@ and :meth:`EvalCache.load` returns a piece only if its stored settings equal the
 Otherwise it logs one line naming what changed and returns None, so the caller recomputes the
 piece and overwrites it. Files written without settings (an older layout) are recomputed too.
 
-Which settings matter is the caller's business (``run_lib`` reads the config); this module
+Which settings matter is the caller's business (``modes.evaluate`` reads the config); this module
 takes plain dicts.
 """
 

@@ -15,7 +15,7 @@ start-up and compilation included):
    ``experiments.time_to_bpd``; the training clock stops meanwhile).
 2. ``--num_samples`` samples of the final EMA network with the config's sampler, saved as one PNG
    grid (NFE and time recorded); with ``--classifier PATH`` (or the MNIST classifier's cached
-   parameters when :mod:`mnist_classifier` finds them) also its sample metrics.
+   parameters when :mod:`evaluation.mnist_classifier` finds them) also its sample metrics.
 3. Bits/dim of the final EMA network over the test split in stored order, batch by batch, until
    the split is done or the deadline is near: the result states how many images (a fixed-order
    prefix), the standard error and the mean NFE.

@@ -24,7 +24,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import time
 from typing import Any, Dict, NamedTuple, Optional, Union
 
 import jax
@@ -40,10 +39,9 @@ import sde_lib
 from datasets import batching
 from evaluation import eval_cache
 from evaluation import scorers
-from infra import logs
 from infra import outputs
 from infra import run_config
-from infra.devices import Devices, gather, process_rows
+from infra.devices import Devices, process_rows
 from modes import Options
 from modes import parameters
 from modes import sample
@@ -308,23 +306,18 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
                batch_size)
   base = jax.random.PRNGKey(config.seed)
   rows = process_rows(batch_size)
-  progress = logs.PieceProgress(label, -(-num_samples // batch_size))
-  results, nfes = [], []
-  start = time.monotonic()
-  for k, batch in enumerate(batching.padded_batches(inputs, batch_size)):
-    x, nfe = run(jax.random.fold_in(base, k), chosen.params,
-                 {name: array[rows] for name, array in batch.items()})
-    results.append(np.asarray(inverse_scaler(gather(x))))
-    nfes.append(float(nfe))
-    progress.update(f"{nfes[-1]:.0f} NFE")
-  progress.close()
-  seconds = time.monotonic() - start
-  samples = np.concatenate(results)[:num_samples]
+  batches = list(batching.padded_batches(inputs, batch_size))
+  drawn = sample.draw_in_batches(
+      label, num_samples, batch_size,
+      lambda k: run(jax.random.fold_in(base, k), chosen.params,
+                    {name: array[rows] for name, array in batches[k].items()}),
+      inverse_scaler)
+  samples, seconds = drawn.samples, drawn.seconds
   if not np.all(np.isfinite(samples)):
     raise FloatingPointError(f"{label} from {chosen.name} with {tag} gave non-finite values; "
                              "nothing was saved.")
   result = {"step": chosen.step, "task": label, "num_samples": int(num_samples),
-            "nfe": float(np.mean(nfes)), "seconds": seconds, "path": out_dir}
+            "nfe": drawn.nfe, "seconds": seconds, "path": out_dir}
   vector = datasets.is_vector_data(config)
   picture = os.path.join(out_dir, "samples_vs_data.png" if vector else "grid.png")
   predicted = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import ml_collections
@@ -33,6 +33,39 @@ from modes import Options
 from modes import parameters
 
 Config = ml_collections.ConfigDict
+
+
+class Drawn(NamedTuple):
+  """What :func:`draw_in_batches` drew: ``samples`` in data space (the first ``num_samples``),
+  the mean NFE per batch, and the wall time of all batches and of the first (compiling
+  included)."""
+  samples: np.ndarray
+  nfe: float
+  num_batches: int
+  seconds: float
+  first_batch_seconds: float
+
+
+def draw_in_batches(what: str, num_samples: int, batch_size: int,
+                    draw: Callable[[int], Tuple[jax.Array, jax.Array]],
+                    inverse_scaler: Callable[[Any], Any]) -> Drawn:
+  """``num_samples`` results of ``draw(k) -> (x: [batch_size, ...] in model space, nfe)`` called
+  for batches ``k = 0, 1, ...``, gathered from every process and mapped to data space, with
+  progress reported as ``what``."""
+  num_batches = -(-num_samples // batch_size)
+  progress = logs.PieceProgress(what, num_batches)
+  results, nfes, first_batch_seconds = [], [], 0.0
+  start = time.monotonic()
+  for k in range(num_batches):
+    x, nfe = draw(k)
+    results.append(np.asarray(inverse_scaler(gather(x))))
+    nfes.append(float(nfe))
+    if k == 0:
+      first_batch_seconds = time.monotonic() - start
+    progress.update(f"{nfes[-1]:.0f} NFE")
+  progress.close()
+  return Drawn(np.concatenate(results)[:num_samples], float(np.mean(nfes)), num_batches,
+               time.monotonic() - start, first_batch_seconds)
 
 
 def data_reference(config: Config, n: int) -> Optional[np.ndarray]:
@@ -88,32 +121,27 @@ def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
                batch_size)
   _, inverse_scaler = datasets.data_scalers(config)
   base = jax.random.PRNGKey(config.seed)
-  progress = logs.PieceProgress("sampling", -(-num_samples // batch_size))
-  batches, nfes, first_batch_seconds, trajectory = [], [], 0.0, None
-  start = time.monotonic()
-  for k in range(-(-num_samples // batch_size)):
+  trajectory = None
+
+  def draw(k: int) -> Tuple[jax.Array, jax.Array]:
+    nonlocal trajectory
     if k == 0 and animated is not None:
       # The same draw as the plain sampler's (same key); only the frames are kept besides.
       samples, nfe, trajectory = animated(jax.random.fold_in(base, k), chosen.params)
-    else:
-      samples, nfe = sampler(jax.random.fold_in(base, k), chosen.params)
-    batches.append(np.asarray(inverse_scaler(gather(samples))))
-    nfes.append(float(nfe))
-    if k == 0:
-      first_batch_seconds = time.monotonic() - start  # includes compiling the sampler
-    progress.update(f"{nfes[-1]:.0f} NFE")
-  progress.close()
-  seconds = time.monotonic() - start
-  samples = np.concatenate(batches)[:num_samples]
+      return samples, nfe
+    return sampler(jax.random.fold_in(base, k), chosen.params)
+
+  drawn = draw_in_batches("sampling", num_samples, batch_size, draw, inverse_scaler)
+  samples, seconds, first_batch_seconds = drawn.samples, drawn.seconds, drawn.first_batch_seconds
   if not np.all(np.isfinite(samples)):
     raise FloatingPointError(f"Sampling {chosen.name} with {tag} gave non-finite values (the "
                              "network diverged, or the ODE solver hit its step cap); nothing was "
                              "saved.")
   reference = data_reference(config, max(num_samples, 2000))
-  result = {"step": chosen.step, "num_samples": int(num_samples), "nfe": float(np.mean(nfes)),
+  result = {"step": chosen.step, "num_samples": int(num_samples), "nfe": drawn.nfe,
             "seconds": seconds, "first_batch_seconds": first_batch_seconds, "path": out_dir}
   if jax.process_index() == 0:
-    outputs.save_samples(samples, out_dir, reference=reference, nfe=np.mean(nfes),
+    outputs.save_samples(samples, out_dir, reference=reference, nfe=drawn.nfe,
                          step=-1 if chosen.step is None else chosen.step)
     outputs.save_json(os.path.join(out_dir, "sample.json"),
                       {**result, "checkpoint": None if chosen.step is None else chosen.name,
@@ -131,8 +159,8 @@ def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
       figures.process_animation(frames, np.asarray(trajectory.t),
                                 os.path.join(out_dir, "process.gif"), title=title,
                                 reference=reference)
-  timing = (f"{seconds:.1f} s, compiling included" if len(batches) == 1 else
-            f"{seconds:.1f} s ({len(batches)} batches; the first, compiling included: "
+  timing = (f"{seconds:.1f} s, compiling included" if drawn.num_batches == 1 else
+            f"{seconds:.1f} s ({drawn.num_batches} batches; the first, compiling included: "
             f"{first_batch_seconds:.1f} s)")
   logging.info("%d samples, %.0f network evaluations each, in %s: %s", num_samples,
                result["nfe"], timing, os.path.join(out_dir, "sample.png"))

@@ -1,4 +1,9 @@
-"""Noise-conditional classifiers that guide a score model (``python -m classifier_training``)."""
+"""Noise-conditional classifiers that guide a score model, and :func:`classifier_of`.
+
+Each config here is trained with ``--mode train_classifier``, e.g.
+``python main.py --config configs/classifier/vpsde_mnist_wrn.py --mode train_classifier``
+(``python -m classifier_training --config ...`` is the same run).
+"""
 
 import ml_collections
 

@@ -1,6 +1,11 @@
 """The authors' noise-conditional classifier for CIFAR-10: a WRN-28-10 under the VE SDE of
 ``configs/ve/cifar10_ncsnpp_continuous.py``.
 
+Train it (``python -m classifier_training --config ... --workdir ...`` is the same run)::
+
+    python main.py --config configs/classifier/vesde_cifar10_wrn28_10.py --mode train_classifier \\
+      --workdir runs/clf_cifar10
+
 Four blocks per group, width 10, GroupNorm, the noise label ``sigma(t)`` embedded as ``log
 sigma`` with random Fourier features (scale 16, 256 features): 38,913,242 parameters, the count
 of the authors' own module. Data, scaling and SDE are the score model's, so the classifier sees

@@ -1,6 +1,12 @@
 """Noise-conditional classifier for MNIST under the VP SDE of ``configs/vpsde_mnist.py``.
 
-``python -m classifier_training --config configs/classifier/vpsde_mnist_wrn.py --workdir W``.
+Train it (the two commands are the same run; guidance's ``--classifier_workdir`` then names the
+workdir)::
+
+    python main.py --config configs/classifier/vpsde_mnist_wrn.py --mode train_classifier \\
+      --workdir runs/clf
+    python -m classifier_training --config configs/classifier/vpsde_mnist_wrn.py --workdir runs/clf
+
 The data, their scaling (``data.centered``) and the SDE (``training.sde`` and the SDE's fields of
 ``model``) are those of the score model it guides, so the classifier sees the same ``x(t)`` and
 the same noise label (``999 t``, embedded sinusoidally). Network: a WRN-10-2 (one block per

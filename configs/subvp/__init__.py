@@ -1,0 +1,1 @@
+"""sub-VP SDE configs: the continuous VP twins with ``training.sde = 'subvpsde'``."""

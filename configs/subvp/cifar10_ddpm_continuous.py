@@ -1,5 +1,8 @@
 """DDPM architecture on CIFAR-10 trained with the continuous sub-VP SDE.
 
+``python main.py --config configs/subvp/cifar10_ddpm_continuous.py --mode train`` (then
+``--mode eval`` or ``--mode sample``).
+
 The network, data and optimizer are those of the VP twin; only the SDE differs.
 """
 

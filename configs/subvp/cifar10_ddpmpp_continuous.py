@@ -1,5 +1,8 @@
 """DDPM++ on CIFAR-10, sub-VP SDE, continuous training (61.80 M parameters).
 
+``python main.py --config configs/subvp/cifar10_ddpmpp_continuous.py --mode train`` (then
+``--mode eval`` or ``--mode sample``).
+
 The network, data and optimizer are those of the VP twin; only the SDE differs.
 """
 

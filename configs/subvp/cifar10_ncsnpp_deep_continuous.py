@@ -1,5 +1,8 @@
 """NCSN++ (deep) on CIFAR-10, sub-VP SDE, continuous training.
 
+``python main.py --config configs/subvp/cifar10_ncsnpp_deep_continuous.py --mode train`` (then
+``--mode eval`` or ``--mode sample``).
+
 The network (8 blocks per resolution), data and optimizer are those of the VP twin; only the SDE
 differs.
 """

@@ -1,6 +1,9 @@
 """2-D toy: the gaussian mixture's exact score (``model.name = 'exact_score'``) in place of the toy
-MLP, so every sampler runs on the true score with no training: ``python main.py --config
-configs/toy/gaussian_mixture_exact.py --mode sample`` (no checkpoint)."""
+MLP, so every sampler runs on the true score with no training (no checkpoint):
+
+``python main.py --config configs/toy/gaussian_mixture_exact.py --mode sample`` (or
+``--mode figures``).
+"""
 
 from configs.toy import gaussian_mixture
 

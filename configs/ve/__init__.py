@@ -1,0 +1,1 @@
+"""VE SDE configs (SMLD / NCSN++), after the authors' ``configs/ve``."""

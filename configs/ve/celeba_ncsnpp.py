@@ -1,5 +1,8 @@
 """NCSN++ on CelebA 64x64, VE SDE, discrete (SMLD) training.
 
+``python main.py --config configs/ve/celeba_ncsnpp.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 The CIFAR-10 twin (ve/cifar10_ncsnpp) on CelebA: the same network, SDE, discrete loss and
 optimizer, with the CelebA data and settings of default_celeba_configs -- 64-px images,
 sigma_max 90, a corrector signal-to-noise ratio of 0.17, and an evaluation of every checkpoint

@@ -1,5 +1,8 @@
 """NCSN++ on CelebA-HQ 256x256, VE SDE, continuous training.
 
+``python main.py --config configs/ve/celebahq_256_ncsnpp_continuous.py --mode train`` with
+``--config.data.tfrecords_path=FILE`` (then ``--mode eval`` or ``--mode sample``).
+
 The LSUN bedroom twin (ve/bedroom_ncsnpp_continuous) on CelebA-HQ: the same 256-px network, SDE,
 sampler and optimizer; the data come from a TFRecord file of 256-px images
 (data.tfrecords_path) and sigma_max is 348 instead of 378.

@@ -1,4 +1,12 @@
-"""NCSN++ on CelebA-HQ 1024x1024, VE SDE, continuous training."""
+"""NCSN++ on CelebA-HQ 1024x1024, VE SDE, continuous training.
+
+PC sampling: a reverse-diffusion predictor step and one Langevin corrector step (signal-to-noise
+ratio 0.15) per noise level, 2000 levels up to sigma_max 1348. The data come from a TFRecord file of
+1024-px images (data.tfrecords_path).
+
+``python main.py --config configs/ve/celebahq_ncsnpp_continuous.py --mode train`` with
+``--config.data.tfrecords_path=FILE`` (then ``--mode eval`` or ``--mode sample``).
+"""
 
 import ml_collections
 

@@ -1,5 +1,8 @@
 """NCSN++ on LSUN church_outdoor 256x256, VE SDE, continuous training.
 
+``python main.py --config configs/ve/church_ncsnpp_continuous.py --mode train`` (then
+``--mode eval`` or ``--mode sample``).
+
 The bedroom twin (ve/bedroom_ncsnpp_continuous) on the church_outdoor category: the same
 network, SDE, sampler and optimizer; only the data and its sigma_max (380 instead of 378) differ.
 """

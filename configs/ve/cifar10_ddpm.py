@@ -1,5 +1,8 @@
 """DDPM architecture on CIFAR-10 trained with SMLD (discrete VE SDE), PC sampling.
 
+``python main.py --config configs/ve/cifar10_ddpm.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 The network (and its size) is that of the DDPM twin (vp/ddpm/cifar10); the training follows
 SMLD instead: the VE SDE with its summed loss on [0, 1] data, a network output divided by sigma,
 an EMA rate of 0.999, and reverse-diffusion predictor plus Langevin corrector sampling.

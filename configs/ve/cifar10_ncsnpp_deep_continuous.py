@@ -1,5 +1,8 @@
 """NCSN++ (deep) on CIFAR-10, VE SDE, continuous training (107.59 M parameters).
 
+``python main.py --config configs/ve/cifar10_ncsnpp_deep_continuous.py --mode train`` (then
+``--mode eval`` or ``--mode sample``).
+
 The twin of ve/cifar10_ncsnpp_continuous with twice the depth: 8 residual blocks per resolution
 instead of 4, trained for 950 k iterations instead of 1.3 M. Data, SDE, sampler and optimizer
 are unchanged.

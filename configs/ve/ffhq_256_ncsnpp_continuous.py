@@ -1,5 +1,8 @@
 """NCSN++ on FFHQ 256x256, VE SDE, continuous training.
 
+``python main.py --config configs/ve/ffhq_256_ncsnpp_continuous.py --mode train`` with
+``--config.data.tfrecords_path=FILE`` (then ``--mode eval`` or ``--mode sample``).
+
 The CelebA-HQ twin (ve/celebahq_256_ncsnpp_continuous) on FFHQ: the same network, SDE, sampler
 and optimizer, and the same TFRecord source of 256-px images (data.tfrecords_path); only the
 dataset name differs.

@@ -1,0 +1,1 @@
+"""VP SDE configs (DDPM++ / NCSN++), after the authors' ``configs/vp``."""

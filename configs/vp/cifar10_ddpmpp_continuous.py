@@ -1,4 +1,10 @@
-"""DDPM++ on CIFAR-10, VP SDE, continuous training (61.80 M parameters)."""
+"""DDPM++ on CIFAR-10, VP SDE, continuous training (61.80 M parameters).
+
+Sampling: the Euler-Maruyama predictor, no corrector.
+
+``python main.py --config configs/vp/cifar10_ddpmpp_continuous.py --mode train`` (then
+``--mode eval`` or ``--mode sample``).
+"""
 
 import ml_collections
 

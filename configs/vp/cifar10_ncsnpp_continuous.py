@@ -1,5 +1,8 @@
 """NCSN++ on CIFAR-10, VP SDE, continuous training.
 
+``python main.py --config configs/vp/cifar10_ncsnpp_continuous.py --mode train`` (then
+``--mode eval`` or ``--mode sample``).
+
 The DDPM++ twin (vp/cifar10_ddpmpp_continuous) with the two NCSN++ changes to the network: FIR
 resampling (fir_kernel) instead of nearest/box resampling, and an input pyramid merged
 residually into the downsampling path (progressive_input 'residual'). Everything else, the VP

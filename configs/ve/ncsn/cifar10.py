@@ -1,7 +1,11 @@
 """NCSN (v1, Song & Ermon 2019) on CIFAR-10: 10 noise levels from 1 to 0.01, annealed Langevin.
 
+``python main.py --config configs/ve/ncsn/cifar10.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 As in v1, the network conditions its normalizations on the noise-level index and outputs the score
-itself (scale_by_sigma False); it has model.num_scales classes (models.ncsnv2.ncsn_from_config)."""
+itself (scale_by_sigma False); it has model.num_scales classes (models.ncsnv2.ncsn_from_config).
+"""
 
 import ml_collections
 

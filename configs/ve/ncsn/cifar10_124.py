@@ -1,5 +1,8 @@
 """NCSN (v1) on CIFAR-10 with NCSNv2's techniques 1, 2 and 4.
 
+``python main.py --config configs/ve/ncsn/cifar10_124.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 The v1 twin (ve/ncsn/cifar10) with NCSNv2's noise schedule and sampler: sigma_max 50 from the
 data (technique 1) instead of 1, a geometric ladder of 232 levels (technique 2) instead of 10,
 and 5 Langevin steps per level with a tuned step size (technique 4, snr 0.176) instead of 100.

@@ -1,6 +1,10 @@
 """NCSNv2 (Song & Ermon 2020) on LSUN bedroom at 128 px: 1086 noise levels from 190 to 0.01.
 
-The network is not told the noise level; its output is divided by sigma (scale_by_sigma)."""
+``python main.py --config configs/ve/ncsnv2/bedroom.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
+The network is not told the noise level; its output is divided by sigma (scale_by_sigma).
+"""
 
 import ml_collections
 

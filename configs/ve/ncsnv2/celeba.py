@@ -1,5 +1,8 @@
 """NCSNv2 (Song & Ermon 2020) on CelebA 64 px: 500 noise levels from 90 to 0.01.
 
+``python main.py --config configs/ve/ncsnv2/celeba.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 NCSN with all five of NCSNv2's techniques: the twin (ve/ncsn/celeba_1245) already has
 techniques 1, 2, 4 and 5; this adds technique 3 -- the network is not told the noise level and
 its output is divided by sigma (scale_by_sigma) -- with the NCSNv2 network (ncsnv2_64, the

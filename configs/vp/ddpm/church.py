@@ -1,5 +1,8 @@
 """DDPM on LSUN church_outdoor at 256 px (Ho et al. 2020).
 
+``python main.py --config configs/vp/ddpm/church.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+
 The bedroom twin (vp/ddpm/bedroom) on the church_outdoor category; the network, training,
 sampler and optimizer are unchanged.
 """

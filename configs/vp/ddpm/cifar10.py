@@ -1,4 +1,8 @@
-"""DDPM on CIFAR-10 (Ho et al. 2020): VP SDE, discrete training, ancestral sampling."""
+"""DDPM on CIFAR-10 (Ho et al. 2020): VP SDE, discrete training, ancestral sampling.
+
+``python main.py --config configs/vp/ddpm/cifar10.py --mode train`` (then ``--mode eval`` or
+``--mode sample``).
+"""
 
 import ml_collections
 

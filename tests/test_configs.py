@@ -1,0 +1,58 @@
+"""Every runnable config under configs/ says how to run it and loads with all its sections.
+
+A runnable config is a file under ``configs/`` that defines ``get_config()`` and is neither a
+``default_*.py`` base nor an ``__init__.py``.
+"""
+
+import ast
+import os
+
+import configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
+
+
+def _runnable_configs():
+  """``[(path relative to REPO, parsed module)]`` of the runnable configs, sorted."""
+  found = []
+  for root, dirs, files in os.walk(os.path.join(REPO, "configs")):
+    dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+    for name in sorted(files):
+      if not name.endswith(".py") or name.startswith("default_") or name == "__init__.py":
+        continue
+      path = os.path.join(root, name)
+      with open(path) as f:
+        module = ast.parse(f.read(), filename=path)
+      if any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
+             for node in module.body):
+        found.append((os.path.relpath(path, REPO).replace(os.sep, "/"), module))
+  return sorted(found, key=lambda item: item[0])
+
+
+def test_runnable_configs_are_found():
+  paths = [path for path, _ in _runnable_configs()]
+  assert "configs/vpsde_mnist.py" in paths
+  assert "configs/classifier/vpsde_mnist_wrn.py" in paths
+  assert not any(os.path.basename(p).startswith("default_") for p in paths)
+
+
+def test_every_runnable_config_docstring_gives_its_command():
+  offending = []
+  for path, module in _runnable_configs():
+    doc = ast.get_docstring(module) or ""
+    if f"python main.py --config {path}" not in doc or "--mode" not in doc:
+      offending.append(path)
+  assert not offending, (
+      "these configs' docstrings lack the command that runs them "
+      f"(``python main.py --config <path> --mode ...``): {', '.join(offending)}")
+
+
+def test_every_runnable_config_loads_with_all_sections():
+  offending = []
+  for path, _ in _runnable_configs():
+    config = configs.load_config(os.path.join(REPO, path))
+    missing = [section for section in SECTIONS if section not in config]
+    if missing:
+      offending.append(f"{path} (no {', '.join(missing)})")
+  assert not offending, f"configs lacking sections: {'; '.join(offending)}"
