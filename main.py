@@ -18,8 +18,8 @@ processes (:mod:`infra.distributed`): give every process ``--coordinator_address
 ``SCORE_SDE_NUM_PROCESSES``, ``SCORE_SDE_PROCESS_ID``), or launch them under a cluster manager
 JAX detects (SLURM, Open MPI, Cloud TPU, ...); any of those settings implies ``--multihost``.
 
-This module only parses the command line: the flags become a ``modes.Options`` and
-``run_lib.run`` runs the mode.
+This module only parses the command line: the flags become a ``modes.Options``,
+``run_lib.check`` checks that they fit the mode, and the mode's entry of ``run_lib.MODES`` runs.
 """
 
 from __future__ import annotations
@@ -126,6 +126,10 @@ def main(argv):
                        for field in dataclasses.fields(Options)
                        if field.name != "classifier_config"},
                     classifier_config=_classifier_config())
+  try:
+    run_lib.check(FLAGS.mode, options)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   multi_process = distributed.requested(FLAGS.multihost, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
@@ -136,7 +140,7 @@ def main(argv):
                              init_timeout_s=FLAGS.init_timeout_s)
     logging.info("Workdir: %s%s", workdir,
                  "" if FLAGS.workdir else " (this config's default; --workdir sets another)")
-    run_lib.run(FLAGS.mode, FLAGS.config, workdir, options)
+    run_lib.MODES[FLAGS.mode](FLAGS.config, workdir, options)
   except _USER_ERRORS + (checkpoints.CheckpointError,) as e:
     sys.exit(f"error: {e}")
   except RuntimeError as e:

@@ -65,18 +65,23 @@ MODES: Dict[str, ModeFn] = {
 """``--mode`` -> ``run(config, workdir, options)`` of its module (:mod:`modes`)."""
 
 
-def run(mode: str, config: Config, workdir: str, options: Options = Options()) -> Any:
-  """Runs ``--mode mode``; one-line ``ValueError`` for an unknown mode or for controlled-generation
-  options given to a mode other than ``sample``."""
+def check(mode: str, options: Options) -> None:
+  """One-line ``ValueError`` for an unknown mode or for controlled-generation options given to a
+  mode other than ``sample``."""
   if mode not in MODES:
     raise ValueError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}.")
   if mode != "sample" and options.controlled():
     raise ValueError("--inpaint, --colorize, --class_label and the guidance flags belong to "
                      f"--mode sample, not --mode {mode}.")
+
+
+def run(mode: str, config: Config, workdir: str, options: Options = Options()) -> Any:
+  """Runs ``--mode mode`` after :func:`check`."""
+  check(mode, options)
   return MODES[mode](config, workdir, options)
 
 
-__all__ = ["INPAINT_REGIONS", "MODES", "Options", "checkpoint_index", "controlled_sample",
+__all__ = ["INPAINT_REGIONS", "MODES", "Options", "check", "checkpoint_index", "controlled_sample",
            "describe_result", "evaluate", "fid_stats", "guidance_labels", "inpainting_mask",
            "load_classifier", "make_figures", "model_batch", "run", "sample", "sampler_tag",
            "stack_batches", "train", "train_classifier"]

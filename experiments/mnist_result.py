@@ -46,6 +46,7 @@ import builders
 import datasets
 import figures
 from configs import apply_overrides, load_config, parse_override
+from evaluation import mnist_classifier
 from experiments.time_to_bpd import bpd_blocks, first_test_images, measure_bpd
 from experiments.timed_training import TimedTraining
 from infra import outputs
@@ -149,7 +150,6 @@ def _sample_metrics(samples: np.ndarray, classifier: Optional[str],
                     config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The MNIST classifier's sample metrics against the test split, or why there are none (the
   classifier is not trained here: a device's minutes are for the score model)."""
-  from evaluation import mnist_classifier  # pylint: disable=import-outside-toplevel
   path = classifier or mnist_classifier.default_path()
   if not os.path.isfile(path):
     return {"skipped": f"no MNIST classifier at {path} ({mnist_classifier.COMMAND} trains it)"}

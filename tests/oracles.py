@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
+import exact_scores
 from exact_scores import GaussianMixture
+
+# The 2-D toy mixture of the toy configs (8 modes, std 0.1), as ``exact_scores`` gives it.
+TOY = exact_scores.toy_mixture("gaussian_mixture")
 
 
 def gaussian(mean, cov, event_shape=None) -> GaussianMixture:
@@ -41,3 +45,11 @@ def image_mixture(seed: int = 1) -> GaussianMixture:
   means = np.stack([np.full(d, -0.6), np.full(d, 0.6)]) + 0.1 * rng.normal(size=(2, d))
   covs = np.stack([0.05 * np.eye(d), 0.08 * np.eye(d)])
   return GaussianMixture(np.array([0.4, 0.6]), means, covs, (4, 4, 1))
+
+
+def full_covariance(mix: exact_scores.Mixture) -> exact_scores.GaussianMixture:
+  """An isotropic mixture in the general form, whose score is derived another way (the
+  eigenbasis of each covariance)."""
+  d = mix.means.shape[1]
+  covs = mix.stds[:, None, None] ** 2 * np.eye(d)[None]
+  return exact_scores.GaussianMixture(mix.weights, mix.means, covs, (d,))

@@ -2,8 +2,11 @@
 
 A new SDE is its class plus one registry line: the config builds it, the network conditioning,
 the continuous loss and the samplers use it, and what it lacks (a discrete chain) is refused in
-one line -- all without touching any other module.
+one line -- all without touching any other module. Class-conditional networks, sampler tags
+and sampler trajectories come out of the builders as the config says.
 """
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +19,12 @@ import datasets
 import losses
 import sampling
 import sde_lib
-from configs import default_configs
-from configs.toy import gaussian_mixture
-from infra.devices import Devices
+from configs import default_configs, vpsde_mnist
+from configs.toy import gaussian_mixture, gaussian_mixture_exact
+from infra.devices import Devices, gather
 from models import utils as mutils
+from modes import make_figures
+from tests.runs import toy_config
 
 
 def _config(**fields):
@@ -153,3 +158,42 @@ def test_shapes_and_scalers():
   scaler, inverse = datasets.data_scalers(images)
   assert scaler(1.0) == 1.0 and scaler(0.0) == -1.0 and inverse(-1.0) == 0.0
   assert builders.bpd_offset_bits(images) == 7.0
+
+
+def test_model_num_classes_builds_a_conditional_ddpmpp_and_is_refused_elsewhere():
+  config = vpsde_mnist.get_config()
+  config.model.update(nf=8, num_res_blocks=1, num_classes=10)
+  model, params = builders.init_model(jax.random.PRNGKey(0), config)
+  assert mutils.num_classes(model) == 10 and "ClassEmbedding_0" in params
+  config.model.update(name="ddpm", nf=32)
+  with pytest.raises(ValueError, match=re.escape("'ddpm' has no class conditioning; "
+                                                 "class-conditional networks: ncsnpp, toy_mlp")):
+    builders.build_model(config)
+
+
+def test_sampler_tags_tell_samplers_and_their_steps_apart():
+  config = toy_config()
+  tags = set()
+  for fields in (dict(method="pc"), dict(method="ode"), dict(method="ddim"),
+                 dict(method="ddim", eta=1.0), dict(method="ddim", steps=10),
+                 dict(method="dpm_solver"), dict(method="dpm_solver", multistep=False),
+                 dict(method="dpm_solver", order=3), dict(method="edm_heun"),
+                 dict(method="edm_heun", s_churn=40.0)):
+    tags.add(builders.sampler_tag(make_figures._with_sampling(config, **fields)))
+  assert len(tags) == 10
+  three_m = make_figures._with_sampling(config, method="dpm_solver", order=3)
+  assert builders.sampler_tag(three_m) == "dpm_solver-3m-20steps"
+
+
+def test_build_sampler_passes_frames_through_sharded_like_the_samples():
+  config = gaussian_mixture_exact.get_config()
+  sde = builders.build_sde(config)
+  devices = Devices()
+  model, params = builders.init_model(jax.random.PRNGKey(0), config)
+  sampler = builders.build_sampler(config, sde, model, devices, 8, num_steps=20, num_frames=3)
+  samples, nfe, traj = sampler(jax.random.PRNGKey(4), params)
+  assert samples.sharding.is_equivalent_to(devices.batch, 2)
+  assert traj.x.sharding.is_equivalent_to(devices.stacked_batch, 3)
+  frames = gather(traj.x)
+  assert frames.shape == (3, 8, 2) and np.asarray(traj.t).shape == (3,) and int(nfe) > 1
+  np.testing.assert_array_equal(frames[-1], gather(samples))

@@ -1,13 +1,23 @@
 """Every runnable config under configs/ says how to run it and loads with all its sections.
 
 A runnable config is a file under ``configs/`` that defines ``get_config()`` and is neither a
-``default_*.py`` base nor an ``__init__.py``.
+``default_*.py`` base nor an ``__init__.py``. The MNIST configs build their SDE, network and
+sampler, and ``configs.apply_overrides`` changes a copy of a config.
 """
 
 import ast
+import importlib
 import os
 
+import jax
+import numpy as np
+import pytest
+
+import builders
 import configs
+import datasets
+from configs.toy import gaussian_mixture
+from models import utils as mutils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
@@ -56,3 +66,33 @@ def test_every_runnable_config_loads_with_all_sections():
     if missing:
       offending.append(f"{path} (no {', '.join(missing)})")
   assert not offending, f"configs lacking sections: {'; '.join(offending)}"
+
+
+@pytest.mark.parametrize("name", ["vpsde_mnist", "vesde_mnist", "subvpsde_mnist",
+                                  "vpsde_discrete_mnist", "subvpsde_pc_mnist",
+                                  "vpsde_mnist_conditional"])
+def test_mnist_configs_build(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  sde = builders.build_sde(config)
+  model = builders.build_model(config)
+  shape = datasets.input_shape(config, 2)
+  assert shape == (2, 28, 28, 1)
+  variables = jax.eval_shape(lambda: builders.init_model(jax.random.PRNGKey(0), config)[1])
+  assert sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables)) > 10 ** 6
+  assert builders.build_sampling_fn(config, sde, shape) is not None and model is not None
+  if name == "vpsde_discrete_mnist":
+    assert not config.training.continuous and sde.N == 1000
+    assert builders.sampler_tag(config) == "pc-ancestral_sampling-none"
+  if name == "subvpsde_pc_mnist":
+    assert builders.sampler_tag(config) == "pc-reverse_diffusion-langevin"
+  if name == "vpsde_mnist_conditional":
+    assert mutils.num_classes(model) == 10 and "ClassEmbedding_0" in variables
+
+
+def test_apply_overrides():
+  config = gaussian_mixture.get_config()
+  changed = configs.apply_overrides(config, (("training.batch_size", 8), ("model.nf", 4)))
+  assert (changed.training.batch_size, changed.model.nf) == (8, 4)
+  assert config.training.batch_size == 512  # the original is untouched
+  with pytest.raises(KeyError, match="no such field"):
+    configs.apply_overrides(config, (("training.batchsize", 8),))

@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Dict, List
 
 import jax
@@ -294,24 +292,3 @@ def test_frames_change_no_output_and_hold_the_grid_states(num_steps, num_frames)
 def test_bad_arguments_raise_when_built(build):
   with pytest.raises(ValueError):
     build(sde_lib.VPSDE())
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def test_sampler_nfe_benchmark_tabulates_every_case(tmp_path):
-  from experiments import sampler_nfe  # pylint: disable=import-outside-toplevel
-  stem = sampler_nfe.main(["--config", "configs/toy/gaussian_mixture_exact.py", "--nfe", "6",
-                           "--num_samples", "64", "--override", "model.num_scales=50",
-                           "--out", str(tmp_path)])
-  with open(stem + ".json") as f:
-    record = json.load(f)
-  got = {row["sampler"]: row for row in record["rows"]}
-  assert list(got) == ["ddim", "dpm_solver_2m", "dpm_solver_3m", "edm_heun", "pc", "ode"]
-  assert [got[name]["nfe"] for name in ("ddim", "dpm_solver_2m", "dpm_solver_3m", "edm_heun",
-                                        "pc")] == [6, 6, 6, 5, 51]
-  assert got["ode"]["nfe"] > 6 and all(row["finite"] for row in record["rows"])
-  assert record["step"] is None and os.path.exists(stem + ".md")
-  with open(stem + ".md") as f:
-    table = [line for line in f.read().splitlines() if line.startswith("| ")]
-  assert len(table) == len(record["rows"]) + 1  # the header and a row per case

@@ -1,5 +1,7 @@
 """Tests of losses.py: the objectives are minimized by the exact score, the discrete
-objectives are discretizations of the continuous ones, and the train/eval steps are right.
+objectives are discretizations of the continuous ones, and the train/eval steps are right;
+the classifier's objective perturbs with the SDE, and a class-conditional loss is the DSM of the
+conditional score, dropping labels only in training.
 
 Statistical checks use paired draws (same rng) and compare a sample mean with its expected
 value to within ``Z_TOL`` standard errors, the standard error being estimated from the same
@@ -7,6 +9,7 @@ per-example samples (``sd / sqrt(B)``); everything is seeded, so results are det
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,8 @@ import losses
 import sde_lib
 from models import utils as mutils
 from tests import oracles
+from tests.models.tiny_networks import jittered
+from tests.runs import toy_config
 
 Z_TOL = 5.0  # standard errors; a correct implementation fails with probability < 1e-6
 EPS = 1e-5
@@ -600,3 +605,77 @@ def test_training_reduces_loss_toward_exact_score_minimum():
       jax.random.split(eval_rng)[1], eval_x))
   assert minimum < trained < initial
   assert trained - minimum < 0.25 * (initial - minimum), (initial, trained, minimum)
+
+
+# ----------------------------------------------------------------------------- classifier objective
+
+
+def test_the_training_objective_perturbs_with_the_sde():
+  sde = sde_lib.VPSDE()
+  x = jnp.ones((4096, 2))
+  t = jnp.full((4096,), 0.4)
+  x_t = losses.perturb(sde, jax.random.PRNGKey(0), x, t)
+  a, std = float(sde.mean_coeff(t)[0]), float(sde.marginal_std(t)[0])
+  np.testing.assert_allclose(x_t.mean(0), a, atol=4 * std / 64)
+  np.testing.assert_allclose(x_t.std(0), std, rtol=0.05)
+
+
+# ------------------------------------------------------------------------ class-conditional losses
+
+
+def _conditional_setup(num_classes=4):
+  config = toy_config(**{"model.num_classes": num_classes, "model.nf": 16})
+  model, params = builders.init_model(jax.random.PRNGKey(0), config)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(16, 2)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, num_classes, 16), jnp.int32)}
+  return model, jittered(params, 0.3), batch
+
+
+def test_the_conditional_loss_is_dsm_of_the_conditional_score_and_drops_labels_only_in_training():
+  sde = sde_lib.VPSDE()
+  model, params, batch = _conditional_setup()
+  rng = jax.random.PRNGKey(7)
+  dropout_rng, noise_rng = jax.random.split(rng)
+  for train in (False, True):
+    # Without label dropout: DSM of score(x, t, y), with the keys of an unconditional loss.
+    got = losses.get_loss_fn(sde, model, train=train, label_dropout=0.0)(params, rng, batch)
+    score_fn = mutils.get_score_fn(sde, model, params, train=train, rng=dropout_rng,
+                                   class_labels=batch["label"])
+    np.testing.assert_allclose(got, losses.sde_loss(score_fn, sde, noise_rng, batch["image"]),
+                               rtol=1e-6)
+  dropping = losses.get_loss_fn(sde, model, train=True, label_dropout=0.5)
+  assert float(dropping(params, rng, batch)) != pytest.approx(float(got), rel=1e-6)
+  # The dropped labels are drop_labels' on the label-dropout key: the null label's score.
+  dropped = losses.drop_labels(jax.random.fold_in(rng, 2), batch["label"], 0.5, 4)
+  assert 0 < int(jnp.sum(dropped == 4)) < 16
+  score_fn = mutils.get_score_fn(sde, model, params, train=True, rng=dropout_rng,
+                                 class_labels=dropped)
+  np.testing.assert_allclose(dropping(params, rng, batch),
+                             losses.sde_loss(score_fn, sde, noise_rng, batch["image"]), rtol=1e-6)
+  # Evaluation is the conditional loss whatever the dropout.
+  np.testing.assert_allclose(
+      losses.get_loss_fn(sde, model, train=False, label_dropout=0.5)(params, rng, batch),
+      losses.get_loss_fn(sde, model, train=False)(params, rng, batch), rtol=1e-7)
+
+
+def test_per_example_losses_of_labelled_batches_are_each_examples_own():
+  sde = sde_lib.VPSDE(N=100)
+  model, params, batch = _conditional_setup()
+  for continuous in (True, False):
+    loss_fn = losses.get_loss_fn(sde, model, train=False, continuous=continuous)
+    rng = jax.random.PRNGKey(1)
+    got = losses.per_example_losses(loss_fn, params, rng, batch)
+    keys = jax.random.split(rng, 16)
+    for b in (0, 5, 15):
+      one = {"image": batch["image"][b:b + 1], "label": batch["label"][b:b + 1]}
+      np.testing.assert_allclose(got[b], loss_fn(params, keys[b], one), rtol=1e-5)
+
+
+def test_a_conditional_loss_refuses_unlabelled_batches_and_bad_dropout():
+  sde = sde_lib.VPSDE()
+  model, params, batch = _conditional_setup()
+  with pytest.raises(TypeError, match="'label'"):
+    losses.get_loss_fn(sde, model, train=True)(params, jax.random.PRNGKey(0), batch["image"])
+  with pytest.raises(ValueError, match=re.escape("label_dropout must be in [0, 1)")):
+    losses.get_loss_fn(sde, model, train=True, label_dropout=1.0)

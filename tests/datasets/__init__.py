@@ -1,0 +1,1 @@
+"""Tests of ``datasets/``: one file per module of the input pipeline."""

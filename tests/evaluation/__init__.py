@@ -1,0 +1,1 @@
+"""Tests of ``evaluation/``: one file per module of sample quality."""

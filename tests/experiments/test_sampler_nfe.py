@@ -1,0 +1,23 @@
+"""The sampler comparison at a fixed NFE (``experiments/sampler_nfe.py``) tabulates every case
+with its exact NFE."""
+
+import json
+import os
+
+
+def test_sampler_nfe_benchmark_tabulates_every_case(tmp_path):
+  from experiments import sampler_nfe  # pylint: disable=import-outside-toplevel
+  stem = sampler_nfe.main(["--config", "configs/toy/gaussian_mixture_exact.py", "--nfe", "6",
+                           "--num_samples", "64", "--override", "model.num_scales=50",
+                           "--out", str(tmp_path)])
+  with open(stem + ".json") as f:
+    record = json.load(f)
+  got = {row["sampler"]: row for row in record["rows"]}
+  assert list(got) == ["ddim", "dpm_solver_2m", "dpm_solver_3m", "edm_heun", "pc", "ode"]
+  assert [got[name]["nfe"] for name in ("ddim", "dpm_solver_2m", "dpm_solver_3m", "edm_heun",
+                                        "pc")] == [6, 6, 6, 5, 51]
+  assert got["ode"]["nfe"] > 6 and all(row["finite"] for row in record["rows"])
+  assert record["step"] is None and os.path.exists(stem + ".md")
+  with open(stem + ".md") as f:
+    table = [line for line in f.read().splitlines() if line.startswith("| ")]
+  assert len(table) == len(record["rows"]) + 1  # the header and a row per case

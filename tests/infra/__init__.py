@@ -1,0 +1,1 @@
+"""Tests of ``infra/``: one file per infrastructure module."""

@@ -1,0 +1,1 @@
+"""Tests of ``models/``: one file per network module."""

@@ -1,0 +1,1 @@
+"""Tests of ``modes/``: one file per mode module."""
