@@ -58,7 +58,7 @@ def test_process_animation_images(tmp_path, channels):
   path = _written(lambda p: figures.process_animation(frames, t, p, title=TITLE, fps=5,
                                                       hold_last_s=1.5),
                   tmp_path, "process.gif", twice=channels == 1)
-  fig, show = figures._draw_process(frames, t, title=TITLE)
+  fig, show = figures.process._draw_process(frames, t, title=TITLE)
   gif = _open(path, "GIF")
   assert gif.n_frames == K and gif.size == _size(fig) and gif.info["loop"] == 0
   durations = []
@@ -83,7 +83,7 @@ def test_process_animation_points(tmp_path):
   path = _written(lambda p: figures.process_animation(frames, t, p, title=TITLE,
                                                       reference=data),
                   tmp_path, "process.gif")
-  fig, show = figures._draw_process(frames, t, title=TITLE, reference=data)
+  fig, show = figures.process._draw_process(frames, t, title=TITLE, reference=data)
   gif = _open(path, "GIF")
   assert gif.n_frames == K and gif.size == _size(fig)
   ax = fig.axes[0]
@@ -122,8 +122,8 @@ def test_coordinate_trajectories(tmp_path):
                                                             title=TITLE, ode_t=ode_t,
                                                             labels=labels),
                   tmp_path, "trajectories.png")
-  fig = figures._draw_trajectories(t, sde_x, ode_x, std_t, title=TITLE, ode_t=ode_t,
-                                   labels=labels)
+  fig = figures.trajectories._draw_trajectories(t, sde_x, ode_x, std_t, title=TITLE,
+                                                ode_t=ode_t, labels=labels)
   assert _open(path, "PNG").size == _size(fig)
   assert fig.get_suptitle() == TITLE
   panels = [ax for ax in fig.axes if ax.get_visible()]
@@ -157,7 +157,7 @@ def test_sampler_comparison_images(tmp_path, channels):
             ("ODE", _images(rng, (5, 8, 8), channels), 146.5)]
   path = _written(lambda p: figures.sampler_comparison(panels, p, title=TITLE), tmp_path,
                   "comparison.png", twice=channels == 1)
-  fig = figures._draw_comparison(panels, title=TITLE)
+  fig = figures.comparison._draw_comparison(panels, title=TITLE)
   assert _open(path, "PNG").size == _size(fig)
   assert fig.get_suptitle() == TITLE
   assert [ax.get_title() for ax in fig.axes] == [
@@ -174,13 +174,14 @@ def test_sampler_comparison_points(tmp_path):
   path = _written(lambda p: figures.sampler_comparison(panels, p, title=TITLE,
                                                        reference=data),
                   tmp_path, "comparison.png")
-  fig = figures._draw_comparison(panels, title=TITLE, reference=data)
+  fig = figures.comparison._draw_comparison(panels, title=TITLE, reference=data)
   assert _open(path, "PNG").size == _size(fig)
   assert len({(ax.get_xlim(), ax.get_ylim()) for ax in fig.axes}) == 1  # shared axes
   assert all(ax.get_xlabel() for ax in fig.axes) and fig.axes[0].get_ylabel()
   (legend,) = fig.legends
   assert [text.get_text() for text in legend.get_texts()] == ["data", "samples"]
-  assert figures._draw_comparison(panels, title=TITLE, lim=2.5).axes[1].get_xlim() == (-2.5, 2.5)
+  fig = figures.comparison._draw_comparison(panels, title=TITLE, lim=2.5)
+  assert fig.axes[1].get_xlim() == (-2.5, 2.5)
 
 
 def test_sampler_comparison_rejects_bad_input(tmp_path):
@@ -210,7 +211,7 @@ def test_toy_marginals(tmp_path):
   path = _written(lambda p: figures.toy_marginals(times, samples, p, title="VP SDE",
                                                   densities=densities),
                   tmp_path, "marginals.png")
-  fig = figures._draw_marginals(times, samples, title="VP SDE", densities=densities)
+  fig = figures.toy._draw_marginals(times, samples, title="VP SDE", densities=densities)
   assert _open(path, "PNG").size == _size(fig)
   assert [ax.get_title() for ax in fig.axes] == ["t = 0.001", "t = 0.5", "t = 1"]
   assert len({(ax.get_xlim(), ax.get_ylim()) for ax in fig.axes}) == 1
@@ -227,7 +228,7 @@ def test_toy_marginals_layout_and_density_grids():
   times = [1e-3, 0.2, 0.4, 0.6, 0.8, 1.0]
   axis = np.linspace(-3.0, 3.0, 50)
   grid = _gaussian(1.0)(np.stack(np.meshgrid(axis, axis), -1))
-  fig = figures._draw_marginals(times, [rng.standard_normal((50, 2)) for _ in times],
+  fig = figures.toy._draw_marginals(times, [rng.standard_normal((50, 2)) for _ in times],
                                 title="VP SDE", densities=[grid] + [None] * 5, lim=3.0)
   panels = [ax for ax in fig.axes if ax.get_visible()]
   assert len(fig.axes) == 10 and len(panels) == 6
@@ -252,7 +253,7 @@ def test_toy_samples_vs_data(tmp_path):
   samples, data = rng.standard_normal((300, 2)), rng.standard_normal((400, 2))
   path = _written(lambda p: figures.toy_samples_vs_data(samples, data, p, title=TITLE),
                   tmp_path, "samples.png")
-  fig = figures._draw_samples_vs_data(samples, data, title=TITLE)
+  fig = figures.toy._draw_samples_vs_data(samples, data, title=TITLE)
   assert _open(path, "PNG").size == _size(fig)
   ax = fig.axes[0]
   assert fig.get_suptitle() == TITLE and ax.get_xlabel() and ax.get_ylabel()
@@ -270,7 +271,7 @@ def test_encoder_figure_images(tmp_path, channels):
   path = _written(lambda p: figures.encoder_figure(x, z, x, interpolation, p, title=TITLE,
                                                    roundtrip_error=1.5e-3),
                   tmp_path, "encoder.png", twice=channels == 1)
-  fig = figures._draw_encoder(x, z, x, interpolation, title=TITLE, roundtrip_error=1.5e-3)
+  fig = figures.encoder._draw_encoder(x, z, x, interpolation, title=TITLE, roundtrip_error=1.5e-3)
   assert _open(path, "PNG").size == _size(fig)
   assert fig.get_suptitle() == f"{TITLE}\nround-trip error 0.0015"
   assert [ax.get_ylabel() for ax in fig.axes] == ["data x", "latent z", "decode(z)",
@@ -279,7 +280,7 @@ def test_encoder_figure_images(tmp_path, channels):
   widths = [ax.get_images()[0].get_array().shape[1] for ax in fig.axes]
   assert widths == [73, 73, 73, 55]
   # Latents are rescaled to 0.5 + z / (6 rms(z)), then clipped to [0, 1] like any image.
-  shown = figures._latent_display(z)
+  shown = figures.encoder._latent_display(z)
   assert abs(shown.mean() - 0.5) < 0.02 and abs(shown.std() - 1 / 6) < 0.01
   latent = np.asarray(fig.axes[1].get_images()[0].get_array())
   assert latent.min() >= 0.0 and latent.max() <= 1.0
@@ -293,7 +294,8 @@ def test_encoder_figure_points(tmp_path):
   path = _written(lambda p: figures.encoder_figure(x, z, x + 0.01, interpolation, p,
                                                    title=TITLE, roundtrip_error=0.01),
                   tmp_path, "encoder.png")
-  fig = figures._draw_encoder(x, z, x + 0.01, interpolation, title=TITLE, roundtrip_error=0.01)
+  fig = figures.encoder._draw_encoder(x, z, x + 0.01, interpolation, title=TITLE,
+                                      roundtrip_error=0.01)
   assert _open(path, "PNG").size == _size(fig)
   assert "round-trip error 0.01" in fig.get_suptitle()
   assert all(ax.get_title() and ax.get_xlabel() and ax.get_legend() for ax in fig.axes)
@@ -313,7 +315,7 @@ def test_training_curves(tmp_path):
   bpd_t, bpd = [100.0, 200.0, 300.0], [2.1, 1.6, 1.4]
   path = _written(lambda p: figures.training_curves(loss_t, loss, bpd_t, bpd, p, title="run"),
                   tmp_path, "curves.png")
-  fig = figures._draw_training_curves(loss_t, loss, np.asarray(bpd_t), np.asarray(bpd),
+  fig = figures.curves._draw_training_curves(loss_t, loss, np.asarray(bpd_t), np.asarray(bpd),
                                       title="run")
   assert _open(path, "PNG").size == _size(fig)
   loss_ax, bpd_ax = fig.axes
