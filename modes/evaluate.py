@@ -82,12 +82,29 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
       config change (:class:`run_config.ConfigChangedError`).
     FileNotFoundError: no checkpoint in the range.
   """
+  snapshots, steps = None, []
   if checkpoint is None:
     run_config.check(workdir, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
+    # Listed first: a workdir with nothing to evaluate is told so before minutes of building
+    # (compiled samplers, the MNIST classifier's training).
+    snapshots = checkpoints.CheckpointStore(os.path.join(workdir, checkpoints.SNAPSHOTS),
+                                            max_to_keep=None, writer=False)
+    steps = _snapshot_steps(config, workdir, snapshots)
   elif not os.path.isfile(str(checkpoint)):
     raise FileNotFoundError(f"--checkpoint {checkpoint!r}: --mode eval takes one of the authors' "
                             "released files (checkpoint_<k> or checkpoint_<k>.pth); it evaluates "
                             "a workdir's own checkpoints without --checkpoint.")
+  try:
+    return _evaluate_steps(config, workdir, eval_folder, checkpoint, snapshots, steps)
+  finally:
+    if snapshots is not None:
+      snapshots.close()
+
+
+def _evaluate_steps(config: Config, workdir: str, eval_folder: str, checkpoint: Optional[str],
+                    snapshots: Optional[checkpoints.CheckpointStore],
+                    steps: List[int]) -> Dict[str, Any]:
+  """:func:`evaluate` of the snapshots at ``steps``, or of the released ``checkpoint``."""
   eval_dir = os.path.join(workdir, eval_folder)
   outputs.check_writable(eval_dir)
   devices = Devices()
@@ -111,61 +128,53 @@ def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
 
   if checkpoint is not None:
     released = builders.load_released(config, str(checkpoint))[1]
-    snapshots = None
     steps = [released.step]
     logging.info("Evaluating the authors' step-%d checkpoint %s (%s) into %s.", released.step,
                  checkpoint, released.format, eval_dir)
   else:
-    snapshots = checkpoints.CheckpointStore(os.path.join(workdir, checkpoints.SNAPSHOTS),
-                                            max_to_keep=None, writer=False)
-    steps = _snapshot_steps(config, workdir, snapshots)
     logging.info("Evaluating %d checkpoint(s) in %s (steps %s) into %s.", len(steps),
                  os.path.join(workdir, checkpoints.SNAPSHOTS), ", ".join(map(str, steps)),
                  eval_dir)
 
   summary_path = os.path.join(eval_dir, "summary.json")
   summary = outputs.load_json(summary_path) if os.path.exists(summary_path) else {}
-  try:
-    for step in steps:
-      state = (template.replace(ema_params=released.params) if snapshots is None else
-               snapshots.restore(step, template))
-      bad = checkpoints.non_finite_leaves(state)
-      if bad:
-        more = f" and {len(bad) - 1} more leaves" if len(bad) > 1 else ""
-        logging.warning("Skipping the checkpoint at step %d: it holds non-finite values (%s%s).",
-                        step, bad[0], more)
-        # An entry left from an earlier evaluation would describe another checkpoint.
-        if summary.pop(str(step), None) is not None and jax.process_index() == 0:
-          outputs.save_json(summary_path, summary)
-        continue
-      cache = eval_cache.EvalCache(os.path.join(eval_dir, f"step_{step}"))
-      shared = _network_settings(config, step, eval_cache.tree_digest(state.ema_params))
-      settings = dict(shared)
-      result: Dict[str, Any] = {"step": step}
-      if ev.enable_loss:
-        result["loss"] = _eval_loss(config, batch_losses, state.ema_params, devices,
-                                    mutils.num_classes(model))
-        settings.update(_loss_settings(config))
-      if ev.enable_bpd:
-        bpd_settings = {**shared, **_bpd_settings(config, bpd_examples)}
-        result.update(_eval_bpd(config, bpd_fn, bpd_examples, state.ema_params, devices, cache,
-                                bpd_settings, step))
-        settings.update({**bpd_settings, "eval.bpd_num_repeats": ev.bpd_num_repeats,
-                         "eval.bpd_num_examples": _bpd_limit(config)})
-      if ev.enable_sampling:
-        sample_settings = {**shared, **_sample_settings(config, sample_batch)}
-        result.update(_eval_samples(config, sde, sampler, sample_batch, state.ema_params, cache,
-                                    sample_settings, step, scorer))
-        settings.update({**sample_settings, "eval.num_samples": ev.num_samples,
-                         **(scorer.settings if scorer else {})})
-      logging.info("step %d: %s", step, describe_result(result))
-      result["settings"] = eval_cache.canonical(settings)
-      summary[str(step)] = result
-      if jax.process_index() == 0:
+  for step in steps:
+    state = (template.replace(ema_params=released.params) if snapshots is None else
+             snapshots.restore(step, template))
+    bad = checkpoints.non_finite_leaves(state)
+    if bad:
+      more = f" and {len(bad) - 1} more leaves" if len(bad) > 1 else ""
+      logging.warning("Skipping the checkpoint at step %d: it holds non-finite values (%s%s).",
+                      step, bad[0], more)
+      # An entry left from an earlier evaluation would describe another checkpoint.
+      if summary.pop(str(step), None) is not None and jax.process_index() == 0:
         outputs.save_json(summary_path, summary)
-  finally:
-    if snapshots is not None:
-      snapshots.close()
+      continue
+    cache = eval_cache.EvalCache(os.path.join(eval_dir, f"step_{step}"))
+    shared = _network_settings(config, step, eval_cache.tree_digest(state.ema_params))
+    settings = dict(shared)
+    result: Dict[str, Any] = {"step": step}
+    if ev.enable_loss:
+      result["loss"] = _eval_loss(config, batch_losses, state.ema_params, devices,
+                                  mutils.num_classes(model))
+      settings.update(_loss_settings(config))
+    if ev.enable_bpd:
+      bpd_settings = {**shared, **_bpd_settings(config, bpd_examples)}
+      result.update(_eval_bpd(config, bpd_fn, bpd_examples, state.ema_params, devices, cache,
+                              bpd_settings, step))
+      settings.update({**bpd_settings, "eval.bpd_num_repeats": ev.bpd_num_repeats,
+                       "eval.bpd_num_examples": _bpd_limit(config)})
+    if ev.enable_sampling:
+      sample_settings = {**shared, **_sample_settings(config, sample_batch)}
+      result.update(_eval_samples(config, sde, sampler, sample_batch, state.ema_params, cache,
+                                  sample_settings, step, scorer))
+      settings.update({**sample_settings, "eval.num_samples": ev.num_samples,
+                       **(scorer.settings if scorer else {})})
+    logging.info("step %d: %s", step, describe_result(result))
+    result["settings"] = eval_cache.canonical(settings)
+    summary[str(step)] = result
+    if jax.process_index() == 0:
+      outputs.save_json(summary_path, summary)
   return summary
 
 

@@ -56,6 +56,16 @@ def test_eval_finds_the_final_checkpoint_and_leaves_one_being_written(tmp_path):
   assert list(run_lib.evaluate(config, workdir, eval_folder="only_last")) == ["130"]
 
 
+def test_a_workdir_without_checkpoints_is_told_so_before_anything_is_built(tmp_path,
+                                                                            monkeypatch):
+  def no_building(*args, **kwargs):
+    raise AssertionError("built before the checkpoints were listed")
+
+  monkeypatch.setattr(builders, "init_state", no_building)
+  with pytest.raises(FileNotFoundError, match="No checkpoint with index in .*Train first"):
+    run_lib.evaluate(toy_config(), str(tmp_path))
+
+
 def test_checkpoint_index_counts_snapshot_intervals():
   assert [run_lib.checkpoint_index(s, 100) for s in (100, 200, 130, 1, 99)] == [1, 2, 2, 1, 1]
 
