@@ -10,8 +10,8 @@ from typing import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from infra import checkpoints
 from infra import logs
+from infra.commands import one_line_errors
 from modes import train_classifier
 
 FLAGS = flags.FLAGS
@@ -21,10 +21,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}")
   logs.configure_console()
-  try:
+  with one_line_errors():
     train_classifier.train(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
-  except (ValueError, OSError, FloatingPointError, checkpoints.CheckpointError) as e:
-    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ from ml_collections import config_flags
 import configs
 import controllable_generation
 import run_lib
-from infra import checkpoints
 from infra import distributed
 from infra import logs
+from infra.commands import one_line_errors
 from modes import Options
 
 FLAGS = flags.FLAGS
@@ -112,11 +112,6 @@ flags.DEFINE_float("cfg_weight", None,
                    "larger sharpens).")
 flags.mark_flags_as_required(["mode"])
 
-# Errors a user can fix from the command line: reported in one line, non-zero exit. OSError
-# covers a full disk or a missing directory; ``outputs`` names the file in its message.
-_USER_ERRORS = (ValueError, OSError, FloatingPointError)
-
-
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}; flags take the form "
@@ -134,15 +129,16 @@ def main(argv):
   multi_process = distributed.requested(FLAGS.multihost, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
   try:
-    if multi_process:
-      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                             peer_timeout_s=FLAGS.peer_timeout_s,
-                             init_timeout_s=FLAGS.init_timeout_s)
-    logging.info("Workdir: %s%s", workdir,
-                 "" if FLAGS.workdir else " (this config's default; --workdir sets another)")
-    run_lib.MODES[FLAGS.mode](FLAGS.config, workdir, options)
-  except _USER_ERRORS + (checkpoints.CheckpointError,) as e:
-    sys.exit(f"error: {e}")
+    # A user's mistake (infra.commands.USER_ERRORS: a setting, a path, a full disk, diverging
+    # training, an unreadable checkpoint) ends in one line.
+    with one_line_errors():
+      if multi_process:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               peer_timeout_s=FLAGS.peer_timeout_s,
+                               init_timeout_s=FLAGS.init_timeout_s)
+      logging.info("Workdir: %s%s", workdir,
+                   "" if FLAGS.workdir else " (this config's default; --workdir sets another)")
+      run_lib.MODES[FLAGS.mode](FLAGS.config, workdir, options)
   except RuntimeError as e:
     if not multi_process:
       raise

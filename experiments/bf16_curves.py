@@ -31,6 +31,7 @@ import datasets
 from configs import apply_overrides, load_config, parse_override
 from datasets import batching
 from experiments.timed_training import TimedTraining
+from infra.commands import one_line_errors
 from infra.provenance import device_slug, environment
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,4 +163,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  with one_line_errors():
+    main()

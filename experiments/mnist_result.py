@@ -50,6 +50,7 @@ from evaluation import mnist_classifier
 from experiments.time_to_bpd import bpd_blocks, first_test_images, measure_bpd
 from experiments.timed_training import TimedTraining
 from infra import outputs
+from infra.commands import one_line_errors
 from infra.devices import Devices, gather
 from infra.provenance import device_slug, environment
 
@@ -301,4 +302,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  with one_line_errors():
+    main()

@@ -44,6 +44,7 @@ from datasets import toy_data
 from evaluation import scorers
 from experiments.time_to_bpd import first_test_images
 from infra import checkpoints
+from infra.commands import one_line_errors
 from infra.devices import Devices, gather
 
 Case = Tuple[str, Dict[str, Any], Optional[int]]
@@ -216,4 +217,5 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 
 if __name__ == "__main__":
-  main()
+  with one_line_errors():
+    main()

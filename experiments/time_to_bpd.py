@@ -38,6 +38,7 @@ import builders
 import datasets
 from configs import apply_overrides, load_config, parse_override
 from experiments.timed_training import TimedTraining
+from infra.commands import one_line_errors
 from infra.devices import Devices, gather
 from infra.provenance import device_slug, environment
 
@@ -202,4 +203,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  with one_line_errors():
+    main()

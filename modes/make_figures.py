@@ -88,6 +88,7 @@ def make_figures(config: Config, workdir: str, *, checkpoint: Optional[str] = No
   if not figures.available():
     raise ValueError("--mode figures draws with matplotlib, which is not installed: "
                      "pip install matplotlib.")
+  parameters.check_available(config, workdir, checkpoint, allow_config_change)
   devices = Devices()
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)

@@ -47,6 +47,21 @@ class Parameters(NamedTuple):
     return "exact score" if self.step is None else self.step
 
 
+def check_available(config: Config, workdir: str, checkpoint: Optional[str],
+                    allow_config_change: bool) -> None:
+  """What :func:`sampling_parameters` will find, checked before anything is built (a network of
+  100 M parameters takes a while to initialize, a sample metric's classifier minutes to train):
+  a one-line ``FileNotFoundError`` for a checkpoint that does not exist, a ``ValueError`` for a
+  config the workdir was not trained with."""
+  if config.model.name == "exact_score" or (checkpoint and os.path.isfile(str(checkpoint))):
+    return
+  store, _, trained_in = checkpoints.find_checkpoint(workdir, checkpoint)
+  try:
+    run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
+  finally:
+    store.close()
+
+
 def sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str],
                         allow_config_change: bool, model: Any,
                         template: losses.TrainState) -> Parameters:

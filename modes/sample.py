@@ -105,6 +105,7 @@ def sample(config: Config, workdir: str, *, checkpoint: Optional[str] = None,
   """
   if num_samples < 1:
     raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
+  parameters.check_available(config, workdir, checkpoint, allow_config_change)
   devices = Devices()
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)

@@ -1,8 +1,12 @@
 """The sampler comparison at a fixed NFE (``experiments/sampler_nfe.py``) tabulates every case
-with its exact NFE."""
+with its exact NFE, and a workdir without checkpoints is told so in one line."""
 
 import json
 import os
+import subprocess
+import sys
+
+from tests.runs import REPO, main_env
 
 
 def test_sampler_nfe_benchmark_tabulates_every_case(tmp_path):
@@ -21,3 +25,12 @@ def test_sampler_nfe_benchmark_tabulates_every_case(tmp_path):
   with open(stem + ".md") as f:
     table = [line for line in f.read().splitlines() if line.startswith("| ")]
   assert len(table) == len(record["rows"]) + 1  # the header and a row per case
+
+
+def test_a_workdir_without_checkpoints_is_told_in_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.sampler_nfe", "--config",
+       "configs/toy/gaussian_mixture.py", "--workdir", str(tmp_path), "--out", str(tmp_path)],
+      capture_output=True, text=True, env=main_env(1), cwd=REPO, timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error: No checkpoint in ")

@@ -41,6 +41,22 @@ def test_sample_chooses_a_checkpoint_and_reports_bad_requests(tmp_path):
     run_lib.sample(config, str(tmp_path / "empty"), num_samples=10)
 
 
+@pytest.mark.parametrize("mode", ["sample", "figures", "class_label"])
+def test_a_missing_checkpoint_is_told_before_anything_is_built(tmp_path, monkeypatch, mode):
+  def no_building(*args, **kwargs):
+    raise AssertionError("built before the checkpoint was looked for")
+
+  monkeypatch.setattr(builders, "init_state", no_building)
+  config = toy_config()
+  calls = {"sample": lambda: run_lib.sample(config, str(tmp_path), num_samples=4),
+           "figures": lambda: run_lib.make_figures(config, str(tmp_path)),
+           "class_label": lambda: run_lib.controlled_sample(
+               toy_config(**{"model.num_classes": 8}), str(tmp_path), class_label="all",
+               cfg_weight=1.0, num_samples=8)}
+  with pytest.raises(FileNotFoundError, match="train first"):
+    calls[mode]()
+
+
 # ------------------------------------------------------------------ the exact score, no checkpoint
 
 N_SAMPLES = 4000
