@@ -159,6 +159,12 @@ def abstract_model(config: Config) -> Tuple[nn.Module, Params]:
   return model, variables["params"]
 
 
+def noise_ladder(config: Config) -> released.NoiseLadder:
+  """The noise ladder of ``config.model`` that the authors' PyTorch files record."""
+  m = config.model
+  return released.NoiseLadder(int(m.num_scales), float(m.sigma_min), float(m.sigma_max))
+
+
 def load_released(config: Config, path: str, *, ema: bool = True
                   ) -> Tuple[nn.Module, released.Released]:
   """``(model, released)``: one of the authors' released files (Flax ``checkpoint_<k>`` or
@@ -171,7 +177,8 @@ def load_released(config: Config, path: str, *, ema: bool = True
     FloatingPointError: for a file holding non-finite values.
   """
   model, template = abstract_model(config)
-  loaded = released.load(path, model, template, datasets.input_shape(config), ema=ema)
+  loaded = released.load(path, model, template, datasets.input_shape(config), ema=ema,
+                         ladder=noise_ladder(config))
   bad = checkpoints.non_finite_leaves(loaded.params)
   if bad:
     raise FloatingPointError(f"{path} holds non-finite values ({bad[0]}).")

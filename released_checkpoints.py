@@ -24,6 +24,7 @@ import losses
 from infra import checkpoints
 from infra import logs
 from infra import run_config
+from infra.commands import one_line_errors
 from models import released
 
 FLAGS = flags.FLAGS
@@ -55,7 +56,7 @@ def convert(config: ml_collections.ConfigDict, path: str, workdir: str, *,
   run_config.check(workdir, config, run_config.MAY_CHANGE_IN_EVAL)
   model, template = builders.abstract_model(config)
   raw, averaged = released.load_raw_and_ema(path, model, template, datasets.input_shape(config),
-                                            ema=ema)
+                                            ema=ema, ladder=builders.noise_ladder(config))
   state_rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]
   train_state = losses.init_train_state(state_rng, raw.params,
                                         builders.build_optimizer(config)).replace(
@@ -72,10 +73,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}")
   logs.configure_console()
-  try:
+  with one_line_errors():
     written = convert(FLAGS.config, FLAGS.checkpoint, FLAGS.workdir, ema=not FLAGS.raw)
-  except (ValueError, OSError, checkpoints.CheckpointError) as e:
-    sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
   print(f"wrote {written} ({'raw' if FLAGS.raw else 'EMA'} parameters for sampling)")
 
 

@@ -20,8 +20,10 @@ What the rest of the code asks an SDE, besides its coefficients:
   conventions, which ``models.utils.get_score_fn`` turns into a score.
 * :attr:`SDE.discrete_chain`: the discrete Markov chain the SDE is the limit of (``'SMLD'``
   for VE, ``'DDPM'`` for VP; None for sub-VP), with its noise levels
-  (:meth:`SDE.discrete_marginal`, :meth:`SDE.discrete_level`) and ancestral sampling step
-  (:meth:`SDE.ancestral_step`). Discrete training and ancestral sampling need one.
+  (:meth:`SDE.discrete_marginal`, :meth:`SDE.discrete_level`), the label a discretely trained
+  network is conditioned on (:meth:`SDE.discrete_label`, the authors' convention: for SMLD label
+  0 is ``sigma_max``) and ancestral sampling step (:meth:`SDE.ancestral_step`). Discrete
+  training and ancestral sampling need one.
 
 Time grids and discretizations. The samplers step between explicit time pairs
 ``t -> t_next`` of a grid they choose, and :meth:`SDE.discretize` takes both times, so
@@ -52,6 +54,10 @@ from infra.registry import Registry
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
+
+# Levels by which a DDPM time may fall short of a grid point i / (N - 1) T and still count as
+# level i: float32 rounding of t_i (N - 1) is below 2.5e-4 for N <= 4000.
+_LEVEL_TOLERANCE = 1e-3
 """``score_fn(x: [B, ...], t: [B]) -> [B, ...]``, an estimate of grad_x log p_t(x)."""
 
 
@@ -125,9 +131,24 @@ class SDE(abc.ABC):
   def noise_label(self, t: Array) -> Array:
     """The noise-level label ``[B]`` a continuously trained network is conditioned on at ``t``."""
 
+  def discrete_label(self, t: Array) -> Array:
+    """The label, float32 ``[B]``, a discretely trained network is conditioned on at ``t``: the
+    authors' convention, so that their released networks and the ones trained here agree.
+
+    Defined where :attr:`discrete_chain` is set (see the chain's class).
+    """
+    raise ValueError(f"{type(self).__name__} has no discrete noise levels (only "
+                     f"{' and '.join(discrete_chain_sdes())} do); use continuous training.")
+
   def discrete_level(self, t: Array) -> Array:
-    """The level ``i = round(t / T (N - 1))``, int32 ``[B]``, of a discretely trained network."""
-    return jnp.round(t / self.T * (self.N - 1)).astype(jnp.int32)
+    """The level ``i``, int32 ``[B]`` in ``[0, N)`` (0 the least noise), whose kernel
+    :meth:`discrete_marginal` scales a discretely trained network's output at ``t``: about
+    ``t / T (N - 1)``, rounded as the chain's class says.
+
+    Defined where :attr:`discrete_chain` is set.
+    """
+    raise ValueError(f"{type(self).__name__} has no discrete noise levels (only "
+                     f"{' and '.join(discrete_chain_sdes())} do); use continuous training.")
 
   def discrete_time(self, levels: Array) -> Array:
     """``t_i = i / (N - 1) T``, float32 ``[B]``: the time whose :meth:`discrete_level` is ``i``."""
@@ -245,6 +266,16 @@ class VESDE(SDE):
   def noise_label(self, t):
     return self.sigma(t)
 
+  def discrete_label(self, t):
+    """The authors' SMLD label ``round((T - t) / T (N - 1))``: label 0 is ``sigma_max``, their
+    noise ladder being descending; NCSN v1's per-level tables and NCSN++'s positional embedding
+    are indexed by it."""
+    return jnp.round((self.T - t) / self.T * (self.N - 1)).astype(jnp.float32)
+
+  def discrete_level(self, t):
+    """``N - 1 -`` :meth:`discrete_label`: the ascending level of the label's ``sigma``."""
+    return (self.N - 1) - self.discrete_label(t).astype(jnp.int32)
+
   def discrete_marginal(self, levels):
     """SMLD's ``(1, sigma_i)``."""
     return jnp.ones(levels.shape, jnp.float32), self.discrete_sigmas()[levels]
@@ -326,6 +357,18 @@ class VPSDE(_BetaScheduleSDE):
       raise ValueError(f"DDPM's discrete betas beta(t) / N need N > beta_max, got N={self.N}, "
                        f"beta_max={self.beta_max}.")
     return self.beta(jnp.linspace(0.0, 1.0, self.N)) / self.N
+
+  def discrete_label(self, t):
+    """The authors' DDPM label ``t / T (N - 1)``, not rounded (their timestep embedding takes
+    any real step)."""
+    return (t / self.T * (self.N - 1)).astype(jnp.float32)
+
+  def discrete_level(self, t):
+    """``floor(t / T (N - 1))`` as the authors index ``sqrt(1 - alpha_bar)``, with a tolerance
+    of ``1e-3`` levels: the grid times ``t_i = i / (N - 1) T`` of discrete training land a
+    float32 rounding error below ``i``."""
+    level = jnp.floor(t / self.T * (self.N - 1) + _LEVEL_TOLERANCE).astype(jnp.int32)
+    return jnp.clip(level, 0, self.N - 1)
 
   def discrete_marginal(self, i: Array) -> Tuple[Array, Array]:
     """DDPM's ``(sqrt(alpha_bar_i), sqrt(1 - alpha_bar_i))`` at integer levels ``i: [B]``.

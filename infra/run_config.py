@@ -35,8 +35,20 @@ MAY_CHANGE_IN_EVAL = MAY_CHANGE_ON_RESUME + (
 )
 
 
+# Written beside the config fields: discrete models take the authors' noise-level labels (for
+# SMLD, label 0 is sigma_max). A discrete VE workdir recorded without it was trained on the
+# mirrored labels, which no checkpoint of it can be read with now.
+DISCRETE_LABELS = "record.discrete_labels"
+_AUTHORS_LABELS = "authors"
+
+
 class ConfigChangedError(ValueError):
   """The config differs from the workdir's recorded one in a field that must not change."""
+
+
+class MirroredLabelsError(ValueError):
+  """The workdir's discrete VE model was trained with noise-level labels mirrored against the
+  authors' (before they were adopted), so reading it now would condition it on wrong levels."""
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -80,7 +92,9 @@ def load(workdir: str) -> Optional[Dict[str, Any]]:
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Records ``config`` (flat, sorted JSON) as the workdir's config."""
-  outputs.save_json(os.path.join(workdir, RECORD), flatten(config.to_dict()))
+  record = flatten(config.to_dict())
+  record[DISCRETE_LABELS] = _AUTHORS_LABELS
+  outputs.save_json(os.path.join(workdir, RECORD), record)
 
 
 def check(workdir: str, config: ml_collections.ConfigDict, allowed: Sequence[str],
@@ -98,10 +112,18 @@ def check(workdir: str, config: ml_collections.ConfigDict, allowed: Sequence[str
 
   Raises:
     ConfigChangedError: naming every differing field, unless ``allow_change``.
+    MirroredLabelsError: for a discrete VE workdir trained on the old, mirrored labels.
   """
   recorded = load(workdir)
   if recorded is None:
     return []
+  if (recorded.get("training.sde") == "vesde" and recorded.get("training.continuous") is False
+      and recorded.get(DISCRETE_LABELS) != _AUTHORS_LABELS):
+    raise MirroredLabelsError(
+        f"{workdir} holds a discretely trained VE (SMLD) model trained before discrete models "
+        "took the authors' noise-level labels (label 0 = sigma_max, not sigma_min): its "
+        "checkpoints would now be conditioned on mirrored levels. Train it again in a fresh "
+        "--workdir.")
   diffs = differences(recorded, flatten(config.to_dict()), allowed)
   if diffs and not allow_change:
     raise ConfigChangedError(

@@ -4,7 +4,8 @@ a RefineNet decoder, ``[B, H, W, C] x labels [B] -> [B, H, W, C]``.
 NCSNv2 is not told the noise level: its output is divided by sigma outside the network
 (``scale_by_sigma``, see ``models.utils.get_score_fn``), so its ``labels`` are unused. NCSN v1
 instead conditions every normalization on the noise-level index (conditional InstanceNorm++);
-its labels are integer levels ``i`` in ``[0, num_levels)`` passed as floats.
+its labels are integer levels in ``[0, num_levels)`` passed as floats, label 0 the largest noise
+(the authors' order, ``sde_lib.VESDE.discrete_label``).
 
 Registered names: ``ncsnv2`` (depth chosen from the image size, like the authors'
 ``get_network``), ``ncsnv2_64``, ``ncsnv2_128``, ``ncsnv2_256`` (a fixed depth, the authors'

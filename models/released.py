@@ -27,7 +27,10 @@ ascending, pair with this project's top-level layers that hold parameters in the
 network calls them (found by tracing it); each pair must agree in every key and shape.
 
 Nothing is guessed: the first missing or unexpected key, or the first shape that differs, is
-reported in one line (:class:`ReleasedCheckpointError`, a ``ValueError``). Parameterless
+reported in one line (:class:`ReleasedCheckpointError`, a ``ValueError``). A PyTorch file's
+``sigmas`` buffer (the authors' descending noise ladder, which every one of their networks
+registers) must be the :class:`NoiseLadder` of the config, so a discrete model is not read with
+another ``model.num_scales``, ``sigma_min`` or ``sigma_max`` than it was trained with. Parameterless
 layers (FIR resamplers, pooling) have no entries in either format.
 
 Reading ``.pth`` files: PyTorch >= 1.6 writes a zip archive (``<name>/data.pkl`` plus raw
@@ -76,6 +79,19 @@ _BUFFERS = ("sigmas",)
 
 class ReleasedCheckpointError(ValueError):
   """A released checkpoint that cannot be read, or does not fit the config's network."""
+
+
+class NoiseLadder(NamedTuple):
+  """The noise ladder a config asks for (``model.num_scales``, ``model.sigma_min``,
+  ``model.sigma_max``)."""
+  num_scales: int
+  sigma_min: float
+  sigma_max: float
+
+  def sigmas(self) -> np.ndarray:
+    """The authors' ``get_sigmas``: ``[num_scales]``, geometric, from ``sigma_max`` down to
+    ``sigma_min``."""
+    return np.exp(np.linspace(np.log(self.sigma_max), np.log(self.sigma_min), self.num_scales))
 
 
 class Released(NamedTuple):
@@ -243,6 +259,14 @@ def _read_torch_legacy(path: str) -> Any:
         f"{TORCH_REQUIREMENT}") from e
   try:
     return _to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+  except pickle.UnpicklingError as e:
+    # torch's own message goes on to advise weights_only=False, the unsafe load: not repeated.
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = f"it would call {found.group(1)}" if found else "it holds more than tensors"
+    raise ReleasedCheckpointError(
+        f"{path}: refused: {what}, which a weights-only load does not run; the authors' "
+        "checkpoints hold only tensors and numbers, so this file is not one of theirs as "
+        "released") from e
   except Exception as e:  # torch raises several types for damaged files
     raise ReleasedCheckpointError(f"{path}: torch could not read it ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from e
@@ -527,8 +551,31 @@ def _read(path: str) -> Tuple[str, Dict[str, Any]]:
   return fmt, (_read_msgpack(path) if fmt == FLAX_MSGPACK else _read_pytorch(path))
 
 
+def _check_ladder(buffer: Any, ladder: NoiseLadder, path: str) -> None:
+  """One line naming the config fields a PyTorch file's ``sigmas`` buffer contradicts."""
+  if buffer is None:
+    raise ReleasedCheckpointError(f"{path}: the model has no sigmas buffer, which every network "
+                                  "of the authors' PyTorch code registers")
+  found = np.asarray(buffer, np.float64).reshape(-1)
+  expected = ladder.sigmas()
+  if found.shape == expected.shape and np.allclose(found, expected, rtol=1e-5, atol=0.0):
+    return
+  if found.size == 0:
+    raise ReleasedCheckpointError(f"{path}: its sigmas buffer is empty")
+  file_ladder = NoiseLadder(found.size, float(found[-1]), float(found[0]))
+  wrong = [f"model.{name}={want:g} (the file's: {got:g})"
+           for name, want, got in zip(NoiseLadder._fields, ladder, file_ladder)
+           if not np.isclose(want, got, rtol=1e-5, atol=0.0)]
+  raise ReleasedCheckpointError(
+      f"{path}: its sigmas buffer ({found.size} levels from {found[0]:g} down to {found[-1]:g}) "
+      + (f"contradicts the config's {', '.join(wrong)}" if wrong else
+         "is not the config's geometric noise ladder")
+      + "; is the config the one this checkpoint was trained with?")
+
+
 def _params_of(fmt: str, state: Dict[str, Any], path: str, model: nn.Module,
-               flat_template: Flat, order: Optional[List[str]], ema: bool) -> Tuple[Params, int]:
+               flat_template: Flat, order: Optional[List[str]], ema: bool,
+               ladder: Optional[NoiseLadder]) -> Tuple[Params, int]:
   where = f"{path} ({'EMA' if ema else 'raw'} parameters)"
   if fmt == FLAX_MSGPACK:
     params, step = _flax_params(state, path, ema)
@@ -540,12 +587,14 @@ def _params_of(fmt: str, state: Dict[str, Any], path: str, model: nn.Module,
               else dict(model_dict))
     fitted = _fit(_torch_to_flax(values, model_dict, flat_template, order, path),
                   flat_template, where)
+    if ladder is not None:  # once the file is known to be one of the authors' networks
+      _check_ladder(model_dict.get("sigmas"), ladder, path)
     step = int(np.asarray(state.get("step", 0)).reshape(-1)[0])
   return _nest({p: jnp.asarray(v, dtype=flat_template[p].dtype) for p, v in fitted.items()}), step
 
 
 def load(path: str, model: nn.Module, template: Params, input_shape: Sequence[int], *,
-         ema: bool = True) -> Released:
+         ema: bool = True, ladder: Optional[NoiseLadder] = None) -> Released:
   """Reads a released checkpoint of either format as parameters of ``model``.
 
   Args:
@@ -556,27 +605,31 @@ def load(path: str, model: nn.Module, template: Params, input_shape: Sequence[in
     input_shape: ``[B, H, W, C]`` of the model's input (traces the layer order of PyTorch
       files).
     ema: the EMA parameters (what the authors sampled with); False: the raw ones.
+    ladder: the config's noise ladder, which a PyTorch file's ``sigmas`` buffer must equal;
+      None: not checked.
 
   Raises:
-    ReleasedCheckpointError: unreadable file, or one that does not fit ``template``.
+    ReleasedCheckpointError: unreadable file, or one that does not fit ``template`` or
+      ``ladder``.
   """
   fmt, state = _read(path)
   order = top_level_call_order(model, input_shape) if fmt == PYTORCH else None
   params, step = _params_of(fmt, state, path, model, _flatten(flax.core.unfreeze(template)),
-                            order, ema)
+                            order, ema, ladder)
   return Released(params=params, step=step, format=fmt, ema=ema)
 
 
 def load_raw_and_ema(path: str, model: nn.Module, template: Params, input_shape: Sequence[int],
-                     *, ema: bool = True) -> Tuple[Released, Released]:
+                     *, ema: bool = True,
+                     ladder: Optional[NoiseLadder] = None) -> Tuple[Released, Released]:
   """``(raw, averaged)``: both parameter sets of one file, read once (see :func:`load`); with
   ``ema=False`` the EMA parameters are not read and ``averaged`` is ``raw``."""
   fmt, state = _read(path)
   order = top_level_call_order(model, input_shape) if fmt == PYTORCH else None
   flat_template = _flatten(flax.core.unfreeze(template))
-  params, step = _params_of(fmt, state, path, model, flat_template, order, ema=False)
+  params, step = _params_of(fmt, state, path, model, flat_template, order, False, ladder)
   raw = Released(params=params, step=step, format=fmt, ema=False)
   if not ema:
     return raw, raw
-  averaged, _ = _params_of(fmt, state, path, model, flat_template, order, ema=True)
+  averaged, _ = _params_of(fmt, state, path, model, flat_template, order, True, ladder)
   return raw, Released(params=averaged, step=step, format=fmt, ema=True)

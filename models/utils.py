@@ -7,14 +7,22 @@ Networks output the raw quantity they were trained to predict; :func:`get_score_
 into a score, asking the SDE for its conventions (``sde.noise_label``,
 ``sde.network_predicts_noise``, ``sde.discrete_marginal``), so the conversions live in one place:
 
-====================  =======================  ==========================================
-SDE, training         labels given the model   score from the output ``out``
-====================  =======================  ==========================================
-VE, continuous        ``sigma(t)``             ``out / sigma(t)`` if ``scale_by_sigma`` else ``out``
-VE, discrete (SMLD)   ``i = round(t (N-1))``   ``out / sigma_i`` if ``scale_by_sigma`` else ``out``
-VP/sub-VP, cont.      ``999 t``                ``-out / std(t)``   (``out`` predicts the noise)
-VP, discrete (DDPM)   ``i = round(t (N-1))``   ``-out / sqrt(1 - alpha_bar_i)``
-====================  =======================  ==========================================
+====================  ===========================  ==========================================
+SDE, training         labels given the model       score from the output ``out``
+====================  ===========================  ==========================================
+VE, continuous        ``sigma(t)``                 ``out / sigma(t)`` if ``scale_by_sigma`` else
+                                                   ``out``
+VE, discrete (SMLD)   ``k = round((1 - t)(N-1))``  ``out / sigma_i``, ``i = N - 1 - k``, if
+                                                   ``scale_by_sigma`` else ``out``
+VP/sub-VP, cont.      ``999 t``                    ``-out / std(t)`` (``out`` predicts the noise)
+VP, discrete (DDPM)   ``t (N-1)``, not rounded     ``-out / sqrt(1 - alpha_bar_i)``,
+                                                   ``i = floor(t (N-1))``
+====================  ===========================  ==========================================
+
+(``T = 1``; ``sigma_i`` ascends with ``i``.) The discrete labels are the authors': their SMLD
+noise ladder descends, so label 0 is ``sigma_max`` (:meth:`sde_lib.VESDE.discrete_label`), and
+their DDPM networks take the unrounded step. Networks trained here and the authors' released
+ones are therefore conditioned alike.
 
 A module opts into VE sigma scaling with a boolean attribute ``scale_by_sigma``, and into class
 conditioning with ``num_classes = K > 0`` (:func:`num_classes`): it is then also called with
@@ -29,7 +37,6 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import sde_lib
@@ -114,8 +121,7 @@ def score_fn_from_model_fn(sde: sde_lib.SDE, model_fn: ModelFn, continuous: bool
     if continuous:
       labels, std = sde.noise_label(t), sde.marginal_std(t)
     else:
-      levels = sde.discrete_level(t)
-      labels, std = levels.astype(jnp.float32), sde.discrete_marginal(levels)[1]
+      labels, std = sde.discrete_label(t), sde.discrete_marginal(sde.discrete_level(t))[1]
     out = model_fn(x, labels).astype(x.dtype)
     if sde.network_predicts_noise:
       return batch_mul(-1.0 / std, out)

@@ -434,10 +434,11 @@ def test_ode_sampler_step_cap_gives_nan_without_host_callback():
 
 
 class _LabelRecorder(nn.Module):
-  """Records its labels (debug callback); reads them as SMLD levels ``i`` of ``num_scales``.
+  """Records its labels (debug callback); reads them as the authors' SMLD labels ``k`` of
+  ``num_scales`` (label 0 is ``sigma_max``).
 
-  Its output is the exact score of N(0, I) data under VE at noise level ``sigma_i``, so it
-  is right only when given integer levels (not, say, ``sigma(t)``).
+  Its output is the exact score of N(0, I) data under VE at the label's noise level, so it is
+  right only when given those labels (not, say, ``sigma(t)`` or the ascending levels).
   """
   num_scales: int
   sigma_min: float
@@ -447,7 +448,8 @@ class _LabelRecorder(nn.Module):
   def __call__(self, x, labels, train=False):
     jax.debug.callback(lambda lab: _LABELS.append(np.asarray(lab)), labels)
     scale = self.param("scale", nn.initializers.ones, ())
-    sigma = self.sigma_min * (self.sigma_max / self.sigma_min)**(labels / (self.num_scales - 1))
+    # The authors' SMLD labels index a descending ladder: label 0 is sigma_max.
+    sigma = self.sigma_max * (self.sigma_min / self.sigma_max)**(labels / (self.num_scales - 1))
     return -scale * x / (1.0 + sigma[:, None]**2)
 
 

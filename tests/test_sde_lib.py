@@ -329,6 +329,32 @@ def test_discrete_sigmas_and_langevin_alpha(name):
   np.testing.assert_array_equal(sde.langevin_alpha(jnp.array([0.1, 0.9])), 1.0)
 
 
+def test_discrete_labels_are_the_authors():
+  """A discretely trained network's label is the authors' (SMLD: round((T - t)(N - 1)), label 0
+  at sigma_max; DDPM: t (N - 1) unrounded, its std at floor(t (N - 1))), and the level of the
+  std is the label's."""
+  t = jnp.array([0.05, 0.3, 0.6, 0.95])
+  ve, vp = sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=1000), sde_lib.VPSDE(N=1000)
+  assert ve.discrete_label(t).tolist() == [949.0, 699.0, 400.0, 50.0]
+  descending = np.exp(np.linspace(np.log(50.0), np.log(0.01), 1000))
+  np.testing.assert_allclose(ve.discrete_marginal(ve.discrete_level(t))[1],
+                             descending[[949, 699, 400, 50]], rtol=1e-5)
+  np.testing.assert_allclose(vp.discrete_label(t), np.asarray(t) * 999, rtol=1e-6)
+  assert vp.discrete_level(t).tolist() == [49, 299, 599, 949]
+  with pytest.raises(ValueError, match="no discrete noise levels"):
+    sde_lib.subVPSDE().discrete_label(t)
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VESDE(N=10), sde_lib.VESDE(N=1000), sde_lib.VPSDE(N=25),
+                                 sde_lib.VPSDE(N=1000), sde_lib.VPSDE(N=4000)],
+                         ids=lambda sde: f"{type(sde).__name__}-{sde.N}")
+def test_every_grid_time_maps_back_to_its_level(sde):
+  """Discrete training reaches the network through t_i = i / (N - 1) T: each level must survive
+  the float32 round trip (truncating t_i (N - 1) would lose 170 of DDPM's 1000)."""
+  levels = jnp.arange(sde.N)
+  np.testing.assert_array_equal(sde.discrete_level(sde.discrete_time(levels)), levels)
+
+
 # ----------------------------------------------------------------------------- reverse time
 
 

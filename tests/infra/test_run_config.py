@@ -68,6 +68,35 @@ def test_a_fresh_start_records_its_config_even_over_an_unused_one(tmp_path):
   assert json.load(open(os.path.join(workdir, "config.json")))["optim.lr"] == 1e-3
 
 
+def _forget_the_label_convention(workdir):
+  """The workdir as this project recorded it before discrete models took the authors' labels."""
+  path = os.path.join(workdir, "config.json")
+  recorded = json.load(open(path))
+  assert recorded.pop(run_config.DISCRETE_LABELS) == "authors"
+  json.dump(recorded, open(path, "w"))
+
+
+def test_a_discrete_ve_workdir_from_before_the_authors_labels_is_refused(tmp_path):
+  ve, vp = str(tmp_path / "ve"), str(tmp_path / "vp")
+  discrete = {"training.continuous": False, "model.num_scales": 50}
+  run_lib.train(toy_config(**discrete, **{"training.sde": "vesde"}), ve)
+  run_lib.train(toy_config(**discrete), vp)
+  for workdir in (ve, vp):
+    _forget_the_label_convention(workdir)
+  more = {"training.n_iters": 75}
+  for run in (lambda: run_lib.train(toy_config(**discrete, **more, **{"training.sde": "vesde"}),
+                                    ve),
+              lambda: run_lib.sample(toy_config(**discrete, **{"training.sde": "vesde"}), ve,
+                                     num_samples=4, num_frames=0)):
+    with pytest.raises(run_config.MirroredLabelsError, match="mirrored levels") as e:
+      run()
+    assert "\n" not in str(e.value)
+  assert sorted(os.listdir(os.path.join(ve, "checkpoints"))) == ["50"]
+  # A DDPM's labels stay ascending integers on its grid: its workdir is still read.
+  run_lib.train(toy_config(**discrete, **more), vp)
+  assert "75" in os.listdir(os.path.join(vp, "checkpoints"))
+
+
 def test_diverging_run_saves_no_checkpoint(tmp_path):
   """The loss is logged only every 1000 steps, but every save checks the state: nothing is
   saved, and the message says a rerun starts afresh."""

@@ -22,13 +22,16 @@ import losses
 import released_checkpoints
 import run_lib
 from configs.subvp import cifar10_ddpmpp_continuous as ddpmpp_config
+from configs.ve import cifar10_ncsnpp as ncsnpp_discrete_config
 from configs.ve import cifar10_ncsnpp_continuous as ncsnpp_config
 from configs.ve.ncsn import cifar10 as ncsn_config
 from configs.ve.ncsnv2 import cifar10 as ncsnv2_config
+from configs.vp.ddpm import cifar10 as ddpm_discrete_config
 from configs.vp.ddpm import cifar10_continuous as ddpm_config
 from evaluation import eval_cache
 from infra import checkpoints
 from models import released as rc
+from models import utils as mutils
 
 
 def _tiny(module, nf=16):
@@ -182,10 +185,17 @@ _TO_TORCH = {  # Flax leaf -> (PyTorch leaf, layout)
 }
 
 
-def _torch_state_dict(params, layers):
+def _authors_sigmas(config):
+  """score_sde's get_sigmas(config), which their PyTorch networks keep as a buffer: geometric,
+  from sigma_max down to sigma_min (written here from their code, not from the project's)."""
+  m = config.model
+  return np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
+
+
+def _torch_state_dict(params, layers, sigmas):
   """``module.*`` keys of a DataParallel state dict: the sigmas buffer, then all_modules."""
   flat = _flat(params)
-  state = collections.OrderedDict(sigmas=np.linspace(0.01, 50.0, 4).astype(np.float32))
+  state = collections.OrderedDict(sigmas=np.asarray(sigmas, np.float32))
   for index, name in enumerate(layers):
     for path in sorted((p for p in flat if p[0] == name), key=lambda p: p[1:]):
       kind = path[-2].rsplit("_", 1)[0]
@@ -256,9 +266,9 @@ def _write_torch_zip(path, tree):
     archive.writestr(f"{name}/version", "3\n")
 
 
-def _write_torch(path, raw, ema, family, step):
-  model = _torch_state_dict(raw, TORCH_LAYERS[family])
-  shadow_dict = _torch_state_dict(ema, TORCH_LAYERS[family])
+def _write_torch(path, raw, ema, family, step, sigmas):
+  model = _torch_state_dict(raw, TORCH_LAYERS[family], sigmas)
+  shadow_dict = _torch_state_dict(ema, TORCH_LAYERS[family], sigmas)
   # The EMA shadows every parameter with requires_grad, in order: all but buffers and Fourier W.
   frozen = {f"module.all_modules.{i}.W" for i, name in enumerate(TORCH_LAYERS[family])
             if name.startswith("GaussianFourierProjection")}
@@ -276,7 +286,7 @@ def test_pytorch_file_loads_ema_and_raw_parameters_exactly(tmp_path, family):
   _, raw = _random_params(config, 0)
   _, ema = _random_params(config, 1)
   path = str(tmp_path / "checkpoint_3.pth")
-  _write_torch(path, raw, ema, family, step=1300001)
+  _write_torch(path, raw, ema, family, step=1300001, sigmas=_authors_sigmas(config))
   assert rc.detect_format(path) == rc.PYTORCH
   _, released = builders.load_released(config, path)
   assert (released.step, released.format) == (1300001, rc.PYTORCH)
@@ -295,7 +305,8 @@ def test_pytorch_layers_out_of_order_are_refused(tmp_path):
   layers = list(TORCH_LAYERS["ddpm"])
   layers[3], layers[4] = layers[4], layers[3]  # a resblock and a downsample swapped
   path = str(tmp_path / "checkpoint_1.pth")
-  _write_torch_zip(path, {"model": _torch_state_dict(raw, layers), "step": 1})
+  _write_torch_zip(path, {"model": _torch_state_dict(raw, layers, _authors_sigmas(config)),
+                          "step": 1})
   with pytest.raises(rc.ReleasedCheckpointError,
                      match=r"all_modules.3 \(Conv_0.bias, Conv_0.weight\) does not fit the "
                      "config's layer ResnetBlockDDPM_0") as e:
@@ -317,6 +328,76 @@ def test_unpickler_refuses_other_globals(tmp_path):
     archive.writestr("evil/data.pkl", pickle.GLOBAL + b"os\nsystem\n" + pickle.STOP)
   with pytest.raises(rc.ReleasedCheckpointError, match="refusing to load os.system"):
     builders.load_released(CONFIGS["ddpm"](), path)
+
+
+# ----------------------------------------------------------------------------- noise levels
+
+# Discretely trained configs (the SMLD / DDPM losses), with the authors' N = 1000 levels.
+DISCRETE = {
+    "ncsnpp": lambda: _tiny(ncsnpp_discrete_config),
+    "ncsnv2": lambda: _tiny(ncsnv2_config, nf=8),
+    "ncsn": lambda: _tiny(ncsn_config, nf=8),
+    "ddpm": lambda: _tiny(ddpm_discrete_config, nf=32),
+}
+
+
+def _authors_score(config, model, params, x, t):
+  """score_sde's get_score_fn for a discretely trained model, written from their models/utils.py
+  and sde_lib.py (not from this project's): VE feeds ``round((T - t)(N - 1))``, an index into
+  their descending sigmas, and NCSNv2 / NCSN++ divide by ``sigmas[labels]``; VP (DDPM) feeds
+  ``t (N - 1)`` unrounded and divides ``-out`` by ``sqrt(1 - alpha_bar)[int32(labels)]``.
+  Returns ``(score, labels)``."""
+  m, n = config.model, config.model.num_scales
+  if config.training.sde == "vesde":
+    labels = np.round((1.0 - t) * (n - 1)).astype(np.int32)
+    out = np.asarray(model.apply({"params": params}, x, jnp.asarray(labels, jnp.float32)))
+    scale = _authors_sigmas(config)[labels] if m.scale_by_sigma else np.ones(len(t))
+    return out / scale[:, None, None, None], labels
+  labels = t * np.float32(n - 1)
+  out = np.asarray(model.apply({"params": params}, x, jnp.asarray(labels)))
+  betas = np.linspace(m.beta_min / n, m.beta_max / n, n)
+  std = np.sqrt(1.0 - np.cumprod(1.0 - betas))[labels.astype(np.int32)]
+  return -out / std[:, None, None, None], labels
+
+
+@pytest.mark.parametrize("family", sorted(DISCRETE))
+def test_discrete_scores_of_released_files_follow_the_authors_labels(tmp_path, family):
+  config = DISCRETE[family]()
+  config.model.num_scales = 1000
+  assert not config.training.continuous
+  _, ema = _random_params(config, 1)
+  path = str(tmp_path / "checkpoint_5")
+  _write_flax(path, ema, ema, step=5)
+  model, released = builders.load_released(config, path)
+  sde = builders.build_sde(config)
+  x = np.random.default_rng(2).standard_normal((4, 8, 8, 3)).astype(np.float32)
+  t = np.array([0.05, 0.3, 0.6, 0.95], np.float32)
+  ours = jax.jit(mutils.get_score_fn(sde, model, released.params, continuous=False))(x, t)
+  theirs, labels = _authors_score(config, model, released.params, x, t)
+  if config.training.sde == "vesde":
+    assert labels.tolist() == [949, 699, 400, 50]  # label 0 is sigma_max
+  scale = float(np.max(np.abs(theirs)))
+  np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_a_sigmas_buffer_other_than_the_configs_is_refused(tmp_path):
+  config = CONFIGS["ddpm"]()
+  _, params = _random_params(config, 0)
+  cases = [("num_scales", 1000, r"model.num_scales=4 \(the file's: 1000\)"),
+           ("sigma_max", 378.0, r"model.sigma_max=50 \(the file's: 378\)"),
+           ("sigma_min", 0.002, r"model.sigma_min=0.01 \(the file's: 0.002\)")]
+  for field, value, match in cases:
+    other = CONFIGS["ddpm"]()
+    other.model[field] = value
+    path = str(tmp_path / f"checkpoint_{field}.pth")
+    _write_torch(path, params, params, "ddpm", step=2, sigmas=_authors_sigmas(other))
+    _one_line_error_leaves_workdir_alone(tmp_path, config, path,
+                                         "contradicts the config's " + match)
+    with pytest.raises(rc.ReleasedCheckpointError, match=match):
+      builders.load_released(config, path)
+  path = str(tmp_path / "checkpoint_linear.pth")
+  _write_torch(path, params, params, "ddpm", step=2, sigmas=np.linspace(50.0, 0.01, 4))
+  _one_line_error_leaves_workdir_alone(tmp_path, config, path, "not the config's geometric")
 
 
 # ----------------------------------------------------------------------------- use
@@ -376,7 +457,7 @@ def test_truncated_files(tmp_path):
   _, params = _random_params(config, 0)
   flax_path, torch_path = str(tmp_path / "checkpoint_1"), str(tmp_path / "checkpoint_1.pth")
   _write_flax(flax_path, params, params, step=1)
-  _write_torch(torch_path, params, params, "ddpm", step=1)
+  _write_torch(torch_path, params, params, "ddpm", step=1, sigmas=_authors_sigmas(config))
   for path in (flax_path, torch_path):
     with open(path, "rb") as f:
       data = f.read()
@@ -403,6 +484,35 @@ def test_legacy_torch_file_without_torch_names_the_requirement(tmp_path, monkeyp
                                        "pip install -r requirements-torch.txt")
 
 
+# torch's message when a weights-only load meets a global it does not admit (torch >= 2.6).
+_TORCH_REFUSAL = (
+    "Weights only load failed. This file can still be loaded, to do so you have two options, "
+    "\x1b[1mdo those steps only if you trust the source of the checkpoint\x1b[0m. \n\t(1) In "
+    "PyTorch 2.6, we changed the default value of the `weights_only` argument in `torch.load` "
+    "from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
+    "likely succeed, but it can result in arbitrary code execution.\n\tWeightsUnpickler error: "
+    "Unsupported global: GLOBAL posix.system was not an allowed global by default.")
+
+
+def test_a_legacy_file_torch_refuses_is_refused_without_unsafe_advice(tmp_path, monkeypatch):
+  fake_torch = type(sys)("torch")
+
+  def load(*args, weights_only, **kwargs):
+    del args, kwargs
+    assert weights_only
+    raise pickle.UnpicklingError(_TORCH_REFUSAL)
+
+  fake_torch.load = load
+  monkeypatch.setitem(sys.modules, "torch", fake_torch)
+  path = tmp_path / "checkpoint_1.pth"
+  path.write_bytes(rc._LEGACY_TORCH_MAGIC + b"\x00" * 64)  # pylint: disable=protected-access
+  with pytest.raises(rc.ReleasedCheckpointError) as e:
+    released_checkpoints.convert(CONFIGS["ddpm"](), str(path), str(tmp_path / "work"))
+  message = str(e.value)
+  assert "it would call posix.system" in message and "\n" not in message
+  assert "weights_only" not in message and "trust" not in message
+
+
 def test_convert_refuses_a_workdir_with_checkpoints(tmp_path):
   config = CONFIGS["ncsnv2"]()
   _, params = _random_params(config, 0)
@@ -424,7 +534,7 @@ def test_sample_and_eval_read_a_released_file_directly(tmp_path):
   _, raw = _random_params(config, 0)
   _, ema = _random_params(config, 1)
   path = str(tmp_path / "checkpoint_8.pth")
-  _write_torch(path, raw, ema, "ddpm", step=150000)
+  _write_torch(path, raw, ema, "ddpm", step=150000, sigmas=_authors_sigmas(config))
   workdir = str(tmp_path / "work")
   result = run_lib.sample(config, workdir, checkpoint=path, num_samples=2, num_frames=0)
   assert result["step"] == 150000 and "released_step_150000" in result["path"]
