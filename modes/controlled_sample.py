@@ -251,10 +251,10 @@ def controlled_sample(config: Config, workdir: str, *, inpaint: Optional[str] = 
                     classifier_config=classifier_config, classifier_workdir=classifier_workdir,
                     guidance_scale=guidance_scale, cfg_weight=cfg_weight)
   _check_inputs(config, task, num_samples)
-  parameters.check_available(config, workdir, checkpoint, allow_config_change)
   if task.guided:
     classes = int((task.classifier_config if task.kind == "guidance" else config).model.num_classes)
     labels = guidance_labels(task.class_label, classes, num_samples)
+  parameters.check_available(config, workdir, checkpoint, allow_config_change)
   devices = Devices()
   sde = builders.build_sde(config)
   model, _, template = builders.init_state(config, devices)
