@@ -381,6 +381,19 @@ def _dpm_solver_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: 
   return lambda rng, score_fn: sample(rng, score_fn)
 
 
+@SAMPLING_METHODS.register("unipc")
+def _unipc_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
+                   num_frames: int) -> sampling.SampleFn:
+  """UniPC: ``order`` (UniP-p; order p + 1 with the corrector), ``unipc_variant``,
+  ``unipc_corrector``, ``schedule`` (empty: ``logsnr``), ``rho``, ``noise_removal``, ``eps``;
+  ``num_steps`` (default ``sampling.steps``) steps of one evaluation."""
+  sample = fast_samplers.get_unipc_sampler(
+      sde, shape, order=cfg.order, variant=cfg.unipc_variant, corrector=cfg.unipc_corrector,
+      num_steps=cfg.steps if num_steps is None else num_steps, schedule=cfg.schedule or None,
+      rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal, num_frames=num_frames)
+  return lambda rng, score_fn: sample(rng, score_fn)
+
+
 @SAMPLING_METHODS.register("edm_heun")
 def _edm_heun_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
                       num_frames: int) -> sampling.SampleFn:
@@ -409,7 +422,7 @@ def build_sampling_fn(config: Config, sde: sde_lib.SDE, shape: Shape,
 def sampler_tag(config: Config) -> str:
   """The sampler ``config.sampling`` names, for folder names and messages (``pc-euler_maruyama-
   none``, ``ode-tsit5``, ``ddim-eta0-20steps``, ``dpm_solver-2m-20steps``,
-  ``edm_heun-churn0-18steps``)."""
+  ``edm_heun-churn0-18steps``, ``unipc-2bh1-10steps``)."""
   sampling_config = config.sampling
   method = str(sampling_config.method).lower()
   if method == "pc":
@@ -424,6 +437,9 @@ def sampler_tag(config: Config) -> str:
             f"{steps}")
   if method == "edm_heun":
     return f"edm_heun-churn{sampling_config.s_churn:g}-{steps}"
+  if method == "unipc":
+    corrected = "" if sampling_config.unipc_corrector else "-nocorrector"
+    return f"unipc-{sampling_config.order}{sampling_config.unipc_variant}{corrected}-{steps}"
   return method
 
 

@@ -1,5 +1,5 @@
-"""Fast samplers of the probability-flow ODE and its stochastic relatives: DDIM, DPM-Solver++ and
-EDM's Heun sampler (with churn), for every SDE of ``sde_lib``.
+"""Fast samplers of the probability-flow ODE and its stochastic relatives: DDIM, DPM-Solver++,
+UniPC and EDM's Heun sampler (with churn), for every SDE of ``sde_lib``.
 
 They share ``sampling``'s interface: ``sample(rng, score_fn, z=None) -> (x: [B, ...], nfe)``
 (``(x, nfe, trajectory)`` with ``num_frames``), a plain ``score_fn(x: [B, ...], t: [B])``, times
@@ -31,8 +31,9 @@ Where things live
 * :mod:`fast_samplers.solver`: the one scan every sampler runs (:class:`solver.Method`, a
   sampler's steps; :func:`solver.build`), the ``denoise`` step, NFE counting and trajectories.
 * One module per sampler, its order and NFE in its docstring: :mod:`fast_samplers.ddim`,
-  :mod:`fast_samplers.dpm_solver`, :mod:`fast_samplers.edm_heun`. A new sampler is a module
-  that states its :class:`solver.Method` and a ``get_*_sampler`` that builds it.
+  :mod:`fast_samplers.dpm_solver`, :mod:`fast_samplers.unipc`, :mod:`fast_samplers.edm_heun`.
+  A new sampler is a module that states its :class:`solver.Method` and a ``get_*_sampler``
+  that builds it.
 
 Every sampler takes ``denoise=True``: it ends with one more evaluation, ``D`` at ``eps``,
 returned in place of ``x(eps)`` (the PC sampler's Tweedie step). ``num_frames = K >= 2`` also
@@ -46,6 +47,8 @@ from fast_samplers.dpm_solver import get_dpm_solver_sampler
 from fast_samplers.edm_heun import get_edm_heun_sampler
 from fast_samplers.noise_levels import Grid, edm_sigma, grid_of_times, time_of_sigma
 from fast_samplers.schedules import SCHEDULES, get_time_schedule
+from fast_samplers.unipc import get_unipc_sampler
 
 __all__ = ["SCHEDULES", "Grid", "edm_sigma", "get_ddim_sampler", "get_dpm_solver_sampler",
-           "get_edm_heun_sampler", "get_time_schedule", "grid_of_times", "time_of_sigma"]
+           "get_edm_heun_sampler", "get_time_schedule", "get_unipc_sampler", "grid_of_times",
+           "time_of_sigma"]

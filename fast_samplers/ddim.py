@@ -23,8 +23,8 @@ Shape = Tuple[int, ...]
 
 def _ddim_method(eta: float) -> Method:
 
-  def stepper(predict, grid, extra):
-    del extra
+  def stepper(predict, grid, extra, coefficients):
+    del extra, coefficients
 
     def step(carry, key, i):
       (y,) = carry

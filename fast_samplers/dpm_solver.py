@@ -51,7 +51,8 @@ def _singlestep_method(order: int) -> Method:
     return tuple(time_of_sigma(sde, grid.sigma[:-1] * np.exp(-r * step_lam))
                  for r in _SINGLESTEP_FRACTIONS[order])
 
-  def stepper(predict, grid, mids):
+  def stepper(predict, grid, mids, coefficients):
+    del coefficients
 
     def step(carry, key, i):
       del key
@@ -81,8 +82,8 @@ def _singlestep_method(order: int) -> Method:
 
 def _multistep_method(order: int) -> Method:
 
-  def stepper(predict, grid, extra):
-    del extra
+  def stepper(predict, grid, extra, coefficients):
+    del extra, coefficients
 
     def step(carry, key, i):
       del key

@@ -39,7 +39,8 @@ def _heun_method(num_steps: int, s_churn: float, s_min: float, s_max: float,
     target = np.minimum(sigma * (1.0 + gamma), grid.sigma[0])
     return (np.where(churned, time_of_sigma(sde, target), grid.t[:-1]),)
 
-  def stepper(predict, grid, extra):
+  def stepper(predict, grid, extra, coefficients):
+    del coefficients
 
     def step(carry, key, i):
       (y,) = carry

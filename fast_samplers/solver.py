@@ -43,23 +43,35 @@ def data_prediction(sde: sde_lib.SDE, score_fn: ScoreFn) -> Denoiser:
   return predict
 
 
+def no_extra_times(sde: sde_lib.SDE, grid: Grid) -> Tuple[np.ndarray, ...]:
+  del sde, grid
+  return ()
+
+
+def no_coefficients(grid: Grid) -> Tuple[np.ndarray, ...]:
+  del grid
+  return ()
+
+
 class Method(NamedTuple):
   """A sampler's steps.
 
   Attributes:
-    evals_per_step: score evaluations per step.
+    evals_per_step: score evaluations per step (a method that evaluates once before its first
+      step and once in every step but the last counts one a step).
     extra_times: ``(sde, grid) -> times``: the other times, ``[num_steps]`` each, its steps
       evaluate at (intermediate or churned levels), found on the host when it is built.
-    stepper: ``(predict, grid, extra_grids) -> (init(y) -> carry, step)`` on device arrays.
+    stepper: ``(predict, grid, extra_grids, coefficients) -> (init(y) -> carry, step)`` on
+      device arrays.
+    coefficients: ``grid -> tables``, ``[num_steps, ...]`` each: per-step weights that depend on
+      the grid alone (multistep methods on a non-uniform grid), computed on the host in float64
+      when the sampler is built.
   """
   evals_per_step: int
   extra_times: Callable[[sde_lib.SDE, Grid], Tuple[np.ndarray, ...]]
-  stepper: Callable[[Denoiser, Grid, Tuple[Grid, ...]], Tuple[Callable[[Array], Carry], StepFn]]
-
-
-def no_extra_times(sde: sde_lib.SDE, grid: Grid) -> Tuple[np.ndarray, ...]:
-  del sde, grid
-  return ()
+  stepper: Callable[[Denoiser, Grid, Tuple[Grid, ...], Tuple[Array, ...]],
+                    Tuple[Callable[[Array], Carry], StepFn]]
+  coefficients: Callable[[Grid], Tuple[np.ndarray, ...]] = no_coefficients
 
 
 def check(sde: sde_lib.SDE, num_steps: int, eps: float, schedule: str, rho: float,
@@ -83,6 +95,7 @@ def build(sde: sde_lib.SDE, shape: Shape, method: Method, *, num_steps: int, sch
   check(sde, num_steps, eps, schedule, rho, num_frames)
   host_grid = grid_of_times(sde, get_time_schedule(schedule, sde, num_steps, eps, rho))
   host_extra = tuple(grid_of_times(sde, t) for t in method.extra_times(sde, host_grid))
+  host_coefficients = method.coefficients(host_grid)
   slots = None
   if num_frames:
     frame_index = sampling.pc_frame_indices(num_steps, num_frames)
@@ -96,7 +109,8 @@ def build(sde: sde_lib.SDE, shape: Shape, method: Method, *, num_steps: int, sch
     on_device = lambda g: Grid(*(jnp.asarray(v, x.dtype) for v in g))
     grid = on_device(host_grid)
     init, step = method.stepper(data_prediction(sde, score_fn), grid,
-                                tuple(on_device(g) for g in host_extra))
+                                tuple(on_device(g) for g in host_extra),
+                                tuple(jnp.asarray(c, x.dtype) for c in host_coefficients))
     carry = init(x / grid.a[0])
     inputs = (jax.random.split(loop_rng, num_steps), jnp.arange(num_steps))
 

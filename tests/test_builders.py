@@ -178,11 +178,15 @@ def test_sampler_tags_tell_samplers_and_their_steps_apart():
                  dict(method="ddim", eta=1.0), dict(method="ddim", steps=10),
                  dict(method="dpm_solver"), dict(method="dpm_solver", multistep=False),
                  dict(method="dpm_solver", order=3), dict(method="edm_heun"),
-                 dict(method="edm_heun", s_churn=40.0)):
+                 dict(method="edm_heun", s_churn=40.0), dict(method="unipc"),
+                 dict(method="unipc", unipc_variant="bh2"),
+                 dict(method="unipc", unipc_corrector=False)):
     tags.add(builders.sampler_tag(make_figures._with_sampling(config, **fields)))
-  assert len(tags) == 10
+  assert len(tags) == 13
   three_m = make_figures._with_sampling(config, method="dpm_solver", order=3)
   assert builders.sampler_tag(three_m) == "dpm_solver-3m-20steps"
+  unipc = make_figures._with_sampling(config, method="unipc", steps=10)
+  assert builders.sampler_tag(unipc) == "unipc-2bh1-10steps"
 
 
 def test_build_sampler_passes_frames_through_sharded_like_the_samples():
