@@ -525,7 +525,9 @@ def find_checkpoint(workdir: str, checkpoint: Optional[str] = None
     step_name, store_dir = os.path.basename(path), os.path.dirname(path)
     if not step_name.isdigit() or not os.path.isdir(path):
       raise FileNotFoundError(f"--checkpoint {checkpoint!r} is not a checkpoint directory "
-                              f"(<workdir>/{SNAPSHOTS}/<step>); pass one, or a step number.")
+                              f"(<workdir>/{SNAPSHOTS}/<step>) nor an existing file (the "
+                              "authors' checkpoint_<k> or checkpoint_<k>.pth); pass one, or a "
+                              "step number.")
     store = CheckpointStore(store_dir, writer=False)
     if int(step_name) not in store.all_steps():
       store.close()
