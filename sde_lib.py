@@ -131,14 +131,18 @@ class SDE(abc.ABC):
   def noise_label(self, t: Array) -> Array:
     """The noise-level label ``[B]`` a continuously trained network is conditioned on at ``t``."""
 
+  def _no_discrete_levels(self) -> ValueError:
+    """The error of asking an SDE without a :attr:`discrete_chain` for its discrete levels."""
+    return ValueError(f"{type(self).__name__} has no discrete noise levels (only "
+                      f"{' and '.join(discrete_chain_sdes())} do); use continuous training.")
+
   def discrete_label(self, t: Array) -> Array:
     """The label, float32 ``[B]``, a discretely trained network is conditioned on at ``t``: the
     authors' convention, so that their released networks and the ones trained here agree.
 
     Defined where :attr:`discrete_chain` is set (see the chain's class).
     """
-    raise ValueError(f"{type(self).__name__} has no discrete noise levels (only "
-                     f"{' and '.join(discrete_chain_sdes())} do); use continuous training.")
+    raise self._no_discrete_levels()
 
   def discrete_level(self, t: Array) -> Array:
     """The level ``i``, int32 ``[B]`` in ``[0, N)`` (0 the least noise), whose kernel
@@ -147,8 +151,7 @@ class SDE(abc.ABC):
 
     Defined where :attr:`discrete_chain` is set.
     """
-    raise ValueError(f"{type(self).__name__} has no discrete noise levels (only "
-                     f"{' and '.join(discrete_chain_sdes())} do); use continuous training.")
+    raise self._no_discrete_levels()
 
   def discrete_time(self, levels: Array) -> Array:
     """``t_i = i / (N - 1) T``, float32 ``[B]``: the time whose :meth:`discrete_level` is ``i``."""
@@ -159,8 +162,7 @@ class SDE(abc.ABC):
 
     Defined where :attr:`discrete_chain` is set; ``levels: [B]`` are integers in ``[0, N)``.
     """
-    raise ValueError(f"{type(self).__name__} has no discrete noise levels (only "
-                     f"{' and '.join(discrete_chain_sdes())} do); use continuous training.")
+    raise self._no_discrete_levels()
 
   def ancestral_step(self, x: Array, score: Array, t: Array,
                      t_next: Array) -> Tuple[Array, Array]:

@@ -631,5 +631,6 @@ def load_raw_and_ema(path: str, model: nn.Module, template: Params, input_shape:
   raw = Released(params=params, step=step, format=fmt, ema=False)
   if not ema:
     return raw, raw
-  averaged, _ = _params_of(fmt, state, path, model, flat_template, order, True, ladder)
+  # The file's ladder was checked with the raw parameters.
+  averaged, _ = _params_of(fmt, state, path, model, flat_template, order, True, None)
   return raw, Released(params=averaged, step=step, format=fmt, ema=True)

@@ -14,7 +14,7 @@ Non-finite parameters are refused in one line in every case.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import ml_collections
 
@@ -55,11 +55,21 @@ def check_available(config: Config, workdir: str, checkpoint: Optional[str],
   config the workdir was not trained with."""
   if config.model.name == "exact_score" or (checkpoint and os.path.isfile(str(checkpoint))):
     return
-  store, _, trained_in = checkpoints.find_checkpoint(workdir, checkpoint)
+  store, _ = _workdir_checkpoint(config, workdir, checkpoint, allow_config_change)
+  store.close()
+
+
+def _workdir_checkpoint(config: Config, workdir: str, checkpoint: Optional[str],
+                        allow_config_change: bool) -> Tuple[checkpoints.CheckpointStore, int]:
+  """``(store, step)`` of the workdir checkpoint ``checkpoint`` names, once the config is known
+  to be the one it was trained with; the caller closes the store."""
+  store, step, trained_in = checkpoints.find_checkpoint(workdir, checkpoint)
   try:
     run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
-  finally:
+  except ValueError:
     store.close()
+    raise
+  return store, step
 
 
 def sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str],
@@ -85,9 +95,8 @@ def sampling_parameters(config: Config, workdir: str, checkpoint: Optional[str],
     return Parameters(released.params, released.step,
                       f"the authors' step-{released.step} checkpoint {checkpoint} "
                       f"({released.format})", f"released_step_{released.step}")
-  store, step, trained_in = checkpoints.find_checkpoint(workdir, checkpoint)
+  store, step = _workdir_checkpoint(config, workdir, checkpoint, allow_config_change)
   try:
-    run_config.check(trained_in, config, run_config.MAY_CHANGE_IN_EVAL, allow_config_change)
     state = store.restore(step, template)
   finally:
     store.close()
