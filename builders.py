@@ -357,6 +357,11 @@ def _ode_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optiona
   return lambda rng, score_fn: ode_sample(rng, score_fn)
 
 
+def _schedule(cfg: Config) -> fast_samplers.Schedule:
+  """``sampling.schedule``: empty (the method's own), a name or comma-separated times."""
+  return fast_samplers.parse_schedule(cfg.schedule) if cfg.schedule else None
+
+
 @SAMPLING_METHODS.register("ddim")
 def _ddim_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
                   num_frames: int) -> sampling.SampleFn:
@@ -364,7 +369,7 @@ def _ddim_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Option
   ``num_steps`` (default ``sampling.steps``) steps."""
   sample = fast_samplers.get_ddim_sampler(
       sde, shape, eta=cfg.eta, num_steps=cfg.steps if num_steps is None else num_steps,
-      schedule=cfg.schedule or None, rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal,
+      schedule=_schedule(cfg), rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal,
       num_frames=num_frames)
   return lambda rng, score_fn: sample(rng, score_fn)
 
@@ -376,7 +381,7 @@ def _dpm_solver_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: 
   ``noise_removal``, ``eps``; ``num_steps`` (default ``sampling.steps``) steps."""
   sample = fast_samplers.get_dpm_solver_sampler(
       sde, shape, order=cfg.order, multistep=cfg.multistep,
-      num_steps=cfg.steps if num_steps is None else num_steps, schedule=cfg.schedule or None,
+      num_steps=cfg.steps if num_steps is None else num_steps, schedule=_schedule(cfg),
       rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal, num_frames=num_frames)
   return lambda rng, score_fn: sample(rng, score_fn)
 
@@ -384,13 +389,27 @@ def _dpm_solver_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: 
 @SAMPLING_METHODS.register("unipc")
 def _unipc_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
                    num_frames: int) -> sampling.SampleFn:
-  """UniPC: ``order`` (UniP-p; order p + 1 with the corrector), ``unipc_variant``,
-  ``unipc_corrector``, ``schedule`` (empty: ``logsnr``), ``rho``, ``noise_removal``, ``eps``;
-  ``num_steps`` (default ``sampling.steps``) steps of one evaluation."""
+  """UniPC: ``order`` (the predictor's; p + 1 with the corrector), ``unipc_variant``,
+  ``unipc_corrector``, ``unipc_predictor``, ``schedule`` (empty: ``logsnr``), ``rho``,
+  ``noise_removal``, ``eps``; ``num_steps`` (default ``sampling.steps``) steps of one
+  evaluation."""
   sample = fast_samplers.get_unipc_sampler(
       sde, shape, order=cfg.order, variant=cfg.unipc_variant, corrector=cfg.unipc_corrector,
-      num_steps=cfg.steps if num_steps is None else num_steps, schedule=cfg.schedule or None,
+      predictor=cfg.unipc_predictor,
+      num_steps=cfg.steps if num_steps is None else num_steps, schedule=_schedule(cfg),
       rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal, num_frames=num_frames)
+  return lambda rng, score_fn: sample(rng, score_fn)
+
+
+@SAMPLING_METHODS.register("ipndm")
+def _ipndm_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
+                   num_frames: int) -> sampling.SampleFn:
+  """iPNDM: ``order`` (1-4), ``schedule`` (empty: ``karras``), ``rho``, ``noise_removal``,
+  ``eps``; ``num_steps`` (default ``sampling.steps``) steps of one evaluation."""
+  sample = fast_samplers.get_ipndm_sampler(
+      sde, shape, order=cfg.order, num_steps=cfg.steps if num_steps is None else num_steps,
+      schedule=_schedule(cfg), rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal,
+      num_frames=num_frames)
   return lambda rng, score_fn: sample(rng, score_fn)
 
 
@@ -402,7 +421,7 @@ def _edm_heun_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Op
   steps of two evaluations."""
   sample = fast_samplers.get_edm_heun_sampler(
       sde, shape, s_churn=cfg.s_churn, s_min=cfg.s_min, s_max=cfg.s_max, s_noise=cfg.s_noise,
-      num_steps=cfg.steps if num_steps is None else num_steps, schedule=cfg.schedule or None,
+      num_steps=cfg.steps if num_steps is None else num_steps, schedule=_schedule(cfg),
       rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal, num_frames=num_frames)
   return lambda rng, score_fn: sample(rng, score_fn)
 
@@ -422,14 +441,17 @@ def build_sampling_fn(config: Config, sde: sde_lib.SDE, shape: Shape,
 def sampler_tag(config: Config) -> str:
   """The sampler ``config.sampling`` names, for folder names and messages (``pc-euler_maruyama-
   none``, ``ode-tsit5``, ``ddim-eta0-20steps``, ``dpm_solver-2m-20steps``,
-  ``edm_heun-churn0-18steps``, ``unipc-2bh1-10steps``)."""
+  ``edm_heun-churn0-18steps``, ``unipc-2bh1-10steps``, ``ipndm-4-10steps``; a list of times
+  ``...-9listedsteps``)."""
   sampling_config = config.sampling
   method = str(sampling_config.method).lower()
   if method == "pc":
     return f"pc-{sampling_config.predictor}-{sampling_config.corrector}".lower()
   if method == "ode":
     return f"ode-{sampling_config.ode_solver}".lower()
-  steps = f"{sampling_config.steps}steps"
+  schedule = _schedule(sampling_config)
+  steps = (f"{sampling_config.steps}steps" if schedule is None or isinstance(schedule, str)
+           else f"{len(schedule) - 1}listedsteps")
   if method == "ddim":
     return f"ddim-eta{sampling_config.eta:g}-{steps}"
   if method == "dpm_solver":
@@ -439,7 +461,11 @@ def sampler_tag(config: Config) -> str:
     return f"edm_heun-churn{sampling_config.s_churn:g}-{steps}"
   if method == "unipc":
     corrected = "" if sampling_config.unipc_corrector else "-nocorrector"
-    return f"unipc-{sampling_config.order}{sampling_config.unipc_variant}{corrected}-{steps}"
+    predictor = "" if sampling_config.unipc_predictor == "unip" else "-dpm_solver++"
+    return (f"unipc-{sampling_config.order}{sampling_config.unipc_variant}{predictor}"
+            f"{corrected}-{steps}")
+  if method == "ipndm":
+    return f"ipndm-{sampling_config.order}-{steps}"
   return method
 
 

@@ -30,7 +30,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.label_dropout = 0.1        # class-conditional models: P(label -> null label), for CFG
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = "pc"              # pc | ode | ddim | dpm_solver | unipc | edm_heun
+  sampling.method = "pc"              # pc | ode | ddim | dpm_solver | unipc | ipndm | edm_heun
   sampling.predictor = "reverse_diffusion"
   sampling.corrector = "langevin"
   sampling.n_steps_each = 1           # corrector steps per predictor step
@@ -41,14 +41,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_solver = "tsit5"
-  # Fast samplers (fast_samplers/): sampling.method = ddim | dpm_solver | unipc | edm_heun.
-  sampling.steps = 20                 # their steps (NFE: ddim/dpm multistep/unipc 1, heun 2)
-  sampling.schedule = ""              # uniform_t | quadratic_t | logsnr | karras; "": the method's
+  # Fast samplers (fast_samplers/): sampling.method = ddim | dpm_solver | unipc | ipndm | edm_heun.
+  sampling.steps = 20                 # their steps (NFE: ddim/dpm multistep/unipc/ipndm 1, heun 2)
+  # uniform_t | quadratic_t | logsnr | karras, or times "1,0.3,...,0.001" (they set steps, eps);
+  # "": the method's own.
+  sampling.schedule = ""
   sampling.rho = 7.0                  # exponent of the karras schedule
   sampling.eta = 0.0                  # ddim: 0 deterministic .. 1 ancestral
-  sampling.order = 2                  # dpm_solver, unipc (UniP-p; p + 1 corrected): 1, 2 or 3
+  sampling.order = 2                  # dpm_solver, unipc (p; p + 1 corrected): 1-3; ipndm: 1-4
   sampling.unipc_variant = "bh1"      # unipc: B(h) = -h (bh1) or e^-h - 1 (bh2, for guidance)
   sampling.unipc_corrector = True     # unipc: UniC after each step but the last (no extra NFE)
+  sampling.unipc_predictor = "unip"   # unipc: UniP-p, or dpm_solver++ (its pM steps, then UniC)
   sampling.multistep = True           # dpm_solver: 2M/3M (1 NFE per step) or 2S/3S (order NFE)
   sampling.s_churn = 0.0              # edm_heun: EDM's S_churn (0: deterministic Heun)
   sampling.s_min = 0.0                # edm_heun: churn only where s_min <= sigma <= s_max

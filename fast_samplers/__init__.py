@@ -1,5 +1,5 @@
 """Fast samplers of the probability-flow ODE and its stochastic relatives: DDIM, DPM-Solver++,
-UniPC and EDM's Heun sampler (with churn), for every SDE of ``sde_lib``.
+UniPC, iPNDM and EDM's Heun sampler (with churn), for every SDE of ``sde_lib``.
 
 They share ``sampling``'s interface: ``sample(rng, score_fn, z=None) -> (x: [B, ...], nfe)``
 (``(x, nfe, trajectory)`` with ``num_frames``), a plain ``score_fn(x: [B, ...], t: [B])``, times
@@ -27,11 +27,14 @@ Where things live
 -----------------
 * :mod:`fast_samplers.noise_levels`: ``sigma(t)`` (:func:`edm_sigma`), its inverse
   (:func:`time_of_sigma`) and the :class:`Grid` of times and levels a sampler steps on.
-* :mod:`fast_samplers.schedules`: the time schedules (:data:`SCHEDULES`).
+* :mod:`fast_samplers.schedules`: the time schedules (:data:`SCHEDULES`, or a list of times).
 * :mod:`fast_samplers.solver`: the one scan every sampler runs (:class:`solver.Method`, a
   sampler's steps; :func:`solver.build`), the ``denoise`` step, NFE counting and trajectories.
+* :mod:`fast_samplers.multistep`: the multistep predictor-corrector stepper that
+  DPM-Solver++(2M, 3M) and UniPC state as weights.
 * One module per sampler, its order and NFE in its docstring: :mod:`fast_samplers.ddim`,
-  :mod:`fast_samplers.dpm_solver`, :mod:`fast_samplers.unipc`, :mod:`fast_samplers.edm_heun`.
+  :mod:`fast_samplers.dpm_solver`, :mod:`fast_samplers.unipc`, :mod:`fast_samplers.ipndm`,
+  :mod:`fast_samplers.edm_heun`.
   A new sampler is a module that states its :class:`solver.Method` and a ``get_*_sampler``
   that builds it.
 
@@ -45,10 +48,12 @@ and NFE are the same with or without frames.
 from fast_samplers.ddim import get_ddim_sampler
 from fast_samplers.dpm_solver import get_dpm_solver_sampler
 from fast_samplers.edm_heun import get_edm_heun_sampler
+from fast_samplers.ipndm import get_ipndm_sampler
 from fast_samplers.noise_levels import Grid, edm_sigma, grid_of_times, time_of_sigma
-from fast_samplers.schedules import SCHEDULES, get_time_schedule
+from fast_samplers.schedules import SCHEDULES, Schedule, get_time_schedule, parse_schedule
 from fast_samplers.unipc import get_unipc_sampler
 
-__all__ = ["SCHEDULES", "Grid", "edm_sigma", "get_ddim_sampler", "get_dpm_solver_sampler",
-           "get_edm_heun_sampler", "get_time_schedule", "get_unipc_sampler", "grid_of_times",
+__all__ = ["SCHEDULES", "Grid", "Schedule", "edm_sigma", "get_ddim_sampler",
+           "get_dpm_solver_sampler", "get_edm_heun_sampler", "get_ipndm_sampler",
+           "get_time_schedule", "get_unipc_sampler", "grid_of_times", "parse_schedule",
            "time_of_sigma"]

@@ -9,13 +9,14 @@ the posterior variance). ``nfe = num_steps + denoise``.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
 
 import sampling
 import sde_lib
+from fast_samplers.schedules import Schedule
 from fast_samplers.solver import Method, build, no_extra_times
 
 Shape = Tuple[int, ...]
@@ -42,7 +43,7 @@ def _ddim_method(eta: float) -> Method:
 
 
 def get_ddim_sampler(sde: sde_lib.SDE, shape: Shape, *, eta: float = 0.0, num_steps: int = 20,
-                     schedule: Optional[str] = None, rho: float = 7.0, eps: float = 1e-3,
+                     schedule: Schedule = None, rho: float = 7.0, eps: float = 1e-3,
                      denoise: bool = True, num_frames: int = 0
                      ) -> Callable[..., sampling.SampleOutput]:
   """DDIM ``sample(rng, score_fn, z=None) -> (x: shape, nfe)`` (``(x, nfe, trajectory)`` with
@@ -53,7 +54,8 @@ def get_ddim_sampler(sde: sde_lib.SDE, shape: Shape, *, eta: float = 0.0, num_st
     shape: ``(B, ...)`` of the samples.
     eta: in ``[0, 1]``; 0 deterministic, 1 the forward chain's posterior (module docstring).
     num_steps: steps on the schedule's ``num_steps + 1`` times.
-    schedule: a :data:`SCHEDULES` name; None: ``quadratic_t`` (DDIM's CIFAR-10 choice).
+    schedule: a :data:`fast_samplers.SCHEDULES` name or a list of times; None: ``quadratic_t``
+      (DDIM's CIFAR-10 choice).
     rho: the ``karras`` exponent.
     eps: final time. denoise: end with the data prediction at ``eps`` (one more evaluation).
     num_frames: ``K``; 0: no trajectory, ``K >= 2``: also the :class:`sampling.Trajectory`.
@@ -61,8 +63,8 @@ def get_ddim_sampler(sde: sde_lib.SDE, shape: Shape, *, eta: float = 0.0, num_st
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"DDIM's eta must lie in [0, 1], got {eta}.")
   return build(sde, shape, _ddim_method(float(eta)), num_steps=num_steps,
-                schedule=schedule or "quadratic_t", rho=rho, eps=eps, denoise=denoise,
-                num_frames=num_frames)
+               schedule="quadratic_t" if schedule is None else schedule, rho=rho, eps=eps,
+               denoise=denoise, num_frames=num_frames)
 
 
 # --------------------------------------------------------------------------- DPM-Solver++

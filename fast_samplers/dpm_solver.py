@@ -9,8 +9,10 @@ The exact solution over a step of ``h`` in ``lambda = -log sigma`` is
   evaluations in the step (at ``r h``, ``r = 1/2``; ``1/3, 2/3``): ``k`` evaluations a step.
 * Multistep ``2M`` / ``3M`` estimates them from the previous steps' ``D`` (backward differences
   on the non-uniform ``lambda`` grid), starting with the lower orders the history allows: one
-  evaluation a step. 3M's first (first-order) step adds an ``O(h^2)`` error whose constant is
-  ``D'`` at ``T``, tiny because ``D`` barely changes at the top noise level.
+  evaluation a step, on :mod:`fast_samplers.multistep`'s stepper (which UniC can correct:
+  :func:`fast_samplers.unipc.get_unipc_sampler` with ``predictor='dpm_solver++'``). 3M's first
+  (first-order) step adds an ``O(h^2)`` error whose constant is ``D'`` at ``T``, tiny because
+  ``D`` barely changes at the top noise level.
 
 The second-order methods use the published DPM-Solver++(2S)/(2M) weight ``c0 h / 2`` for ``D'``
 (equal to ``c1`` to second order). Global order ``k``; order 1 is DDIM.
@@ -18,7 +20,8 @@ The second-order methods use the published DPM-Solver++(2S)/(2M) weight ``c0 h /
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import math
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +29,10 @@ import numpy as np
 
 import sampling
 import sde_lib
+from fast_samplers.multistep import multistep_method, step_orders
 from fast_samplers.noise_levels import time_of_sigma
-from fast_samplers.solver import Method, build, no_extra_times
+from fast_samplers.schedules import Schedule
+from fast_samplers.solver import Method, build
 
 Array = jax.Array
 Shape = Tuple[int, ...]
@@ -80,41 +85,34 @@ def _singlestep_method(order: int) -> Method:
   return Method(order, extra_times, stepper)
 
 
-def _multistep_method(order: int) -> Method:
-
-  def stepper(predict, grid, extra, coefficients):
-    del extra, coefficients
-
-    def step(carry, key, i):
-      del key
-      y, prev1, prev2 = carry
-      x0 = predict(y, grid.t[i])
-      h = grid.lam[i + 1] - grid.lam[i]
-      c0, c1, c2 = _phi(h)
-      update = grid.sigma[i + 1] / grid.sigma[i] * y + c0 * x0
-      if order >= 2:
-        has1, has2 = i >= 1, i >= 2
-        # Backward steps in lambda (1 where there is no history yet, to stay finite).
-        h0 = jnp.where(has1, grid.lam[i] - grid.lam[jnp.maximum(i - 1, 0)], 1.0)
-        d0 = jnp.where(has1, 1.0, 0.0) * (x0 - prev1) / h0
-        if order == 2:  # DPM-Solver++(2M)
-          update = update + 0.5 * c0 * h * d0
-        else:
-          h1 = jnp.where(has2, grid.lam[jnp.maximum(i - 1, 0)] - grid.lam[jnp.maximum(i - 2, 0)],
-                         1.0)
-          d1 = (prev1 - prev2) / h1
-          curvature = jnp.where(has2, 2.0, 0.0) * (d0 - d1) / (h0 + h1)
-          update = update + c1 * (d0 + 0.5 * h0 * curvature) + c2 * curvature
-      return update, x0, prev1
-
-    return (lambda y: (y, jnp.zeros_like(y), jnp.zeros_like(y))), step
-
-  return Method(1, no_extra_times, stepper)
+def multistep_weights(lam: np.ndarray, order: int) -> np.ndarray:
+  """DPM-Solver++(2M) / (3M)'s predictor weights ``P: [num_steps, 2]`` on the ``lambda`` grid
+  ``lam: [num_steps + 1]`` (:mod:`fast_samplers.multistep`), float64: the backward differences
+  of the earlier ``D`` on the non-uniform grid, lower orders while the history is short."""
+  n = len(lam) - 1
+  weights = np.zeros((n, 2))
+  for i, k in enumerate(step_orders(order, n)):
+    h = lam[i + 1] - lam[i]
+    c0 = -math.expm1(-h)
+    c1 = h - c0
+    c2 = 0.5 * h**2 - c1
+    if k == 1:
+      continue
+    h0 = lam[i] - lam[i - 1]
+    if order == 2:  # y_pred += (c0 h / 2) (D_i - D_(i-1)) / h0
+      weights[i, 0] = -0.5 * c0 * h / h0
+    elif k == 2:  # 3M's second step: y_pred += c1 (D_i - D_(i-1)) / h0
+      weights[i, 0] = -c1 / h0
+    else:  # c1 (d0 + h0 d'' / 2) + c2 d'' with backward differences d0, d1, d''
+      h1 = lam[i - 1] - lam[i - 2]
+      curvature = (0.5 * c1 * h0 + c2) * 2.0 / (h0 + h1)
+      weights[i] = (-c1 / h0 - curvature * (1.0 / h0 + 1.0 / h1), curvature / h1)
+  return weights
 
 
 def get_dpm_solver_sampler(sde: sde_lib.SDE, shape: Shape, *, order: int = 2,
                            multistep: bool = True, num_steps: int = 20,
-                           schedule: Optional[str] = None, rho: float = 7.0, eps: float = 1e-3,
+                           schedule: Schedule = None, rho: float = 7.0, eps: float = 1e-3,
                            denoise: bool = True, num_frames: int = 0
                            ) -> Callable[..., sampling.SampleOutput]:
   """DPM-Solver++ (data prediction) ``sample(rng, score_fn, z=None) -> (x: shape, nfe)``
@@ -124,12 +122,17 @@ def get_dpm_solver_sampler(sde: sde_lib.SDE, shape: Shape, *, order: int = 2,
     order: 1, 2 or 3.
     multistep: multistep (``2M``, ``3M``; ``nfe = num_steps + denoise``) or singlestep
       (``2S``, ``3S``; ``nfe = order num_steps + denoise``). Order 1 is DDIM either way.
-    schedule: a :data:`SCHEDULES` name; None: ``logsnr``.
+    schedule: a :data:`fast_samplers.SCHEDULES` name or a list of times; None: ``logsnr``.
     Others as :func:`fast_samplers.ddim.get_ddim_sampler`.
   """
   order = int(order)
   if order not in (1, 2, 3):
     raise ValueError(f"DPM-Solver's order must be 1, 2 or 3, got {order}.")
-  method = _multistep_method(order) if multistep else _singlestep_method(order)
-  return build(sde, shape, method, num_steps=num_steps, schedule=schedule or "logsnr", rho=rho,
-                eps=eps, denoise=denoise, num_frames=num_frames)
+  if multistep:
+    method = multistep_method(
+        lambda lam: (multistep_weights(lam, order), np.zeros((len(lam) - 1, 3))))
+  else:
+    method = _singlestep_method(order)
+  return build(sde, shape, method, num_steps=num_steps,
+               schedule="logsnr" if schedule is None else schedule, rho=rho, eps=eps,
+               denoise=denoise, num_frames=num_frames)

@@ -13,7 +13,7 @@ deterministic Heun sampler. ``denoise=True`` is EDM's last step, the Euler step 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -22,19 +22,19 @@ import numpy as np
 import sampling
 import sde_lib
 from fast_samplers.noise_levels import time_of_sigma
+from fast_samplers.schedules import Schedule
 from fast_samplers.solver import Method, build
 
 Shape = Tuple[int, ...]
 
 
-def _heun_method(num_steps: int, s_churn: float, s_min: float, s_max: float,
-                 s_noise: float) -> Method:
-  gamma = min(s_churn / num_steps, math.sqrt(2.0) - 1.0)
+def _heun_method(s_churn: float, s_min: float, s_max: float, s_noise: float) -> Method:
 
   def extra_times(sde, grid):
-    if gamma == 0.0:
+    if s_churn == 0.0:
       return ()
     sigma = grid.sigma[:-1]
+    gamma = min(s_churn / len(sigma), math.sqrt(2.0) - 1.0)  # per step of the actual grid
     churned = (sigma >= s_min) & (sigma <= s_max)
     target = np.minimum(sigma * (1.0 + gamma), grid.sigma[0])
     return (np.where(churned, time_of_sigma(sde, target), grid.t[:-1]),)
@@ -62,7 +62,7 @@ def _heun_method(num_steps: int, s_churn: float, s_min: float, s_max: float,
 
 def get_edm_heun_sampler(sde: sde_lib.SDE, shape: Shape, *, s_churn: float = 0.0,
                          s_min: float = 0.0, s_max: float = float("inf"), s_noise: float = 1.0,
-                         num_steps: int = 18, schedule: Optional[str] = None, rho: float = 7.0,
+                         num_steps: int = 18, schedule: Schedule = None, rho: float = 7.0,
                          eps: float = 1e-3, denoise: bool = True, num_frames: int = 0
                          ) -> Callable[..., sampling.SampleOutput]:
   """EDM's Heun sampler ``sample(rng, score_fn, z=None) -> (x: shape, nfe)`` (``(x, nfe,
@@ -71,14 +71,15 @@ def get_edm_heun_sampler(sde: sde_lib.SDE, shape: Shape, *, s_churn: float = 0.0
   Args:
     s_churn: EDM's ``S_churn >= 0`` (0: deterministic); ``s_min``, ``s_max``: the noise levels
       ``sigma`` (in ``edm_sigma``'s units) where churn acts; ``s_noise``: EDM's ``S_noise``.
-    schedule: a :data:`SCHEDULES` name; None: ``karras`` (``rho``).
+    schedule: a :data:`fast_samplers.SCHEDULES` name or a list of times; None: ``karras``
+      (``rho``).
     denoise: end with EDM's Euler step to ``sigma = 0`` (the data prediction at ``eps``).
     Others as :func:`fast_samplers.ddim.get_ddim_sampler`.
   """
   if s_churn < 0 or s_noise < 0 or s_min > s_max:
     raise ValueError(f"EDM churn needs s_churn >= 0, s_noise >= 0 and s_min <= s_max, got "
                      f"s_churn={s_churn}, s_noise={s_noise}, s_min={s_min}, s_max={s_max}.")
-  method = _heun_method(max(int(num_steps), 1), float(s_churn), float(s_min), float(s_max),
-                        float(s_noise))
-  return build(sde, shape, method, num_steps=num_steps, schedule=schedule or "karras", rho=rho,
-                eps=eps, denoise=denoise, num_frames=num_frames)
+  method = _heun_method(float(s_churn), float(s_min), float(s_max), float(s_noise))
+  return build(sde, shape, method, num_steps=num_steps,
+               schedule="karras" if schedule is None else schedule, rho=rho, eps=eps,
+               denoise=denoise, num_frames=num_frames)

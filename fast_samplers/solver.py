@@ -10,7 +10,7 @@ once, on the host, and enter the program as constants. NFE counts the calls made
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ import numpy as np
 import sampling
 import sde_lib
 from fast_samplers.noise_levels import Grid, grid_of_times
-from fast_samplers.schedules import SCHEDULES, get_time_schedule
+from fast_samplers.schedules import SCHEDULES, Schedule, check_times, get_time_schedule
 from sde_lib import batch_mul
 
 Array = jax.Array
@@ -74,9 +74,13 @@ class Method(NamedTuple):
   coefficients: Callable[[Grid], Tuple[np.ndarray, ...]] = no_coefficients
 
 
-def check(sde: sde_lib.SDE, num_steps: int, eps: float, schedule: str, rho: float,
-           num_frames: int) -> None:
-  """One-line ``ValueError`` for a bad argument, when the sampler is built."""
+def check(sde: sde_lib.SDE, num_steps: int, eps: float, schedule: Schedule, rho: float,
+          num_frames: int) -> np.ndarray:
+  """The schedule's times, or a one-line ``ValueError`` for a bad argument, when the sampler is
+  built (a list of times sets ``num_steps`` and ``eps`` itself)."""
+  sampling.check_num_frames(num_frames)
+  if not isinstance(schedule, str):
+    return check_times(sde, schedule)
   SCHEDULES.get(schedule)
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -84,16 +88,18 @@ def check(sde: sde_lib.SDE, num_steps: int, eps: float, schedule: str, rho: floa
     raise ValueError(f"eps must lie in (0, T = {sde.T}), got {eps}.")
   if not rho > 0:
     raise ValueError(f"rho (karras schedule) must be > 0, got {rho}.")
-  sampling.check_num_frames(num_frames)
+  return get_time_schedule(schedule, sde, num_steps, eps, rho)
 
 
-def build(sde: sde_lib.SDE, shape: Shape, method: Method, *, num_steps: int, schedule: str,
-           rho: float, eps: float, denoise: bool,
-           num_frames: int) -> Callable[..., sampling.SampleOutput]:
-  """The sampler that runs ``method``'s steps on the schedule in one scan (module docstring)."""
-  num_steps, num_frames = int(num_steps), int(num_frames)
-  check(sde, num_steps, eps, schedule, rho, num_frames)
-  host_grid = grid_of_times(sde, get_time_schedule(schedule, sde, num_steps, eps, rho))
+def build(sde: sde_lib.SDE, shape: Shape, method: Method, *, num_steps: int,
+          schedule: Union[str, Sequence[float]], rho: float, eps: float, denoise: bool,
+          num_frames: int) -> Callable[..., sampling.SampleOutput]:
+  """The sampler that runs ``method``'s steps on the schedule in one scan (module docstring);
+  a list of times replaces ``num_steps`` and ``eps``."""
+  num_frames = int(num_frames)
+  times = check(sde, int(num_steps), eps, schedule, rho, num_frames)
+  num_steps, eps = len(times) - 1, float(times[-1])
+  host_grid = grid_of_times(sde, times)
   host_extra = tuple(grid_of_times(sde, t) for t in method.extra_times(sde, host_grid))
   host_coefficients = method.coefficients(host_grid)
   slots = None

@@ -15,124 +15,115 @@ UniP-p has order ``p``; the corrector raises it to ``p + 1`` and adds no evaluat
 ``D(y_pred)`` it needs is the next step's ``D_i``. The first steps use the orders the history
 allows; with fewer than 15 steps the last ones lower their order too (as the authors' code),
 and the last step is not corrected. The weights depend on the grid alone and are computed on
-the host. NFE: one evaluation before the first step and one in every step but the last:
-``num_steps + denoise``.
+the host (:mod:`fast_samplers.multistep`'s stepper). UniC follows DPM-Solver++'s multistep
+steps the same way (``predictor='dpm_solver++'``): DPM-Solver++(2M) + UniC has order 3,
+(3M) + UniC order 4. NFE: one evaluation before the first step and one in every step but the
+last: ``num_steps + denoise``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import sampling
 import sde_lib
-from fast_samplers.noise_levels import Grid
-from fast_samplers.solver import Method, build, no_extra_times
+from fast_samplers.dpm_solver import multistep_weights
+from fast_samplers.multistep import multistep_method, step_orders
+from fast_samplers.schedules import Schedule
+from fast_samplers.solver import build
 
 Shape = Tuple[int, ...]
 
 VARIANTS = ("bh1", "bh2")
+PREDICTORS = ("unip", "dpm_solver++")
 _LOWER_ORDER_FINAL_BELOW = 15  # steps; the authors' code lowers the last orders below this
 
 
-def _step_orders(order: int, num_steps: int) -> np.ndarray:
-  """The order of each step: warm start, and lower final orders for short runs."""
-  i = np.arange(num_steps)
-  orders = np.minimum(order, i + 1)
-  if num_steps < _LOWER_ORDER_FINAL_BELOW:
-    orders = np.minimum(orders, num_steps - i)
-  return orders
+def _order_conditions(lam: np.ndarray, i: int, p: int, variant: str
+                      ) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+  """Step ``i``'s ``(B(h), r: [p], R: [p, p], b: [p])``: ``r`` the history's ``r_k`` and 1 (the
+  corrector's new point), ``R_mk = r_k^(m-1)``, ``b_m = m! phi_(m+1)(-h) / B(h)``."""
+  h = lam[i + 1] - lam[i]
+  hh = -h
+  b_h = hh if variant == "bh1" else math.expm1(hh)
+  r = np.array([(lam[i - k] - lam[i]) / h for k in range(1, p)] + [1.0])
+  # phi_(m+1) by the recursion h_phi_(m+1) = h_phi_m / hh - 1 / (m + 1)!.
+  b_vec, h_phi, factorial = [], math.expm1(hh) / hh - 1.0, 1.0
+  for m in range(1, p + 1):
+    b_vec.append(h_phi * factorial / b_h)
+    factorial *= m + 1
+    h_phi = h_phi / hh - 1.0 / factorial
+  return b_h, r, np.vander(r, p, increasing=True).T, np.array(b_vec)
 
 
-def unipc_weights(lam: np.ndarray, order: int, variant: str, corrector: bool
-                  ) -> Tuple[np.ndarray, ...]:
-  """Per-step weights on the ``lambda`` grid ``lam: [num_steps + 1]``, float64:
-  ``(decay, phi1, B, inv_r [n, 2], rho_p [n, 2], rho_c [n, 3])``; the last column of ``rho_c``
-  weighs ``D(y_pred) - D_i`` and is zero where the step is not corrected."""
-  n = len(lam) - 1
-  decay, phi1, b_h = np.zeros(n), np.zeros(n), np.zeros(n)
-  inv_r, rho_p, rho_c = np.zeros((n, 2)), np.zeros((n, 2)), np.zeros((n, 3))
-  for i, p in enumerate(_step_orders(order, n)):
-    h = lam[i + 1] - lam[i]
-    hh = -h
-    decay[i], phi1[i] = math.exp(-h), math.expm1(hh)
-    b_h[i] = hh if variant == "bh1" else math.expm1(hh)
-    rks = [(lam[i - k] - lam[i]) / h for k in range(1, p)] + [1.0]
-    inv_r[i, :p - 1] = [1.0 / r for r in rks[:-1]]
-    # b_m = m! phi_(m+1)(hh) h^... / B: the recursion of the authors' code.
-    r_mat, b_vec = [], []
-    h_phi_k, factorial = phi1[i] / hh - 1.0, 1.0
-    for m in range(1, p + 1):
-      r_mat.append([r ** (m - 1) for r in rks])
-      b_vec.append(h_phi_k * factorial / b_h[i])
-      factorial *= m + 1
-      h_phi_k = h_phi_k / hh - 1.0 / factorial
-    r_mat, b_vec = np.array(r_mat), np.array(b_vec)
-    if p == 2:
-      rho_p[i, :1] = 0.5
-    elif p == 3:
-      rho_p[i, :2] = np.linalg.solve(r_mat[:-1, :-1], b_vec[:-1])
-    if corrector and i < n - 1:
-      rho = np.array([0.5]) if p == 1 else np.linalg.solve(r_mat, b_vec)
-      rho_c[i, :p - 1], rho_c[i, 2] = rho[:-1], rho[-1]
-  return decay, phi1, b_h, inv_r, rho_p, rho_c
+def unip_weights(lam: np.ndarray, orders: np.ndarray, variant: str) -> np.ndarray:
+  """UniP's predictor weights ``P: [num_steps, 2]`` (:mod:`fast_samplers.multistep`): step ``i``
+  of order ``p = orders[i]`` adds ``-B(h) sum_k rho_k D1_k`` (UniP-2: ``rho = 1/2``)."""
+  weights = np.zeros((len(lam) - 1, 2))
+  for i, p in enumerate(orders):
+    if p == 1:
+      continue
+    b_h, r, r_mat, b_vec = _order_conditions(lam, i, p, variant)
+    rho = np.array([0.5]) if p == 2 else np.linalg.solve(r_mat[:-1, :-1], b_vec[:-1])
+    weights[i, :p - 1] = -b_h * rho / r[:-1]
+  return weights
 
 
-def _unipc_method(order: int, variant: str, corrector: bool) -> Method:
+def unic_weights(lam: np.ndarray, orders: np.ndarray, variant: str) -> np.ndarray:
+  """UniC's corrected update ``y_1 - B(h) (sum_k rho^c_k D1_k + rho^c_p (D(y_pred) - D_i))`` as
+  weights ``C: [num_steps, 3]`` of ``Delta_1``, ``Delta_2`` and ``D(y_pred) - D_i`` (UniC-1:
+  ``rho^c = 1/2``); the last step's row is zero (it is not corrected)."""
+  weights = np.zeros((len(lam) - 1, 3))
+  for i, p in enumerate(orders[:-1]):
+    b_h, r, r_mat, b_vec = _order_conditions(lam, i, p, variant)
+    rho = np.array([0.5]) if p == 1 else np.linalg.solve(r_mat, b_vec)
+    weights[i, :p - 1] = -b_h * rho[:-1] / r[:-1]
+    weights[i, 2] = -b_h * rho[-1]
+  return weights
 
-  def coefficients(grid: Grid) -> Tuple[np.ndarray, ...]:
-    return unipc_weights(np.asarray(grid.lam, np.float64), order, variant, corrector)
 
-  def stepper(predict, grid, extra, tables):
-    del extra
-    decay, phi1, b_h, inv_r, rho_p, rho_c = tables
-    last = grid.t.shape[0] - 2
+def _unipc_weights(order: int, variant: str, corrector: bool, predictor: str
+                   ) -> Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]:
 
-    def step(carry, key, i):
-      del key
-      y, d0, d1, d2 = carry
-      diffs = ((d1 - d0) * inv_r[i, 0], (d2 - d0) * inv_r[i, 1])
-      y_1 = decay[i] * y - phi1[i] * d0
-      y_pred = y_1 - b_h[i] * (rho_p[i, 0] * diffs[0] + rho_p[i, 1] * diffs[1])
+  def weights(lam):
+    num_steps = len(lam) - 1
+    if predictor == "unip":
+      orders = step_orders(order, num_steps, _LOWER_ORDER_FINAL_BELOW)
+      predicted = unip_weights(lam, orders, variant)
+    else:
+      orders = step_orders(order, num_steps)
+      predicted = multistep_weights(lam, order)
+    correction = np.zeros((num_steps, 3))
+    if corrector:
+      corrected = unic_weights(lam, orders, variant)
+      correction[:-1, :2] = corrected[:-1, :2] - predicted[:-1]
+      correction[:, 2] = corrected[:, 2]
+    return predicted, correction
 
-      def evaluate_next():
-        d_new = predict(y_pred, grid.t[i + 1])
-        if not corrector:
-          return y_pred, d_new
-        return y_1 - b_h[i] * (rho_c[i, 0] * diffs[0] + rho_c[i, 1] * diffs[1]
-                               + rho_c[i, 2] * (d_new - d0)), d_new
-
-      # The last step needs no next data prediction: it evaluates nothing and is not corrected.
-      y_next, d_next = jax.lax.cond(i < last, evaluate_next, lambda: (y_pred, d0))
-      return y_next, d_next, d0, d1
-
-    def init(y):
-      d0 = predict(y, grid.t[0])
-      return y, d0, jnp.zeros_like(y), jnp.zeros_like(y)
-
-    return init, step
-
-  return Method(1, no_extra_times, stepper, coefficients)
+  return weights
 
 
 def get_unipc_sampler(sde: sde_lib.SDE, shape: Shape, *, order: int = 3, variant: str = "bh1",
-                      corrector: bool = True, num_steps: int = 10,
-                      schedule: Optional[str] = None, rho: float = 7.0, eps: float = 1e-3,
+                      corrector: bool = True, predictor: str = "unip", num_steps: int = 10,
+                      schedule: Schedule = None, rho: float = 7.0, eps: float = 1e-3,
                       denoise: bool = True, num_frames: int = 0
                       ) -> Callable[..., sampling.SampleOutput]:
   """UniPC ``sample(rng, score_fn, z=None) -> (x: shape, nfe)`` (``(x, nfe, trajectory)`` with
   ``num_frames``); ``nfe = num_steps + denoise``.
 
   Args:
-    order: ``p`` in 1, 2, 3: UniP-p, order ``p``; with the corrector, order ``p + 1``.
+    order: ``p`` in 1, 2, 3: the predictor's order; with the corrector, order ``p + 1``.
     variant: ``'bh1'`` (``B(h) = -h``, the paper's choice for unconditional sampling) or
       ``'bh2'`` (``B(h) = e^-h - 1``, for guided sampling).
-    corrector: follow each step but the last with UniC (no extra evaluation); False: UniP alone.
-    schedule: a :data:`fast_samplers.SCHEDULES` name; None: ``logsnr``.
+    corrector: follow each step but the last with UniC (no extra evaluation); False: the
+      predictor alone.
+    predictor: ``'unip'`` (UniP-p, whose final orders drop below 15 steps) or
+      ``'dpm_solver++'`` (DPM-Solver++(pM), exactly :func:`get_dpm_solver_sampler`'s multistep
+      steps, so ``corrector=True`` is DPM-Solver++(pM) followed by UniC-p).
+    schedule: a :data:`fast_samplers.SCHEDULES` name or a list of times; None: ``logsnr``.
     Others as :func:`fast_samplers.ddim.get_ddim_sampler`.
   """
   order = int(order)
@@ -140,6 +131,10 @@ def get_unipc_sampler(sde: sde_lib.SDE, shape: Shape, *, order: int = 3, variant
     raise ValueError(f"UniPC's order must be 1, 2 or 3, got {order}.")
   if variant not in VARIANTS:
     raise ValueError(f"UniPC's variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
-  return build(sde, shape, _unipc_method(order, variant, bool(corrector)), num_steps=num_steps,
-               schedule=schedule or "logsnr", rho=rho, eps=eps, denoise=denoise,
-               num_frames=num_frames)
+  if predictor not in PREDICTORS:
+    raise ValueError(f"UniPC's predictor must be one of {', '.join(PREDICTORS)}, "
+                     f"got {predictor!r}.")
+  method = multistep_method(_unipc_weights(order, variant, bool(corrector), predictor))
+  return build(sde, shape, method, num_steps=num_steps,
+               schedule="logsnr" if schedule is None else schedule, rho=rho, eps=eps,
+               denoise=denoise, num_frames=num_frames)

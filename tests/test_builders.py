@@ -126,7 +126,7 @@ def test_unknown_names_list_the_valid_ones():
   config = default_configs.get_default_configs()
   config.sampling.method = "plms"
   with pytest.raises(ValueError, match="Unknown sampling method 'plms'; valid names are: ddim, "
-                     "dpm_solver, edm_heun, ode, pc"):
+                     "dpm_solver, edm_heun, ipndm, ode, pc, unipc"):
     builders.build_sampling_fn(config, sde_lib.VPSDE(), (1, 2))
   config = default_configs.get_default_configs()
   config.optim.optimizer = "SGD"
@@ -180,9 +180,12 @@ def test_sampler_tags_tell_samplers_and_their_steps_apart():
                  dict(method="dpm_solver", order=3), dict(method="edm_heun"),
                  dict(method="edm_heun", s_churn=40.0), dict(method="unipc"),
                  dict(method="unipc", unipc_variant="bh2"),
-                 dict(method="unipc", unipc_corrector=False)):
+                 dict(method="unipc", unipc_corrector=False),
+                 dict(method="unipc", unipc_predictor="dpm_solver++"),
+                 dict(method="ipndm"), dict(method="ipndm", order=4),
+                 dict(method="ipndm", schedule="1,0.5,0.001")):
     tags.add(builders.sampler_tag(make_figures._with_sampling(config, **fields)))
-  assert len(tags) == 13
+  assert len(tags) == 17
   three_m = make_figures._with_sampling(config, method="dpm_solver", order=3)
   assert builders.sampler_tag(three_m) == "dpm_solver-3m-20steps"
   unipc = make_figures._with_sampling(config, method="unipc", steps=10)
