@@ -22,6 +22,10 @@ samplers and the likelihood. For Gaussian data the probability-flow ODE is solva
 form too: between any two times it is the affine map between the marginals
 (:func:`gaussian_flow_map`), which measures a deterministic sampler's error and order.
 
+The empirical distribution of N data points (zero-width components) has the closed-form score
+too (:func:`empirical_score`, the posterior over the points from :func:`empirical_denoiser`):
+a model-free "perfect network" at image dimension, whose exact samples are the points.
+
 Oracles of conditional generation (``controllable_generation``): the mixture's exact
 noise-conditional classifier ``log p_t(k | x)`` (:func:`gaussian_mixture_log_posterior`) and
 class-conditional score ``grad log p_t(x | k)`` (:func:`gaussian_mixture_conditional_score`),
@@ -98,6 +102,52 @@ def gaussian_mixture_score(sde: sde_lib.SDE, means: np.ndarray, stds: np.ndarray
     log_joint, diff, var = _mixture_components(sde, means, stds, log_weights, x, t)
     resp = jax.nn.softmax(log_joint, axis=-1)                                # [B, K]
     return -jnp.einsum("bk,bkd->bd", resp / var, diff).reshape(x.shape)
+
+  return score_fn
+
+
+def empirical_denoiser(sde: sde_lib.SDE, points: np.ndarray
+                       ) -> Callable[[Array, Array], Tuple[Array, Array]]:
+  """The exact posterior over the points of the empirical distribution ``(1/N) sum_n
+  delta(x0 - x_n)`` (a mixture of N images with zero-width components).
+
+  Args:
+    sde: the forward SDE (only ``mean_coeff`` and ``marginal_std`` are read).
+    points: ``[N, D]`` the data points, in model space.
+
+  Returns:
+    ``denoise(x: [B, ...], t: [B]) -> (D: [B, ...], log_posterior: [B, N])``: the posterior
+    mean ``E[x0 | x(t) = x] = sum_n r_n x_n`` and ``log r_n``, ``r_n`` proportional to
+    ``exp(-|x - a x_n|^2 / (2 std^2))``. The squared distances are expanded, so the cost is
+    two ``[B, D] x [D, N]`` products and no ``[B, N, D]`` array. Jittable; in ``x``'s dtype.
+  """
+  points = np.asarray(points, np.float64)
+  norms = np.sum(points**2, axis=1)
+
+  def denoise(x: Array, t: Array) -> Tuple[Array, Array]:
+    flat = x.reshape(x.shape[0], -1)
+    pts = jnp.asarray(points, flat.dtype)
+    a, std = sde.mean_coeff(t)[:, None], sde.marginal_std(t)[:, None]      # [B, 1]
+    # -|x - a x_n|^2 / (2 std^2) up to a term constant in n (|x|^2).
+    logits = (a * (flat @ pts.T) - 0.5 * a**2 * jnp.asarray(norms, flat.dtype)[None]) / std**2
+    log_posterior = jax.nn.log_softmax(logits, axis=-1)                     # [B, N]
+    return (jnp.exp(log_posterior) @ pts).reshape(x.shape), log_posterior
+
+  return denoise
+
+
+def empirical_score(sde: sde_lib.SDE, points: np.ndarray) -> sde_lib.ScoreFn:
+  """The exact score of the empirical distribution of ``points: [N, D]`` perturbed by ``sde``:
+  ``score_fn(x: [B, ...], t: [B]) = (a D(x, t) - x) / std^2`` with ``D`` the posterior mean of
+  :func:`empirical_denoiser` (the "optimal denoiser": sampled exactly, it reproduces the
+  training points and nothing else)."""
+  denoise = empirical_denoiser(sde, points)
+
+  def score_fn(x: Array, t: Array) -> Array:
+    mean, _ = denoise(x, t)
+    a, std = sde.mean_coeff(t), sde.marginal_std(t)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return (a.reshape(shape) * mean - x) / std.reshape(shape) ** 2
 
   return score_fn
 

@@ -6,7 +6,9 @@
 Trains nothing: it samples the EMA parameters of a trained workdir's newest checkpoint (or
 ``--checkpoint STEP``; the exact-score toy, ``model.name = 'exact_score'``, needs none) with
 
-* ``ddim`` (eta 0), ``dpm_solver`` 2M and 3M, ``nfe - 1`` steps plus the final denoising: ``nfe``
+* ``ddim`` (eta 0), ``dpm_solver`` 2M and 3M, the same followed by UniC (``unipc`` with the
+  ``dpm_solver++`` predictor), ``unipc`` 2 and 3 (UniP-p + UniC, ``bh1``) and ``ipndm`` order 4,
+  each on its own default schedule, ``nfe - 1`` steps plus the final denoising: ``nfe``
   evaluations;
 * ``edm_heun`` (no churn), ``(nfe - 1) // 2`` steps plus the final Euler step (EDM's setting):
   at most ``nfe``;
@@ -51,20 +53,33 @@ Case = Tuple[str, Dict[str, Any], Optional[int]]
 """``(name, sampling overrides, num_steps or None)``."""
 
 
-def cases(nfe_budgets: Sequence[int]) -> List[Case]:
-  """The fast samplers at each budget, then the PC and ODE baselines (module docstring)."""
+def cases(nfe_budgets: Sequence[int], denoise: bool = True) -> List[Case]:
+  """The fast samplers at each budget, then the PC and ODE baselines (module docstring); with
+  ``denoise=False`` no final denoising step, and the whole budget goes to the steps."""
   out: List[Case] = []
   for nfe in nfe_budgets:
-    if nfe < 3:
-      raise ValueError(f"Every NFE budget must be >= 3 (a step and the denoising), got {nfe}.")
+    if nfe < 2 + denoise:
+      raise ValueError(f"Every NFE budget must be >= {2 + denoise} (a step"
+                       f"{' and the denoising' if denoise else ''}), got {nfe}.")
     fast = {"ddim": dict(method="ddim", eta=0.0),
             "dpm_solver_2m": dict(method="dpm_solver", order=2, multistep=True),
-            "dpm_solver_3m": dict(method="dpm_solver", order=3, multistep=True)}
-    out += [(name, dict(overrides, noise_removal=True), nfe - 1)
+            "dpm_solver_3m": dict(method="dpm_solver", order=3, multistep=True),
+            "dpm_solver_2m_unic": dict(method="unipc", order=2, unipc_predictor="dpm_solver++",
+                                       unipc_corrector=True, unipc_variant="bh1"),
+            "dpm_solver_3m_unic": dict(method="unipc", order=3, unipc_predictor="dpm_solver++",
+                                       unipc_corrector=True, unipc_variant="bh1"),
+            "unipc_2": dict(method="unipc", order=2, unipc_predictor="unip",
+                            unipc_corrector=True, unipc_variant="bh1"),
+            "unipc_3": dict(method="unipc", order=3, unipc_predictor="unip",
+                            unipc_corrector=True, unipc_variant="bh1"),
+            "ipndm_4": dict(method="ipndm", order=4)}
+    steps = nfe - denoise
+    out += [(name, dict(overrides, noise_removal=denoise), steps)
             for name, overrides in fast.items()]
-    out.append(("edm_heun", dict(method="edm_heun", s_churn=0.0, noise_removal=True),
-                (nfe - 1) // 2))
-  return out + [("pc", dict(method="pc"), None), ("ode", dict(method="ode"), None)]
+    out.append(("edm_heun", dict(method="edm_heun", s_churn=0.0, noise_removal=denoise),
+                steps // 2))
+  return out + [("pc", dict(method="pc", noise_removal=denoise), None),
+                ("ode", dict(method="ode", noise_removal=denoise), None)]
 
 
 def _parameters(config: ml_collections.ConfigDict, workdir: str, checkpoint: Optional[int],

@@ -78,3 +78,32 @@ def test_toy_parameters_are_those_toy_data_samples():
   # Vector data enter the model unscaled: toy_data's space is the model's.
   scaler, _ = datasets.data_scalers(gaussian_mixture_exact.get_config())
   assert scaler(x) is x
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_empirical_score_is_the_zero_width_mixture_and_its_posterior_collapses(sde_name):
+  """The empirical distribution's score equals the mixture score with ``s_k = 0`` (scipy's
+  posterior over the points gives its denoiser), in images' shape; near ``t = 0`` the posterior
+  mean of a point's noisy copy is the point itself."""
+  sde = SDES[sde_name]
+  rng = np.random.default_rng(0)
+  points = rng.uniform(-1.0, 1.0, (7, 12))
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(5, 2, 2, 3)) * 2.0)
+    t = jnp.asarray([1e-3, 0.1, 0.4, 0.7, 1.0])
+    got = exact_scores.empirical_score(sde, points)(x, t)
+    want = exact_scores.gaussian_mixture_score(sde, points, np.zeros(7), np.full(7, 1 / 7))(x, t)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    mean, log_posterior = exact_scores.empirical_denoiser(sde, points)(x, t)
+    a, std = np.asarray(sde.mean_coeff(t)), np.asarray(sde.marginal_std(t))
+    flat = np.asarray(x).reshape(5, -1)
+    logits = (-((flat[:, None] - a[:, None, None] * points[None]) ** 2).sum(-1)
+              / (2 * std[:, None]**2))
+    posterior = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+    np.testing.assert_allclose(np.exp(log_posterior), posterior, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(mean.reshape(5, -1), posterior @ points, rtol=1e-9, atol=1e-12)
+    t0 = jnp.full((7,), 1e-3)
+    noisy = (sde.mean_coeff(t0)[:, None] * points
+             + sde.marginal_std(t0)[:, None] * rng.normal(size=points.shape))
+    np.testing.assert_allclose(exact_scores.empirical_denoiser(sde, points)(noisy, t0)[0],
+                               points, atol=1e-9)

@@ -17,9 +17,11 @@ def test_sampler_nfe_benchmark_tabulates_every_case(tmp_path):
   with open(stem + ".json") as f:
     record = json.load(f)
   got = {row["sampler"]: row for row in record["rows"]}
-  assert list(got) == ["ddim", "dpm_solver_2m", "dpm_solver_3m", "edm_heun", "pc", "ode"]
-  assert [got[name]["nfe"] for name in ("ddim", "dpm_solver_2m", "dpm_solver_3m", "edm_heun",
-                                        "pc")] == [6, 6, 6, 5, 51]
+  one_evaluation_a_step = ["ddim", "dpm_solver_2m", "dpm_solver_3m", "dpm_solver_2m_unic",
+                           "dpm_solver_3m_unic", "unipc_2", "unipc_3", "ipndm_4"]
+  assert list(got) == one_evaluation_a_step + ["edm_heun", "pc", "ode"]
+  assert [got[name]["nfe"] for name in one_evaluation_a_step] == [6] * 8
+  assert got["edm_heun"]["nfe"] == 5 and got["pc"]["nfe"] == 51
   assert got["ode"]["nfe"] > 6 and all(row["finite"] for row in record["rows"])
   assert record["step"] is None and os.path.exists(stem + ".md")
   with open(stem + ".md") as f:
