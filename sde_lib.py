@@ -441,8 +441,8 @@ class SigmaPowerSDE(SDE):
   def __init__(self, sigma: float = 25.0, N: int = 1000):
     super().__init__(N)
     if not sigma > 1.0:
-      raise ValueError(f"SigmaPowerSDE needs sigma > 1 (std(t)^2 divides by 2 log sigma), "
-                       f"got sigma={sigma}.")
+      raise ValueError(f"SigmaPowerSDE needs sigma > 1 (noise growing with t, as the tutorial's "
+                       f"25), got sigma={sigma}.")
     self.sigma = float(sigma)
     self._log_sigma = float(np.log(sigma))
 
@@ -485,9 +485,9 @@ class OUSDE(SDE):
   (1 - e^(-2 mu t))``; the stationary law is ``N(0, sigma^2 / (2 mu) I)``. The prior is
   ``N(0, v(T) I)``, the marginal at ``T`` of a start at ``x0 = 0``: the true ``p_T`` differs
   from it by the data scaled by ``e^(-mu T)``, so ``T`` must be long enough to forget the data.
-  With ``mu = 1/2, sigma = 1``: at ``T = 1``, ``e^(-mu T) = 0.61`` and ``v(T) = 0.63``, far from
-  both the data-free marginal and the stationary ``N(0, I)``; at the default ``T = 10``,
-  ``e^(-mu T) = 0.0067`` and ``v(T) = 0.99995``.
+  With ``mu = 1/2, sigma = 1``: at ``T = 1``, ``e^(-mu T) = 0.61`` (the data are far from
+  forgotten, so the prior is far from ``p_T``) and ``v(T) = 0.63``, far from the stationary
+  ``N(0, I)``; at the default ``T = 10``, ``e^(-mu T) = 0.0067`` and ``v(T) = 0.99995``.
 
   Networks are conditioned on ``t / T in [0, 1]`` and predict the noise (score
   ``-out / std``), as for VP, of which this is the constant-``beta`` case: the noise has unit
