@@ -19,11 +19,15 @@ What the rest of the code asks an SDE, besides its coefficients:
 * :meth:`SDE.noise_label` and :attr:`SDE.network_predicts_noise`: the authors' network
   conventions, which ``models.utils.get_score_fn`` turns into a score.
 * :attr:`SDE.discrete_chain`: the discrete Markov chain the SDE is the limit of (``'SMLD'``
-  for VE, ``'DDPM'`` for VP; None for sub-VP), with its noise levels
+  for VE, ``'DDPM'`` for VP; None for sub-VP, the tutorial's SDE and OU), with its noise levels
   (:meth:`SDE.discrete_marginal`, :meth:`SDE.discrete_level`), the label a discretely trained
   network is conditioned on (:meth:`SDE.discrete_label`, the authors' convention: for SMLD label
   0 is ``sigma_max``) and ancestral sampling step (:meth:`SDE.ancestral_step`). Discrete
   training and ancestral sampling need one.
+
+Besides VE, VP and sub-VP: :class:`SigmaPowerSDE` (``dx = sigma^t dw``, the SDE of Song's
+score-SDE tutorial) and :class:`OUSDE` (the Ornstein-Uhlenbeck process, horizon ``T`` a
+parameter).
 
 Time grids and discretizations. The samplers step between explicit time pairs
 ``t -> t_next`` of a grid they choose, and :meth:`SDE.discretize` takes both times, so
@@ -293,9 +297,7 @@ class VESDE(SDE):
     return jax.random.normal(rng, shape) * self.sigma_max
 
   def prior_logp(self, z):
-    d = np.prod(z.shape[1:])
-    return -d / 2.0 * np.log(2 * np.pi * self.sigma_max**2) - sum_non_batch(z**2) / (
-        2 * self.sigma_max**2)
+    return _isotropic_normal_logp(z, self.sigma_max)
 
   def discretize(self, x, t, t_next):
     """Exact SMLD transition ``x' = x + sqrt(|sigma(t_next)^2 - sigma(t)^2|) z``."""
@@ -339,8 +341,7 @@ class _BetaScheduleSDE(SDE):
     return jax.random.normal(rng, shape)
 
   def prior_logp(self, z):
-    d = np.prod(z.shape[1:])
-    return -d / 2.0 * np.log(2 * np.pi) - sum_non_batch(z**2) / 2.0
+    return _isotropic_normal_logp(z, 1.0)
 
 
 @SDES.register("vpsde")
@@ -423,6 +424,127 @@ class subVPSDE(_BetaScheduleSDE):  # pylint: disable=invalid-name
     log_mean_coeff = self.log_mean_coeff(t)
     std = -jnp.expm1(2.0 * log_mean_coeff)
     return batch_mul(jnp.exp(log_mean_coeff), x), std
+
+
+@SDES.register("sigmapowersde")
+class SigmaPowerSDE(SDE):
+  """The SDE of Song's score-SDE tutorial: ``dx = sigma^t dw`` on ``t in [0, 1]``.
+
+  Registered as ``sigmapowersde``. No drift, diffusion ``g(t) = sigma^t``; the kernel is
+  ``N(x0, std(t)^2 I)`` with ``std(t)^2 = int_0^t sigma^(2s) ds = (sigma^(2t) - 1) / (2 log
+  sigma)``, exact from ``x(0) = x0`` (``std(0) = 0``, unlike the VE SDE's ``sigma_min``). The
+  prior is ``N(0, std(1)^2 I)``. Networks are conditioned on ``t`` itself (the tutorial's
+  ScoreNet embeds it with random Fourier features) and output the score, which the tutorial
+  divides by ``std(t)`` (``scale_by_sigma``). There is no discrete chain.
+  """
+
+  def __init__(self, sigma: float = 25.0, N: int = 1000):
+    super().__init__(N)
+    if not sigma > 1.0:
+      raise ValueError(f"SigmaPowerSDE needs sigma > 1 (noise growing with t, as the tutorial's "
+                       f"25), got sigma={sigma}.")
+    self.sigma = float(sigma)
+    self._log_sigma = float(np.log(sigma))
+
+  def sde(self, x, t):
+    return jnp.zeros_like(x), jnp.exp(t * self._log_sigma)
+
+  def _variance(self, t: Array) -> Array:
+    """``std(t)^2``, with ``expm1`` for accuracy at small ``t``."""
+    return jnp.expm1(2.0 * t * self._log_sigma) / (2.0 * self._log_sigma)
+
+  def marginal_prob(self, x, t):
+    return x, jnp.sqrt(self._variance(t))
+
+  def mean_coeff(self, t):
+    return jnp.ones_like(t)
+
+  def noise_label(self, t):
+    return t
+
+  def prior_std(self) -> float:
+    """``std(T)``, the prior's standard deviation (9.85 for ``sigma = 25``)."""
+    return float(np.sqrt(np.expm1(2.0 * self.T * self._log_sigma) / (2.0 * self._log_sigma)))
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.prior_std()
+
+  def prior_logp(self, z):
+    return _isotropic_normal_logp(z, self.prior_std())
+
+  def discretize(self, x, t, t_next):
+    """Exact transition ``x' = x + sqrt(|std(t_next)^2 - std(t)^2|) z``."""
+    return jnp.zeros_like(x), jnp.sqrt(jnp.abs(self._variance(t_next) - self._variance(t)))
+
+
+@SDES.register("ousde")
+class OUSDE(SDE):
+  """Ornstein-Uhlenbeck process ``dx = -mu x dt + sigma dw`` on ``t in [0, T]``.
+
+  Registered as ``ousde``. Kernel ``N(e^(-mu t) x0, v(t) I)`` with ``v(t) = sigma^2 / (2 mu)
+  (1 - e^(-2 mu t))``; the stationary law is ``N(0, sigma^2 / (2 mu) I)``. The prior is
+  ``N(0, v(T) I)``, the marginal at ``T`` of a start at ``x0 = 0``: the true ``p_T`` differs
+  from it by the data scaled by ``e^(-mu T)``, so ``T`` must be long enough to forget the data.
+  With ``mu = 1/2, sigma = 1``: at ``T = 1``, ``e^(-mu T) = 0.61`` (the data are far from
+  forgotten, so the prior is far from ``p_T``) and ``v(T) = 0.63``, far from the stationary
+  ``N(0, I)``; at the default ``T = 10``, ``e^(-mu T) = 0.0067`` and ``v(T) = 0.99995``.
+
+  Networks are conditioned on ``t / T in [0, 1]`` and predict the noise (score
+  ``-out / std``), as for VP, of which this is the constant-``beta`` case: the noise has unit
+  variance at every ``t``, so a network's output stays of order one. There is no discrete
+  chain.
+  """
+  network_predicts_noise = True
+
+  def __init__(self, mu: float = 0.5, sigma: float = 1.0, T: float = 10.0, N: int = 1000):
+    super().__init__(N)
+    if not (mu > 0 and sigma > 0 and T > 0):
+      raise ValueError(f"OUSDE needs mu > 0, sigma > 0 and T > 0, got mu={mu}, sigma={sigma}, "
+                       f"T={T}.")
+    self.mu = float(mu)
+    self.sigma = float(sigma)
+    self._horizon = float(T)
+
+  @property
+  def T(self) -> float:
+    return self._horizon
+
+  def sde(self, x, t):
+    return -self.mu * x, jnp.full_like(t, self.sigma)
+
+  def _variance(self, t: Array) -> Array:
+    """``v(t) = sigma^2 / (2 mu) (1 - e^(-2 mu t))``."""
+    return -self.sigma**2 / (2.0 * self.mu) * jnp.expm1(-2.0 * self.mu * t)
+
+  def mean_coeff(self, t):
+    return jnp.exp(-self.mu * t)
+
+  def marginal_prob(self, x, t):
+    return batch_mul(self.mean_coeff(t), x), jnp.sqrt(self._variance(t))
+
+  def noise_label(self, t):
+    return t / self.T
+
+  def prior_std(self) -> float:
+    """``sqrt(v(T))``, the prior's standard deviation."""
+    return float(np.sqrt(-self.sigma**2 / (2.0 * self.mu) * np.expm1(-2.0 * self.mu * self.T)))
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.prior_std()
+
+  def prior_logp(self, z):
+    return _isotropic_normal_logp(z, self.prior_std())
+
+  def discretize(self, x, t, t_next):
+    """Exact transition ``x' = e^(-mu h) x + sqrt(v(h)) z`` over ``h = |t_next - t|``."""
+    h = jnp.abs(t_next - t)
+    return batch_mul(jnp.expm1(-self.mu * h), x), jnp.sqrt(self._variance(h))
+
+
+def _isotropic_normal_logp(z: Array, std: float) -> Array:
+  """``log N(z; 0, std^2 I)``, nats, ``[B]`` for ``z: [B, ...]``."""
+  d = np.prod(z.shape[1:])
+  return -d / 2.0 * np.log(2 * np.pi * std**2) - sum_non_batch(z**2) / (2 * std**2)
 
 
 def discrete_chain_sdes() -> Tuple[str, ...]:

@@ -8,3 +8,4 @@ from models import exact_score
 from models import mlp
 from models import ncsnpp
 from models import ncsnv2
+from models import tutorial_scorenet

@@ -16,8 +16,13 @@ import pytest
 import builders
 import configs
 import datasets
-from configs.toy import gaussian_mixture
+import run_lib
+import sde_lib
+from configs import tutorial_mnist
+from configs.toy import gaussian_mixture, ou_swiss_roll
+from models import tutorial_scorenet
 from models import utils as mutils
+from tests import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
@@ -70,7 +75,7 @@ def test_every_runnable_config_loads_with_all_sections():
 
 @pytest.mark.parametrize("name", ["vpsde_mnist", "vesde_mnist", "subvpsde_mnist",
                                   "vpsde_discrete_mnist", "subvpsde_pc_mnist",
-                                  "vpsde_mnist_conditional"])
+                                  "vpsde_mnist_conditional", "tutorial_mnist"])
 def test_mnist_configs_build(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   sde = builders.build_sde(config)
@@ -87,6 +92,41 @@ def test_mnist_configs_build(name):
     assert builders.sampler_tag(config) == "pc-reverse_diffusion-langevin"
   if name == "vpsde_mnist_conditional":
     assert mutils.num_classes(model) == 10 and "ClassEmbedding_0" in variables
+
+
+def test_tutorial_mnist_is_the_tutorials_setup():
+  """The SDE dx = 25^t dw, the ScoreNet (1,115,297 parameters), data in [0, 1], DSM summed over
+  pixels from t = 1e-5, Adam 1e-4 without warmup, clipping or EMA, batch 32 for 50 epochs, and
+  its samplers (EM / PC with snr 0.16, 500 steps; RK45 at 1e-5) ending at t = 1e-3."""
+  config = tutorial_mnist.get_config()
+  sde = builders.build_sde(config)
+  assert isinstance(sde, sde_lib.SigmaPowerSDE) and sde.sigma == 25.0 and sde.N == 500
+  model, params = builders.abstract_model(config)
+  assert isinstance(model, tutorial_scorenet.TutorialScoreNet) and model.scale_by_sigma
+  assert mutils.parameter_count(params) == 1_115_297
+  training, optim = config.training, config.optim
+  assert training.continuous and not training.reduce_mean and not training.likelihood_weighting
+  assert (training.eps, training.batch_size, training.n_iters) == (1e-5, 32, 50 * 1875)
+  assert not config.data.centered and config.model.ema_rate == 0.0
+  assert (optim.lr, optim.warmup, optim.weight_decay) == (1e-4, 0, 0.0) and optim.grad_clip < 0
+  assert builders.sampler_tag(config) == "pc-euler_maruyama-langevin"
+  assert (config.sampling.snr, config.sampling.eps, config.sampling.ode_solver) == (
+      0.16, 1e-3, "dopri5")
+  assert config.sampling.ode_rtol == config.sampling.ode_atol == 1e-5
+
+
+def test_ou_swiss_roll_builds_and_trains_a_few_steps(tmp_path):
+  config = ou_swiss_roll.get_config()
+  sde = builders.build_sde(config)
+  assert isinstance(sde, sde_lib.OUSDE) and (sde.mu, sde.sigma, sde.T) == (0.5, 1.0, 10.0)
+  for name, value in (("n_iters", 20), ("n_jitted_steps", 10), ("eval_freq", 10),
+                      ("snapshot_freq", 20), ("snapshot_freq_for_preemption", 10),
+                      ("snapshot_sampling", False)):
+    config.training[name] = value
+  run_lib.train(config, str(tmp_path))
+  state = runs.final_state(str(tmp_path), config)
+  assert int(state.step) == 20
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state.params))
 
 
 def test_apply_overrides():

@@ -36,9 +36,17 @@ COMPONENT = 3
 
 
 def _sde(name: str) -> sde_lib.SDE:
-  # sigma_max = 10 suits the 2-D data (spread ~1.4); the prior is then close to p_T.
+  # sigma_max = 10 suits the 2-D data (spread ~1.4); the prior is then close to p_T, as for the
+  # tutorial's sigma^t SDE (prior std 9.85) and OU (T = 10).
   return {"ve": lambda: sde_lib.VESDE(sigma_max=10.0), "vp": sde_lib.VPSDE,
-          "subvp": sde_lib.subVPSDE}[name]()
+          "subvp": sde_lib.subVPSDE, "sigma_power": sde_lib.SigmaPowerSDE,
+          "ou": sde_lib.OUSDE}[name]()
+
+
+def _num_steps(sde: sde_lib.SDE) -> int:
+  """``NUM_STEPS`` per unit of time: OU's horizon T = 10 gets ten times as many steps (at 200
+  its Euler-Maruyama samples put 1.15 % in a neighbouring component)."""
+  return int(round(NUM_STEPS * sde.T))
 
 
 def _assert_component(x: jax.Array, sde: sde_lib.SDE, k: int) -> None:
@@ -54,7 +62,7 @@ def _assert_component(x: jax.Array, sde: sde_lib.SDE, k: int) -> None:
 # --------------------------------------------------------------------------- guidance
 
 
-@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "sigma_power", "ou"])
 def test_guided_scores_are_bayes_rule(sde_name):
   # score + grad log p_t(k | x) is the score of p_t(x | k) exactly; CFG is its stated formula.
   sde = _sde(sde_name)
@@ -94,25 +102,27 @@ def test_cfg_at_zero_weight_does_not_evaluate_the_unconditional_score():
 
 @pytest.mark.parametrize("sde_name,predictor,corrector", [
     ("ve", "euler_maruyama", "none"), ("vp", "reverse_diffusion", "langevin"),
-    ("subvp", "euler_maruyama", "none")])
+    ("subvp", "euler_maruyama", "none"), ("sigma_power", "reverse_diffusion", "langevin"),
+    ("ou", "euler_maruyama", "none")])
 def test_classifier_guided_sampling_reproduces_the_component(sde_name, predictor, corrector):
   sde = _sde(sde_name)
   score = exact_scores.gaussian_mixture_score(sde, *MIXTURE)
   log_post = exact_scores.gaussian_mixture_log_posterior(sde, *MIXTURE)
   guided = cg.classifier_guided_score(score, log_post, jnp.full((N,), COMPONENT), 1.0)
-  sample = sampling.get_pc_sampler(sde, (N, 2), predictor, corrector, num_steps=NUM_STEPS)
+  sample = sampling.get_pc_sampler(sde, (N, 2), predictor, corrector, num_steps=_num_steps(sde))
   x, _ = jax.jit(lambda rng: sample(rng, guided))(jax.random.PRNGKey(0))
   _assert_component(x, sde, COMPONENT)
 
 
-@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "sigma_power", "ou"])
 def test_classifier_free_guidance_at_zero_weight_reproduces_the_component(sde_name):
   sde = _sde(sde_name)
   conditional = exact_scores.gaussian_mixture_conditional_score(sde, MIXTURE.means, MIXTURE.stds)
   unconditional = exact_scores.gaussian_mixture_score(sde, *MIXTURE)
   guided = cg.classifier_free_guided_score(conditional, unconditional, jnp.full((N,), COMPONENT),
                                            0.0)
-  sample = sampling.get_pc_sampler(sde, (N, 2), "euler_maruyama", "none", num_steps=NUM_STEPS)
+  sample = sampling.get_pc_sampler(sde, (N, 2), "euler_maruyama", "none",
+                                   num_steps=_num_steps(sde))
   x, _ = jax.jit(lambda rng: sample(rng, guided))(jax.random.PRNGKey(1))
   _assert_component(x, sde, COMPONENT)
 

@@ -33,6 +33,8 @@ SDES = {
     "ve": lambda: sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0),
     "vp": lambda: sde_lib.VPSDE(beta_min=0.1, beta_max=20.0),
     "subvp": lambda: sde_lib.subVPSDE(beta_min=0.1, beta_max=20.0),
+    "sigma_power": lambda: sde_lib.SigmaPowerSDE(sigma=25.0),
+    "ou": lambda: sde_lib.OUSDE(mu=0.5, sigma=1.0, T=10.0),
 }
 MIXTURES = {
     "two_moons": oracles.two_moons_mixture,

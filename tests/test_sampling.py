@@ -64,8 +64,11 @@ CORRECTORS = ("langevin", "ald", "none")
 def _sde(name: str) -> sde_lib.SDE:
   # sigma_max = 10 suits the 2-D data (spread ~2.5): the prior N(0, 100 I) is then close to
   # the exact p_T, and 200 steps resolve the geometric noise ladder. ``ve50`` is the default.
+  # The tutorial's sigma^t SDE (sigma = 25, prior std 9.85) and OU (T = 10, a(T) = 0.0067) have
+  # priors as close to their p_T.
   return {"ve": lambda: sde_lib.VESDE(sigma_max=10.0), "ve50": sde_lib.VESDE,
-          "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}[name]()
+          "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "sigma_power": sde_lib.SigmaPowerSDE,
+          "ou": sde_lib.OUSDE}[name]()
 
 
 _MIXTURES = {"two_moons": oracles.two_moons_mixture, "image_gaussian": oracles.image_gaussian}
@@ -143,8 +146,10 @@ def _recording_score(score_fn, log: List[float]):
 
 
 def _combinations():
-  for sde_name, pred, corr in itertools.product(["ve", "vp", "subvp"], PREDICTORS, CORRECTORS):
-    if pred == corr == "none" or (pred == "ancestral_sampling" and sde_name == "subvp"):
+  names = ["ve", "vp", "subvp", "sigma_power", "ou"]
+  for sde_name, pred, corr in itertools.product(names, PREDICTORS, CORRECTORS):
+    no_chain = _sde(sde_name).discrete_chain is None  # no ancestral step
+    if pred == corr == "none" or (pred == "ancestral_sampling" and no_chain):
       continue
     yield sde_name, pred, corr
 
@@ -152,11 +157,15 @@ def _combinations():
 def _grid_setup(sde_name: str, predictor: str, corrector: str):
   """``(n_steps, eps)`` of a grid case: corrector-only sampling gets more corrector steps."""
   corrector_only = predictor == "none"
-  if corrector_only and corrector == "ald" and sde_name != "ve":
+  if corrector_only and corrector == "ald" and sde_name not in ("ve", "sigma_power"):
     # ALD's step is 2 (snr std(t))^2: once std(t) << data scale (VP family near t = 0, where
     # the component means a(t) mu_k still move) it can no longer follow p_t. Its
     # corrector-only sampling is therefore checked where std(eps) ~ data scale (0.78 / 0.60).
     return 5, 0.3
+  if corrector_only and sde_name == "ou":
+    # OU's 200 levels span T = 10: each moves the marginal ten times as far in time as on
+    # [0, 1], and 5 Langevin steps per level lag behind it (covariance error 0.44 measured).
+    return 10, 1e-3
   return (5 if corrector_only else 1), 1e-3
 
 
@@ -180,7 +189,7 @@ def _grid_samples(sde_name: str):
 
 @pytest.mark.parametrize("sde_name,predictor,corrector", list(_combinations()))
 def test_pc_sampler_reproduces_marginal(sde_name, predictor, corrector):
-  """Every predictor x corrector on VE / VP / sub-VP samples the exact ``p_eps``."""
+  """Every predictor x corrector on VE / VP / sub-VP / sigma^t / OU samples the exact ``p_eps``."""
   n_steps, eps = _grid_setup(sde_name, predictor, corrector)
   x, nfe = _grid_samples(sde_name)[f"{predictor}/{corrector}"]
   corrector_only = predictor == "none"
@@ -365,8 +374,9 @@ def test_ancestral_sampling_matches_authors_on_their_grid():
 
 
 def test_ancestral_sampling_rejects_other_sdes_and_probability_flow():
-  with pytest.raises(ValueError, match="VESDE and VPSDE only"):
-    sampling.get_pc_sampler(sde_lib.subVPSDE(), (2, 2), "ancestral_sampling", "none")
+  for sde in (sde_lib.subVPSDE(), sde_lib.SigmaPowerSDE(), sde_lib.OUSDE()):
+    with pytest.raises(ValueError, match="VESDE and VPSDE only.*use reverse_diffusion"):
+      sampling.get_pc_sampler(sde, (2, 2), "ancestral_sampling", "none")
   with pytest.raises(ValueError, match="probability-flow"):
     sampling.get_pc_sampler(sde_lib.VPSDE(), (2, 2), "ancestral_sampling", "none",
                             probability_flow=True)
@@ -405,6 +415,16 @@ def test_ode_sampler_from_given_latent_ve_dopri5():
   assert x.shape == z.shape
   assert int(nfe) == len(log) and log[-1] == pytest.approx(1e-3)  # last: denoising
   assert_matches("two_moons", "ve", x, 1e-3, BIAS_ODE, data=True)
+
+
+@pytest.mark.parametrize("sde_name", ["sigma_power", "ou"])
+def test_ode_sampler_from_the_prior_reproduces_p_eps_on_new_sdes(sde_name):
+  """The tutorial's sigma^t SDE and OU: the probability-flow ODE from their priors, with the
+  exact score, samples the exact ``p_eps`` (the priors are close to ``p_T``, see ``_sde``)."""
+  sde, mix = _sde(sde_name), oracles.two_moons_mixture()
+  sampler = sampling.get_ode_sampler(sde, (N_SAMPLES, 2), rtol=1e-5, atol=1e-5, denoise=False)
+  x, _ = jax.jit(lambda rng: sampler(rng, mix.score_fn(sde)))(jax.random.PRNGKey(0))
+  assert_matches("two_moons", sde_name, x, 1e-3, BIAS_ODE)
 
 
 @pytest.mark.parametrize("method,per_step", [("euler", 1), ("heun", 2)])

@@ -7,10 +7,14 @@ References (numpy, float64), with B(t) = int_0^t beta = beta_min t + (beta_max -
           x(0) = x0 + sigma_min z (sde_lib's convention).
 * VP:     f = -beta x / 2, g = sqrt(beta); marginal N(e^{-B/2} x0, 1 - e^{-B}).
 * sub-VP: f = -beta x / 2, g = sqrt(beta (1 - e^{-2B})); marginal N(e^{-B/2} x0, (1 - e^{-B})^2).
+* sigma^t (Song's tutorial): f = 0, g = sigma^t; marginal N(x0, (sigma^{2t} - 1) / (2 log sigma)).
+* OU:     f = -mu x, g = sigma; marginal N(e^{-mu t} x0, sigma^2 / (2 mu) (1 - e^{-2 mu t})); prior
+          N(0, that variance at T).
 
 For a linear SDE dx = k(t) x dt + g(t) dw the mean obeys dm/dt = k m and the variance
 dV/dt = 2 k V + g^2; with V(0) = sigma_min^2 (VE) or 0 (VP, sub-VP) these ODEs determine the
-marginal, which is what the finite-difference tests check against ``sde()``.
+marginal, which is what the finite-difference tests check against ``sde()``. The new SDEs
+(sigma^t, OU) start at V(0) = 0.
 
 Monte-Carlo checks allow ``Z_TOL`` standard errors (sd / sqrt(n) for means, sd / sqrt(2 n) for
 Gaussian standard deviations) plus, for Euler-Maruyama, its exactly computed discretization bias.
@@ -32,8 +36,11 @@ CASES = {
     "vp": (sde_lib.VPSDE, dict(beta_min=0.1, beta_max=20.0, N=1000)),
     "vp_small": (sde_lib.VPSDE, dict(beta_min=0.5, beta_max=5.0, N=50)),
     "subvp": (sde_lib.subVPSDE, dict(beta_min=0.1, beta_max=20.0, N=1000)),
+    "sigma_power": (sde_lib.SigmaPowerSDE, dict(sigma=25.0, N=1000)),
+    "ou": (sde_lib.OUSDE, dict(mu=0.5, sigma=1.0, T=10.0, N=1000)),
+    "ou_short": (sde_lib.OUSDE, dict(mu=1.5, sigma=2.0, T=1.0, N=100)),
 }
-MAIN = ("ve", "vp", "subvp")
+MAIN = ("ve", "vp", "subvp", "sigma_power", "ou")
 
 
 def make(name):
@@ -62,6 +69,11 @@ def ref_marginal(name, t):
   t = np.asarray(t, np.float64)
   if cls is sde_lib.VESDE:
     return np.ones_like(t), ref_sigma(p, t)
+  if cls is sde_lib.SigmaPowerSDE:
+    return np.ones_like(t), np.sqrt((p["sigma"] ** (2 * t) - 1) / (2 * np.log(p["sigma"])))
+  if cls is sde_lib.OUSDE:
+    mu, sigma = p["mu"], p["sigma"]
+    return np.exp(-mu * t), np.sqrt(sigma**2 / (2 * mu) * (1 - np.exp(-2 * mu * t)))
   big_b = ref_int_beta(p, t)
   a = np.exp(-0.5 * big_b)
   if cls is sde_lib.VPSDE:
@@ -75,6 +87,10 @@ def ref_coefficients(name, t):
   t = np.asarray(t, np.float64)
   if cls is sde_lib.VESDE:
     return np.zeros_like(t), ref_sigma(p, t) * np.sqrt(2 * np.log(p["sigma_max"] / p["sigma_min"]))
+  if cls is sde_lib.SigmaPowerSDE:
+    return np.zeros_like(t), p["sigma"] ** t
+  if cls is sde_lib.OUSDE:
+    return np.full_like(t, -p["mu"]), np.full_like(t, p["sigma"])
   beta = ref_beta(p, t)
   if cls is sde_lib.VPSDE:
     return -0.5 * beta, np.sqrt(beta)
@@ -84,6 +100,16 @@ def ref_coefficients(name, t):
 def ref_initial_variance(name):
   cls, p = CASES[name]
   return p["sigma_min"] ** 2 if cls is sde_lib.VESDE else 0.0
+
+
+def ref_prior_std(name):
+  """The prior's std: ``sigma_max`` (VE), 1 (VP, sub-VP), ``std(T)`` (sigma^t, OU)."""
+  cls, p = CASES[name]
+  if cls is sde_lib.VESDE:
+    return p["sigma_max"]
+  if cls in (sde_lib.SigmaPowerSDE, sde_lib.OUSDE):
+    return float(ref_marginal(name, p.get("T", 1.0))[1])
+  return 1.0
 
 
 T_GRID = np.array([1e-5, 1e-3, 0.05, 0.2, 0.37, 0.5, 0.81, 1.0])
@@ -119,6 +145,32 @@ def test_sde_coefficients_match_formulas(name):
   assert drift.shape == x.shape and diffusion.shape == (8,)
   np.testing.assert_allclose(drift, k[:, None, None] * np.asarray(x), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(diffusion, g, rtol=1e-5, atol=1e-7)
+
+
+def test_tutorial_and_kaist_closed_forms():
+  """The two tutorials' formulas as they state them: sigma^t with sigma = 25 has std(1) =
+  sqrt(624 / (2 log 25)) = 9.845 and g(1) = 25; OU with mu = 1/2, sigma = 1 has mean
+  e^{-t/2} x0 and variance 1 - e^{-t}, its prior at T the variance 1 - e^{-T}."""
+  t = jnp.array([0.1, 0.5, 1.0, 4.0])
+  tutorial = sde_lib.SigmaPowerSDE(sigma=25.0)
+  np.testing.assert_allclose(tutorial.marginal_std(t[:3]),
+                             np.sqrt((25.0 ** (2 * np.asarray(t[:3])) - 1) / (2 * np.log(25.0))),
+                             rtol=1e-5)
+  np.testing.assert_allclose(tutorial.prior_std(), 9.8454, rtol=1e-4)
+  np.testing.assert_allclose(tutorial.sde(jnp.ones((3, 1)), t[:3])[1], [25**0.1, 5.0, 25.0],
+                             rtol=1e-5)
+  for horizon in (1.0, 10.0):
+    ou = sde_lib.OUSDE(mu=0.5, sigma=1.0, T=horizon)
+    assert ou.T == horizon and ou.reverse(_score_fn).T == horizon
+    x0 = jnp.full((4, 2), 3.0)
+    mean, std = ou.marginal_prob(x0, t)
+    np.testing.assert_allclose(mean, np.outer(3.0 * np.exp(-np.asarray(t) / 2), [1, 1]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(std**2, 1.0 - np.exp(-np.asarray(t)), rtol=1e-5)
+    np.testing.assert_allclose(ou.prior_std()**2, 1.0 - np.exp(-horizon), rtol=1e-6)
+    np.testing.assert_allclose(ou.noise_label(jnp.array([horizon])), [1.0])
+  # At T = 1 the prior is far from the stationary N(0, I): variance 0.63.
+  np.testing.assert_allclose(sde_lib.OUSDE(T=1.0).prior_std()**2, 0.632, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -211,7 +263,7 @@ def test_prior_logp_matches_scipy(name):
   sde = make(name)
   z = _x((5, 2, 2, 1), seed=1) * 3.0
   flat = np.asarray(z, np.float64).reshape(5, -1)
-  scale = CASES[name][1].get("sigma_max", 1.0)
+  scale = ref_prior_std(name)
   want = stats.multivariate_normal(np.zeros(4), scale**2 * np.eye(4)).logpdf(flat)
   np.testing.assert_allclose(sde.prior_logp(z), want, rtol=1e-5)
   np.testing.assert_allclose(want, stats.norm(0.0, scale).logpdf(flat).sum(axis=1), rtol=1e-10)
@@ -223,20 +275,22 @@ def test_prior_sampling_moments(name):
   n = 20000
   x = np.asarray(sde.prior_sampling(jax.random.PRNGKey(3), (n, 3)), np.float64)
   assert x.shape == (n, 3)
-  var = CASES[name][1].get("sigma_max", 1.0) ** 2
+  var = ref_prior_std(name) ** 2
   # Per coordinate: mean SE sqrt(var / n); sample-variance SE var sqrt(2 / n).
   np.testing.assert_array_less(np.abs(x.mean(axis=0)), Z_TOL * np.sqrt(var / n))
   np.testing.assert_array_less(np.abs(x.var(axis=0) - var), Z_TOL * var * np.sqrt(2.0 / n))
-  # The prior is the marginal at T up to the negligible mean (VP/sub-VP: e^{-B(1)/2} x0).
-  a_T, std_T = ref_marginal(name, 1.0)
-  if CASES[name][0] is not sde_lib.VESDE and name != "vp_small":
-    assert a_T < 1e-2 and abs(std_T - 1.0) < 1e-4
+  # The prior is the marginal at T up to the negligible mean (VP/sub-VP: e^{-B(1)/2} x0; OU at
+  # T = 10: e^{-5} x0).
+  if name in ("vp", "subvp", "ou"):
+    a_t, std_t = ref_marginal(name, make(name).T)
+    assert a_t < 1e-2 and abs(std_t - 1.0) < 1e-4
 
 
 # ----------------------------------------------------------------------------- discretizations
 
 
-@pytest.mark.parametrize("name", ("ve", "ve_small", "vp", "vp_small"))
+@pytest.mark.parametrize("name", ("ve", "ve_small", "vp", "vp_small", "sigma_power", "ou",
+                                  "ou_short"))
 def test_exact_transitions_compose_to_marginal(name):
   """Composing ``discretize`` over a non-uniform grid from t = 0 reproduces marginal_prob at
   every grid point: means multiply, variances add (float64)."""
@@ -345,6 +399,18 @@ def test_discrete_labels_are_the_authors():
     sde_lib.subVPSDE().discrete_label(t)
 
 
+@pytest.mark.parametrize("sde", [sde_lib.SigmaPowerSDE(), sde_lib.OUSDE()],
+                         ids=lambda sde: type(sde).__name__)
+def test_sdes_without_a_chain_refuse_discrete_levels_and_ancestral_steps(sde):
+  t = jnp.array([0.3, 0.6])
+  assert sde.discrete_chain is None
+  for ask in (sde.discrete_label, sde.discrete_level, lambda t: sde.discrete_marginal(t * 0)):
+    with pytest.raises(ValueError, match="has no discrete noise levels.*use continuous"):
+      ask(t)
+  with pytest.raises(ValueError, match="has no ancestral sampling step"):
+    sde.ancestral_step(jnp.ones((2, 3)), jnp.ones((2, 3)), t, t - 0.1)
+
+
 @pytest.mark.parametrize("sde", [sde_lib.VESDE(N=10), sde_lib.VESDE(N=1000), sde_lib.VPSDE(N=25),
                                  sde_lib.VPSDE(N=1000), sde_lib.VPSDE(N=4000)],
                          ids=lambda sde: f"{type(sde).__name__}-{sde.N}")
@@ -410,6 +476,8 @@ def test_jit_and_vmap_safe(name):
 
 def test_sde_registry():
   assert sde_lib.SDES.get("vesde") is sde_lib.VESDE
+  assert sde_lib.SDES.get("sigmapowersde") is sde_lib.SigmaPowerSDE
+  assert sde_lib.SDES.get("OUSDE") is sde_lib.OUSDE
   assert sde_lib.SDES.get("VPSDE") is sde_lib.VPSDE
   assert sde_lib.SDES.get("subVPSDE") is sde_lib.subVPSDE
   with pytest.raises(ValueError) as info:
@@ -430,6 +498,11 @@ def test_sde_registry():
     (sde_lib.VPSDE, dict(N=0)),
     (sde_lib.subVPSDE, dict(beta_min=2.0, beta_max=1.0)),
     (sde_lib.subVPSDE, dict(N=-3)),
+    (sde_lib.SigmaPowerSDE, dict(sigma=1.0)),
+    (sde_lib.SigmaPowerSDE, dict(sigma=0.5)),
+    (sde_lib.OUSDE, dict(mu=0.0)),
+    (sde_lib.OUSDE, dict(sigma=-1.0)),
+    (sde_lib.OUSDE, dict(T=0.0)),
 ])
 def test_invalid_parameters_raise(cls, kwargs):
   with pytest.raises(ValueError):
