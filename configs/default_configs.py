@@ -41,7 +41,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_solver = "tsit5"
-  # Fast samplers (fast_samplers/): sampling.method = ddim | dpm_solver | unipc | ipndm | edm_heun.
+  # Fast samplers (fast_samplers/): sampling.method = ddim | dpm_solver | unipc | ipndm | edm_heun;
+  # for few steps use unipc (order 2, bh1, logsnr: docs/fast_samplers.md ranks them).
   sampling.steps = 20                 # their steps (NFE: ddim/dpm multistep/unipc/ipndm 1, heun 2)
   # uniform_t | quadratic_t | logsnr | karras, or times "1,0.3,...,0.001" (they set steps, eps);
   # "": the method's own.
