@@ -133,7 +133,8 @@ def test_unknown_names_list_the_valid_ones():
   with pytest.raises(ValueError, match="Unknown optimizer 'SGD'; valid names are: adam, adamw"):
     builders.build_optimizer(config)
   config.training.sde = "cosine"
-  with pytest.raises(ValueError, match="Unknown SDE 'cosine'; valid names are: subvpsde, vesde"):
+  with pytest.raises(ValueError, match="Unknown SDE 'cosine'; valid names are: ousde, "
+                     "sigmapowersde, subvpsde, vesde, vpsde"):
     builders.build_sde(config)
 
 
