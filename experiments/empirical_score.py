@@ -25,8 +25,10 @@ of an image (``reached``), and the fraction of the images that are some reached 
 nearest (``coverage``; exact sampling gives ``1 - (1 - 1/N)^B`` in expectation,
 ``coverage_exact``), and for the deterministic samplers the fraction of samples that land on the
 same image as the adaptive ODE from the same ``x(T)`` (``same_image_as_ode``): the exact flow
-map sends each ``x(T)`` to one image, so this measures how well a solver follows it. Outputs (``--out``): ``empirical_score_<config>[_rgb32]_<UTC time>`` ``.json``,
-``.md`` (the table) and, with matplotlib, ``.png`` (distance and reached fraction against NFE).
+map sends each ``x(T)`` to one image, so this measures how well a solver follows it. Outputs
+(``--out``): ``empirical_score_<config>[_rgb32]_<UTC time>`` ``.json``, ``.md`` (the table) and,
+with matplotlib, ``.png`` (the excess distance, reached fraction and fraction on the ODE's image
+against NFE).
 """
 
 from __future__ import annotations
