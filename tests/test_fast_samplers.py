@@ -6,9 +6,9 @@ scores.
   ``x(T)`` to ``m(t) + sqrt(v(t) / v(T)) (x(T) - m(T))``). Each deterministic solver is run in
   float64 from the same ``x(T)`` with the exact score on the ``karras`` schedule at 32, 64 and
   128 steps (iPNDM 3 and 4: 128, 256, 512); the fitted slope of log(max error) against
-  log(steps) must lie within 0.3 of the solver's order, for VE, VP and sub-VP. (On the uniform ``logsnr`` grid this problem's
-  leading 3M error term is an exact derivative and integrates to zero: 3M measures order 4
-  there, so the non-uniform ``karras`` grid is the test.)
+  log(steps) must lie within 0.3 of the solver's order, for VE, VP and sub-VP. (On the uniform
+  ``logsnr`` grid this problem's leading 3M error term is an exact derivative and integrates to
+  zero: 3M measures order 4 there, so the non-uniform ``karras`` grid is the test.)
 * Distributions: the toy mixture (8 modes, std 0.1) with its exact score, every sampler at
   10-20 NFE (and churn at its other defaults, 20 steps) built from the toy config, compared with
   the exact ``p_eps`` (no final denoising): mode weights (each sample to its nearest mode) and
