@@ -34,8 +34,6 @@ against NFE).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import time
@@ -48,8 +46,8 @@ import numpy as np
 import builders
 import datasets
 import exact_scores
-import figures
 from configs import apply_overrides, load_config, parse_override
+from experiments.records import save_record
 from experiments.sampler_nfe import cases
 from infra.commands import one_line_errors
 
@@ -224,18 +222,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                reach=args.reach)
   record["command"] = ["python", "-m", "experiments.empirical_score"] + list(
       sys.argv[1:] if argv is None else argv)
-  os.makedirs(args.out, exist_ok=True)
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
   name = os.path.splitext(os.path.basename(args.config))[0] + ("_rgb32" if args.rgb32 else "")
-  stem = os.path.join(args.out, f"empirical_score_{name}_{stamp}")
-  with open(stem + ".json", "w") as f:
-    json.dump(record, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(markdown(record))
-  if figures.available():
-    plot(record, stem + ".png")
-  print(markdown(record))
-  return stem
+  return save_record(record, args.out, f"empirical_score_{name}", markdown, plot)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ installed, ``.png`` (energy distance against NFE).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -40,10 +39,10 @@ import numpy as np
 import builders
 import datasets
 import evaluation
-import figures
 from configs import apply_overrides, load_config, parse_override
 from datasets import toy_data
 from evaluation import scorers
+from experiments.records import save_record
 from experiments.time_to_bpd import first_test_images
 from infra import checkpoints
 from infra.commands import one_line_errors
@@ -216,19 +215,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   record = run(config, args.workdir, nfe_budgets=[int(n) for n in args.nfe.split(",")],
                num_samples=args.num_samples, checkpoint=args.checkpoint,
                timed=not args.untimed)
-  record["command"] = ["python", "-m", "experiments.sampler_nfe"] + list(argv or [])
-  os.makedirs(args.out, exist_ok=True)
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
-  stem = os.path.join(args.out, f"sampler_nfe_{os.path.splitext(os.path.basename(args.config))[0]}"
-                                f"_{stamp}")
-  with open(stem + ".json", "w") as f:
-    json.dump(record, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(markdown(record))
-  if figures.available():
-    plot(record, stem + ".png")
-  print(markdown(record))
-  return stem
+  record["command"] = ["python", "-m", "experiments.sampler_nfe"] + list(
+      sys.argv[1:] if argv is None else argv)
+  name = os.path.splitext(os.path.basename(args.config))[0]
+  return save_record(record, args.out, f"sampler_nfe_{name}", markdown, plot)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ def _recording_score(score_fn, log: List[float]):
   return recorded
 
 
+def _sample_recording_times(config, sde):
+  """``config``'s sampler on the toy's exact score, 16 samples: ``(x, nfe, [t of each call])``."""
+  log: List[float] = []
+  score_fn = _recording_score(exact_scores.gaussian_mixture_score(sde, *_MIXTURE), log)
+  sample = builders.build_sampling_fn(config, sde, (16, 2))
+  x, nfe = jax.jit(lambda rng: sample(rng, score_fn))(jax.random.PRNGKey(0))
+  jax.effects_barrier()
+  return x, nfe, log
+
+
 def _toy_config(**sampling):
   config = gaussian_mixture_exact.get_config()
   for key, value in sampling.items():
@@ -304,11 +314,7 @@ def test_samplers_reproduce_mode_weights_and_covariances(case):
 def test_methods_build_from_the_config_and_count_every_evaluation(overrides, nfe):
   config = _toy_config(**overrides)
   sde = builders.build_sde(config)
-  log: List[float] = []
-  score_fn = _recording_score(exact_scores.gaussian_mixture_score(sde, *_MIXTURE), log)
-  sample = builders.build_sampling_fn(config, sde, (16, 2))
-  x, got = jax.jit(lambda rng: sample(rng, score_fn))(jax.random.PRNGKey(0))
-  jax.effects_barrier()
+  x, got, log = _sample_recording_times(config, sde)
   assert got == nfe == len(log) and x.shape == (16, 2) and np.isfinite(np.asarray(x)).all()
   assert max(log) <= sde.T and min(log) >= config.sampling.eps * (1 - 1e-6)
   # The steps: sampling.steps, unless build_sampling_fn is given num_steps (traced only).
@@ -438,11 +444,6 @@ def test_parse_schedule_reads_names_and_times():
 
 def test_a_config_lists_times_in_sampling_schedule():
   config = _toy_config(method="ipndm", order=4, schedule="1,0.5,0.1,0.01", noise_removal=False)
-  sde = builders.build_sde(config)
-  log: List[float] = []
-  score_fn = _recording_score(exact_scores.gaussian_mixture_score(sde, *_MIXTURE), log)
-  sample = builders.build_sampling_fn(config, sde, (16, 2))
-  _, nfe = jax.jit(lambda rng: sample(rng, score_fn))(jax.random.PRNGKey(0))
-  jax.effects_barrier()
+  _, nfe, log = _sample_recording_times(config, builders.build_sde(config))
   assert nfe == 3 and np.allclose(log, [1.0, 0.5, 0.1])
   assert builders.sampler_tag(config) == "ipndm-4-3listedsteps"
