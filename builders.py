@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -362,68 +362,38 @@ def _schedule(cfg: Config) -> fast_samplers.Schedule:
   return fast_samplers.parse_schedule(cfg.schedule) if cfg.schedule else None
 
 
-@SAMPLING_METHODS.register("ddim")
-def _ddim_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
-                  num_frames: int) -> sampling.SampleFn:
-  """DDIM: ``eta``, ``schedule`` (empty: ``quadratic_t``), ``rho``, ``noise_removal``, ``eps``;
-  ``num_steps`` (default ``sampling.steps``) steps."""
-  sample = fast_samplers.get_ddim_sampler(
-      sde, shape, eta=cfg.eta, num_steps=cfg.steps if num_steps is None else num_steps,
-      schedule=_schedule(cfg), rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal,
-      num_frames=num_frames)
-  return lambda rng, score_fn: sample(rng, score_fn)
+def _fast_sampler(get_sampler: Callable[..., Callable[..., sampling.SampleOutput]],
+                  own_fields: Callable[[Config], Dict[str, Any]]) -> SamplerFactory:
+  """The factory of a fast sampler (``fast_samplers.get_*_sampler``): the settings they share,
+  ``steps`` (or the factory's ``num_steps``), ``schedule`` (empty: the sampler's own), ``rho``,
+  ``eps``, ``noise_removal``, and the ones ``own_fields(config.sampling)`` names."""
+
+  def factory(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
+              num_frames: int) -> sampling.SampleFn:
+    sample = get_sampler(sde, shape, num_steps=cfg.steps if num_steps is None else num_steps,
+                         schedule=_schedule(cfg), rho=cfg.rho, eps=cfg.eps,
+                         denoise=cfg.noise_removal, num_frames=num_frames, **own_fields(cfg))
+    return lambda rng, score_fn: sample(rng, score_fn)
+
+  return factory
 
 
-@SAMPLING_METHODS.register("dpm_solver")
-def _dpm_solver_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
-                        num_frames: int) -> sampling.SampleFn:
-  """DPM-Solver++: ``order``, ``multistep``, ``schedule`` (empty: ``logsnr``), ``rho``,
-  ``noise_removal``, ``eps``; ``num_steps`` (default ``sampling.steps``) steps."""
-  sample = fast_samplers.get_dpm_solver_sampler(
-      sde, shape, order=cfg.order, multistep=cfg.multistep,
-      num_steps=cfg.steps if num_steps is None else num_steps, schedule=_schedule(cfg),
-      rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal, num_frames=num_frames)
-  return lambda rng, score_fn: sample(rng, score_fn)
-
-
-@SAMPLING_METHODS.register("unipc")
-def _unipc_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
-                   num_frames: int) -> sampling.SampleFn:
-  """UniPC: ``order`` (the predictor's; p + 1 with the corrector), ``unipc_variant``,
-  ``unipc_corrector``, ``unipc_predictor``, ``schedule`` (empty: ``logsnr``), ``rho``,
-  ``noise_removal``, ``eps``; ``num_steps`` (default ``sampling.steps``) steps of one
-  evaluation."""
-  sample = fast_samplers.get_unipc_sampler(
-      sde, shape, order=cfg.order, variant=cfg.unipc_variant, corrector=cfg.unipc_corrector,
-      predictor=cfg.unipc_predictor,
-      num_steps=cfg.steps if num_steps is None else num_steps, schedule=_schedule(cfg),
-      rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal, num_frames=num_frames)
-  return lambda rng, score_fn: sample(rng, score_fn)
-
-
-@SAMPLING_METHODS.register("ipndm")
-def _ipndm_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
-                   num_frames: int) -> sampling.SampleFn:
-  """iPNDM: ``order`` (1-4), ``schedule`` (empty: ``karras``), ``rho``, ``noise_removal``,
-  ``eps``; ``num_steps`` (default ``sampling.steps``) steps of one evaluation."""
-  sample = fast_samplers.get_ipndm_sampler(
-      sde, shape, order=cfg.order, num_steps=cfg.steps if num_steps is None else num_steps,
-      schedule=_schedule(cfg), rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal,
-      num_frames=num_frames)
-  return lambda rng, score_fn: sample(rng, score_fn)
-
-
-@SAMPLING_METHODS.register("edm_heun")
-def _edm_heun_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optional[int],
-                      num_frames: int) -> sampling.SampleFn:
-  """EDM's Heun sampler: ``s_churn``, ``s_min``, ``s_max``, ``s_noise``, ``schedule`` (empty:
-  ``karras``), ``rho``, ``noise_removal``, ``eps``; ``num_steps`` (default ``sampling.steps``)
-  steps of two evaluations."""
-  sample = fast_samplers.get_edm_heun_sampler(
-      sde, shape, s_churn=cfg.s_churn, s_min=cfg.s_min, s_max=cfg.s_max, s_noise=cfg.s_noise,
-      num_steps=cfg.steps if num_steps is None else num_steps, schedule=_schedule(cfg),
-      rho=cfg.rho, eps=cfg.eps, denoise=cfg.noise_removal, num_frames=num_frames)
-  return lambda rng, score_fn: sample(rng, score_fn)
+# Each fast sampler's own sampling.* fields (their meaning: fast_samplers' get_*_sampler).
+SAMPLING_METHODS.add("ddim", _fast_sampler(fast_samplers.get_ddim_sampler,
+                                           lambda cfg: dict(eta=cfg.eta)))
+SAMPLING_METHODS.add("dpm_solver", _fast_sampler(
+    fast_samplers.get_dpm_solver_sampler,
+    lambda cfg: dict(order=cfg.order, multistep=cfg.multistep)))
+SAMPLING_METHODS.add("unipc", _fast_sampler(
+    fast_samplers.get_unipc_sampler,
+    lambda cfg: dict(order=cfg.order, variant=cfg.unipc_variant, corrector=cfg.unipc_corrector,
+                     predictor=cfg.unipc_predictor)))
+SAMPLING_METHODS.add("ipndm", _fast_sampler(fast_samplers.get_ipndm_sampler,
+                                            lambda cfg: dict(order=cfg.order)))
+SAMPLING_METHODS.add("edm_heun", _fast_sampler(
+    fast_samplers.get_edm_heun_sampler,
+    lambda cfg: dict(s_churn=cfg.s_churn, s_min=cfg.s_min, s_max=cfg.s_max,
+                     s_noise=cfg.s_noise)))
 
 
 def build_sampling_fn(config: Config, sde: sde_lib.SDE, shape: Shape,
