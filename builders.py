@@ -20,8 +20,11 @@ fields                                                read by
 ``model.name = 'exact_score'``                        :func:`is_exact_score` (below)
 ``optim.*``                                           :func:`build_optimizer`
 ``training.continuous, reduce_mean,                   :func:`build_loss_fn` and the steps
-likelihood_weighting, eps, label_dropout``;           built from it; the classifier's:
-``model.ema_rate``                                    :func:`build_classifier_train_steps`
+likelihood_weighting, eps, label_dropout, objective,  built from it; the classifier's:
+time_sampling, logit_normal_*``; ``model.ema_rate``   :func:`build_classifier_train_steps`
+``model.prediction``                                  :func:`build_loss_fn`,
+                                                      :func:`build_score_fn` (what the network
+                                                      outputs: ``models.predictions``)
 ``sampling.*``                                        :func:`build_sampling_fn`
                                                       (:data:`SAMPLING_METHODS`);
                                                       :func:`sampler_tag` names it
@@ -220,7 +223,12 @@ def build_loss_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
   return losses.get_loss_fn(sde, model, train=train, continuous=training.continuous,
                             reduce_mean=training.reduce_mean,
                             likelihood_weighting=training.likelihood_weighting, eps=training.eps,
-                            label_dropout=training.get("label_dropout", 0.0))
+                            label_dropout=training.get("label_dropout", 0.0),
+                            prediction=config.model.get("prediction", ""),
+                            objective=training.get("objective", "dsm"),
+                            time_sampling=training.get("time_sampling", "uniform"),
+                            logit_normal=(training.get("logit_normal_mean", 0.0),
+                                          training.get("logit_normal_std", 1.0)))
 
 
 def _replicated_like(state: losses.TrainState, devices: Devices) -> Any:
@@ -322,7 +330,8 @@ def build_score_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
       score_fn = model.score_fn(sde)
     else:
       score_fn = mutils.get_score_fn(sde, model, params, train=False,
-                                     continuous=config.training.continuous)
+                                     continuous=config.training.continuous,
+                                     prediction=config.model.get("prediction", ""))
     return lambda x, t: score_fn(devices.constrain(x), t)
 
   return score_fn_of
@@ -331,7 +340,8 @@ def build_score_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
 SamplerFactory = Callable[[sde_lib.SDE, Shape, Config, Optional[int], int], sampling.SampleFn]
 SAMPLING_METHODS: Registry[SamplerFactory] = Registry("sampling method")
 """``sampling.method`` -> ``factory(sde, shape, config.sampling, num_steps, num_frames) ->
-sample``."""
+sample``; ``sample(rng, score_fn)``, and for every method but ``pc`` also ``sample(rng,
+score_fn, z)`` from given ``x(T) = z``."""
 
 
 @SAMPLING_METHODS.register("pc")
@@ -354,7 +364,7 @@ def _ode_sampler(sde: sde_lib.SDE, shape: Shape, cfg: Config, num_steps: Optiona
                                         method=cfg.ode_solver, eps=cfg.eps,
                                         denoise=cfg.noise_removal, num_steps=num_steps,
                                         num_frames=num_frames)
-  return lambda rng, score_fn: ode_sample(rng, score_fn)
+  return ode_sample
 
 
 def _schedule(cfg: Config) -> fast_samplers.Schedule:
@@ -373,7 +383,7 @@ def _fast_sampler(get_sampler: Callable[..., Callable[..., sampling.SampleOutput
     sample = get_sampler(sde, shape, num_steps=cfg.steps if num_steps is None else num_steps,
                          schedule=_schedule(cfg), rho=cfg.rho, eps=cfg.eps,
                          denoise=cfg.noise_removal, num_frames=num_frames, **own_fields(cfg))
-    return lambda rng, score_fn: sample(rng, score_fn)
+    return sample
 
   return factory
 
@@ -583,8 +593,8 @@ def build_cfg_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, device
   continuous = config.training.continuous
 
   def sample(rng, params, labels, weight):
-    conditional = controllable_generation.get_conditional_score_fn(sde, model, params,
-                                                                   continuous)
+    conditional = controllable_generation.get_conditional_score_fn(
+        sde, model, params, continuous, config.model.get("prediction", ""))
 
     def constrained(x, t, y):
       return conditional(devices.constrain(x), t, y)

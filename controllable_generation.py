@@ -148,15 +148,15 @@ def classifier_free_guided_score(conditional_score_fn: ConditionalScoreFn,
 # --------------------------------------------------------------------------- class-conditional
 
 
-def get_conditional_score_fn(sde: sde_lib.SDE, model: Any, params: Any,
-                             continuous: bool = True) -> ConditionalScoreFn:
+def get_conditional_score_fn(sde: sde_lib.SDE, model: Any, params: Any, continuous: bool = True,
+                             prediction: Optional[str] = None) -> ConditionalScoreFn:
   """``score_fn(x, t, labels)`` of a class-conditional network (``num_classes > 0``, called with
   ``class_labels``), converted to a score as ``models.utils.get_score_fn`` converts any network;
   ``labels = model.num_classes`` (the null label) gives its unconditional score."""
 
   def score_fn(x: Array, t: Array, labels: Array) -> Array:
     return mutils.get_score_fn(sde, model, params, continuous=continuous,
-                               class_labels=labels)(x, t)
+                               class_labels=labels, prediction=prediction)(x, t)
 
   return score_fn
 

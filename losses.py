@@ -22,7 +22,7 @@ Losses are computed and reduced in (at least) float32 whatever dtype the model o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import flax
 import jax
@@ -30,14 +30,16 @@ import jax.numpy as jnp
 import optax
 
 import sde_lib
+from models import predictions
 from models import utils as mutils
 from sde_lib import batch_mul
 
 Array = jax.Array
 Params = Any
 Batch = Union[Array, Dict[str, Array]]
-"""What a loss and a step take: images ``x: [B, ...]``, or for a class-conditional network
-``{'image': x, 'label': int [B]}``."""
+"""What a loss and a step take: images ``x: [B, ...]``, or ``{'image': x}`` with, for a
+class-conditional network, ``'label': int [B]`` and, for a coupling (reflow), ``'noise': z``
+shaped like ``x``: the noise each image is paired with, used instead of fresh noise."""
 LossFn = Callable[[Params, Array, Batch], Array]
 """``loss_fn(params, rng, batch) -> scalar``."""
 AuxLossFn = Callable[[Params, Array, Batch], Tuple[Array, Dict[str, Array]]]
@@ -189,20 +191,86 @@ def discrete_losses(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Array, level
   return _reduce(jnp.square(batch_mul(s, score) + z), reduce_mean)
 
 
+OutputFn = Callable[[Array, Array], Array]
+"""``output_fn(x: [B, ...], t: [B]) -> [B, ...]``: a network's raw output at time ``t``."""
+
+
+def regression_losses(output_fn: OutputFn, prediction: predictions.Prediction, sde: sde_lib.SDE,
+                      x: Array, t: Array, z: Array, *, reduce_mean: bool = False) -> Array:
+  """Per-example plain regression of the network's prediction target, ``[B]``:
+  ``|out(x_t, t) - target|^2`` with ``x_t = a x + std z`` and the target of ``prediction``
+  (flow matching's ``|v - (z - x)|^2`` for the velocity on the linear path, DDPM's simple loss
+  for the noise). It equals :func:`dsm_losses` with weighting ``prediction.dsm_weight``.
+
+  Args:
+    x: clean data ``[B, ...]``.
+    t: times ``[B]`` in ``(0, T]``.
+    z: standard-normal noise shaped like ``x``.
+  """
+  dtype = _loss_dtype(x)
+  x, z, t = x.astype(dtype), z.astype(dtype), t.astype(dtype)
+  c = predictions.coefficients(sde, t)
+  out = output_fn(batch_mul(c.a, x) + batch_mul(c.std, z), t).astype(dtype)
+  return _reduce(jnp.square(out - prediction.target(x, z, c)), reduce_mean)
+
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def sample_times(rng: Array, batch: int, sde: sde_lib.SDE, eps: float,
+                 time_sampling: str = "uniform",
+                 logit_normal: Tuple[float, float] = (0.0, 1.0)) -> Array:
+  """Training times ``t: [batch]`` in ``[eps, T]``: ``'uniform'``, or ``'logit_normal'``
+  (Esser et al. 2024): ``t = eps + (T - eps) sigmoid(m + s n)``, ``n ~ N(0, 1)``, ``(m, s) =
+  logit_normal``, which puts more of the training at intermediate noise levels."""
+  if time_sampling == "uniform":
+    return jax.random.uniform(rng, (batch,), minval=eps, maxval=sde.T)
+  if time_sampling == "logit_normal":
+    mean, std = logit_normal
+    u = jax.nn.sigmoid(mean + std * jax.random.normal(rng, (batch,)))
+    return eps + (sde.T - eps) * u
+  raise ValueError(f"training.time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got "
+                   f"{time_sampling!r}.")
+
+
+def _times_and_noise(rng: Array, sde: sde_lib.SDE, x: Array, z: Optional[Array], eps: float,
+                     time_sampling: str, logit_normal: Tuple[float, float]
+                     ) -> Tuple[Array, Array]:
+  """``(t, z)`` of a continuous loss: times from :func:`sample_times`, and fresh standard-normal
+  noise unless ``z`` is given (a coupling)."""
+  t_rng, z_rng = jax.random.split(rng)
+  t = sample_times(t_rng, x.shape[0], sde, eps, time_sampling, logit_normal)
+  if z is None:
+    z = jax.random.normal(z_rng, x.shape, _loss_dtype(x))
+  return t, z
+
+
 def sde_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, rng: Array, x: Array, *,
              reduce_mean: bool = False, likelihood_weighting: bool = False,
-             eps: float = 1e-5) -> Array:
-  """Continuous DSM (:func:`dsm_losses`) with ``t ~ U(eps, T)``, averaged over the batch.
+             eps: float = 1e-5, time_sampling: str = "uniform",
+             logit_normal: Tuple[float, float] = (0.0, 1.0), z: Optional[Array] = None) -> Array:
+  """Continuous DSM (:func:`dsm_losses`) at times from :func:`sample_times`, averaged over the
+  batch.
 
   Args:
     x: clean data ``[B, ...]``.
     eps: smallest time; the kernel's std vanishes at ``t = 0`` for VP / sub-VP.
+    z: the noise paired with ``x`` (a coupling, as reflow trains on); None: drawn afresh.
   """
-  t_rng, z_rng = jax.random.split(rng)
-  t = jax.random.uniform(t_rng, (x.shape[0],), minval=eps, maxval=sde.T)
-  z = jax.random.normal(z_rng, x.shape, _loss_dtype(x))
+  t, z = _times_and_noise(rng, sde, x, z, eps, time_sampling, logit_normal)
   return jnp.mean(dsm_losses(score_fn, sde, x, t, z, reduce_mean=reduce_mean,
                              likelihood_weighting=likelihood_weighting))
+
+
+def regression_loss(output_fn: OutputFn, prediction: predictions.Prediction, sde: sde_lib.SDE,
+                    rng: Array, x: Array, *, reduce_mean: bool = False, eps: float = 1e-5,
+                    time_sampling: str = "uniform", logit_normal: Tuple[float, float] = (0.0, 1.0),
+                    z: Optional[Array] = None) -> Array:
+  """:func:`regression_losses` at times from :func:`sample_times`, averaged over the batch (the
+  same draws from ``rng`` as :func:`sde_loss`; ``z`` likewise)."""
+  t, z = _times_and_noise(rng, sde, x, z, eps, time_sampling, logit_normal)
+  return jnp.mean(regression_losses(output_fn, prediction, sde, x, t, z,
+                                    reduce_mean=reduce_mean))
 
 
 def discrete_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, rng: Array, x: Array, *,
@@ -226,13 +294,22 @@ def drop_labels(rng: Array, labels: Array, dropout: float, num_classes: int) -> 
 _LABEL_DROPOUT_STREAM = 2
 
 
+OBJECTIVES = ("dsm", "regression")
+
+
 def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool = True,
                 reduce_mean: bool = False, likelihood_weighting: bool = False,
-                eps: float = 1e-5, label_dropout: float = 0.0) -> LossFn:
+                eps: float = 1e-5, label_dropout: float = 0.0, prediction: Optional[str] = None,
+                objective: str = "dsm", time_sampling: str = "uniform",
+                logit_normal: Tuple[float, float] = (0.0, 1.0)) -> LossFn:
   """``loss_fn(params, rng, batch) -> scalar`` for a network ``model``.
 
-  ``continuous`` selects the continuous DSM objective; otherwise the SDE's discrete chain's
-  (SMLD for VE, DDPM for VP). ``rng`` is split into a dropout key and a noise key.
+  ``continuous`` selects the continuous objectives; otherwise the SDE's discrete chain's (SMLD
+  for VE, DDPM for VP). Continuous: ``objective = 'dsm'`` is denoising score matching on the
+  score the network's ``prediction`` converts to (weighted by ``std^2``, or ``g^2`` with
+  ``likelihood_weighting``), ``'regression'`` the plain regression of the prediction itself
+  (:func:`regression_losses`; flow matching for ``'velocity'``), each at times drawn by
+  ``time_sampling``. ``rng`` is split into a dropout key and a noise key.
 
   A class-conditional network (``models.utils.num_classes(model) = K > 0``) takes ``batch =
   {'image': x, 'label': y}`` and learns the score of ``p(x | y)``; with ``train=True`` each label
@@ -242,12 +319,24 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
 
   Raises:
     ValueError: for a discrete objective with an SDE that has no discrete chain, or with
-      likelihood weighting (which only the continuous objective defines); for a
-      ``label_dropout`` outside [0, 1), or one given to an unconditional network.
+      likelihood weighting, regression or a time sampling (which only the continuous objectives
+      define); for likelihood weighting with regression; for an unknown objective or time
+      sampling; for a ``label_dropout`` outside [0, 1), or one given to an unconditional network.
   """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"training.objective must be one of {', '.join(OBJECTIVES)}, got "
+                     f"{objective!r}.")
+  if time_sampling not in TIME_SAMPLINGS:
+    raise ValueError(f"training.time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got "
+                     f"{time_sampling!r}.")
+  if objective == "regression" and likelihood_weighting:
+    raise ValueError("training.objective = 'regression' has its own weighting (that of "
+                     "model.prediction); set training.likelihood_weighting = False, or use "
+                     "training.objective = 'dsm'.")
   if not continuous:
-    if likelihood_weighting:
-      raise ValueError("likelihood_weighting is only defined for the continuous objective "
+    if likelihood_weighting or objective != "dsm" or time_sampling != "uniform":
+      raise ValueError("likelihood_weighting, training.objective = 'regression' and "
+                       "training.time_sampling are only defined for the continuous objectives "
                        "(continuous=True).")
     if sde.discrete_chain is None:
       raise ValueError(
@@ -255,25 +344,39 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
           f"{' and '.join(sde_lib.discrete_chain_sdes())}, got {type(sde).__name__}; use "
           f"continuous=True.")
   classes = mutils.num_classes(model)
+  converter = predictions.get_prediction(prediction or sde.prediction,
+                                         getattr(model, "scale_by_sigma", False))
   if not 0.0 <= label_dropout < 1.0:
     raise ValueError(f"training.label_dropout must be in [0, 1), got {label_dropout}.")
 
   def loss_fn(params: Params, rng: Array, batch: Batch) -> Array:
     dropout_rng, noise_rng = jax.random.split(rng)
-    x, class_labels = batch, None
+    x, class_labels, z = batch, None, None
+    if isinstance(batch, dict):
+      x, z = batch["image"], batch.get("noise")
+      if z is not None and not continuous:
+        raise ValueError("coupled (image, noise) batches need a continuous objective.")
     if classes:
       if not isinstance(batch, dict):
         raise TypeError("a class-conditional network (num_classes > 0) is trained on "
                         "{'image': x, 'label': y} batches, got an array.")
-      x, class_labels = batch["image"], batch["label"].astype(jnp.int32)
+      class_labels = batch["label"].astype(jnp.int32)
       if train and label_dropout > 0:
         class_labels = drop_labels(jax.random.fold_in(rng, _LABEL_DROPOUT_STREAM), class_labels,
                                    label_dropout, classes)
+    if objective == "regression":
+      model_fn = mutils.get_model_fn(model, params, train=train, rng=dropout_rng,
+                                     class_labels=class_labels)
+      return regression_loss(lambda x_t, t: model_fn(x_t, sde.noise_label(t)), converter, sde,
+                             noise_rng, x, reduce_mean=reduce_mean, eps=eps,
+                             time_sampling=time_sampling, logit_normal=logit_normal, z=z)
     score_fn = mutils.get_score_fn(sde, model, params, train=train, continuous=continuous,
-                                   rng=dropout_rng, class_labels=class_labels)
+                                   rng=dropout_rng, class_labels=class_labels,
+                                   prediction=prediction)
     if continuous:
       return sde_loss(score_fn, sde, noise_rng, x, reduce_mean=reduce_mean,
-                      likelihood_weighting=likelihood_weighting, eps=eps)
+                      likelihood_weighting=likelihood_weighting, eps=eps,
+                      time_sampling=time_sampling, logit_normal=logit_normal, z=z)
     return discrete_loss(score_fn, sde, noise_rng, x, reduce_mean=reduce_mean)
 
   return loss_fn

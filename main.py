@@ -6,9 +6,10 @@ evaluates the checkpoints it wrote, ``sample`` draws ``--num_samples`` samples f
 inpaints or colours test images or draws samples of class ``K``, guided by a classifier
 (``--classifier_config``, ``--classifier_workdir``, ``--guidance_scale``) or, for a
 class-conditional model, classifier-free (``--cfg_weight``) --, ``figures`` draws the process,
-``fid_stats`` computes the training split's FID reference statistics once, and
-``train_classifier`` trains the noise-conditional classifier of classifier guidance. They pair
-up on the same workdir, by default ``runs/<config path under configs/>`` (``configs/vpsde_mnist.py``
+``fid_stats`` computes the training split's FID reference statistics once,
+``train_classifier`` trains the noise-conditional classifier of classifier guidance, and
+``reflow`` trains a second flow on the couplings of the trained one (in ``<workdir>/reflow``).
+They pair up on the same workdir, by default ``runs/<config path under configs/>`` (``configs/vpsde_mnist.py``
 -> ``runs/vpsde_mnist``). Config fields can be overridden, e.g.
 ``--config.training.batch_size=64``.
 
@@ -51,11 +52,14 @@ flags.DEFINE_string("workdir", None,
 flags.DEFINE_enum("mode", None, list(run_lib.MODES),
                   "train (or resume), eval (the checkpoints training wrote), sample (from one "
                   "checkpoint), figures (pictures of the process for one checkpoint), "
-                  "fid_stats (the training split's FID reference statistics, once), or "
-                  "train_classifier (the noise-conditional classifier of classifier guidance).")
+                  "fid_stats (the training split's FID reference statistics, once), "
+                  "train_classifier (the noise-conditional classifier of classifier guidance), "
+                  "or reflow (a second flow trained on the trained one's couplings, in "
+                  "<workdir>/reflow).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation outputs.")
 flags.DEFINE_string("checkpoint", None,
-                    "--mode sample and figures: the checkpoint, as a step number or the path of "
+                    "--mode sample, figures and reflow: the checkpoint, as a step number or the "
+                    "path of "
                     "a step directory (<workdir>/checkpoints/<step>); default: the newest. "
                     "--mode sample, figures and eval: or one of the authors' released files "
                     "(checkpoint_<k> Flax msgpack, checkpoint_<k>.pth PyTorch).")

@@ -11,6 +11,7 @@ Each mode lives in its own module of :mod:`modes`; this module only maps ``--mod
   run_lib.make_figures(config, workdir)               # --mode figures
   run_lib.fid_stats(config, workdir)                  # --mode fid_stats
   run_lib.train_classifier(config, workdir)           # --mode train_classifier
+  run_lib.reflow(config, workdir)                     # --mode reflow
 
 and, where they live now, the helpers it used to hold (``sampler_tag``, ``model_batch``,
 ``stack_batches``, ``inpainting_mask``, ``INPAINT_REGIONS``, ``guidance_labels``,
@@ -31,6 +32,7 @@ from modes import controlled_sample as _controlled_sample
 from modes import evaluate as _evaluate
 from modes import fid_stats as _fid_stats
 from modes import make_figures as _make_figures
+from modes import reflow as _reflow
 from modes import sample as _sample
 from modes import train as _train
 from modes import train_classifier as _train_classifier
@@ -38,6 +40,7 @@ from modes.controlled_sample import controlled_sample, guidance_labels
 from modes.evaluate import checkpoint_index, describe_result, evaluate
 from modes.fid_stats import fid_stats
 from modes.make_figures import make_figures
+from modes.reflow import reflow
 from modes.sample import sample
 from modes.train import train
 from modes.train_classifier import load_classifier
@@ -61,6 +64,7 @@ MODES: Dict[str, ModeFn] = {
     "figures": _make_figures.run,
     "fid_stats": _fid_stats.run,
     "train_classifier": _train_classifier.run,
+    "reflow": _reflow.run,
 }
 """``--mode`` -> ``run(config, workdir, options)`` of its module (:mod:`modes`)."""
 
@@ -83,5 +87,6 @@ def run(mode: str, config: Config, workdir: str, options: Options = Options()) -
 
 __all__ = ["INPAINT_REGIONS", "MODES", "Options", "check", "checkpoint_index", "controlled_sample",
            "describe_result", "evaluate", "fid_stats", "guidance_labels", "inpainting_mask",
-           "load_classifier", "make_figures", "model_batch", "run", "sample", "sampler_tag",
+           "load_classifier", "make_figures", "model_batch", "reflow", "run", "sample",
+           "sampler_tag",
            "stack_batches", "train", "train_classifier"]

@@ -16,8 +16,9 @@ the SDE through the attributes below instead of testing its type.
 
 What the rest of the code asks an SDE, besides its coefficients:
 
-* :meth:`SDE.noise_label` and :attr:`SDE.network_predicts_noise`: the authors' network
-  conventions, which ``models.utils.get_score_fn`` turns into a score.
+* :meth:`SDE.noise_label` and :attr:`SDE.prediction`: the network conventions of the SDE's
+  family (what a network is conditioned on, and what it outputs unless ``model.prediction``
+  says otherwise), which ``models.utils.get_score_fn`` turns into a score.
 * :attr:`SDE.discrete_chain`: the discrete Markov chain the SDE is the limit of (``'SMLD'``
   for VE, ``'DDPM'`` for VP; None for sub-VP, the tutorial's SDE and OU), with its noise levels
   (:meth:`SDE.discrete_marginal`, :meth:`SDE.discrete_level`), the label a discretely trained
@@ -26,8 +27,9 @@ What the rest of the code asks an SDE, besides its coefficients:
   training and ancestral sampling need one.
 
 Besides VE, VP and sub-VP: :class:`SigmaPowerSDE` (``dx = sigma^t dw``, the SDE of Song's
-score-SDE tutorial) and :class:`OUSDE` (the Ornstein-Uhlenbeck process, horizon ``T`` a
-parameter).
+score-SDE tutorial), :class:`OUSDE` (the Ornstein-Uhlenbeck process, horizon ``T`` a
+parameter) and :class:`RectifiedFlow` (the linear path of flow matching, ``x(t) = (1 - t) x0 +
+t z``, as the SDE with those marginals).
 
 Time grids and discretizations. The samplers step between explicit time pairs
 ``t -> t_next`` of a grid they choose, and :meth:`SDE.discretize` takes both times, so
@@ -84,14 +86,16 @@ class SDE(abc.ABC):
 
   Attributes:
     N: number of discretization steps (noise levels) the SDE is used with by default.
-    network_predicts_noise: the authors' convention for networks trained on this SDE: True if
-      the network outputs the noise ``z`` of ``x(t) = mean + std z`` (score ``-out / std``),
-      False if it outputs the score itself (optionally divided by ``std``, ``scale_by_sigma``).
+    prediction: what a network trained on this SDE outputs unless ``model.prediction`` names
+      another (``models.predictions``): ``'score'`` (the authors' VE networks, optionally
+      divided by ``std``, ``scale_by_sigma``), ``'noise'`` (the ``z`` of ``x(t) = mean + std z``;
+      the authors' VP networks) or ``'velocity'`` (``d mean / dt + d std / dt z``, flow
+      matching's target).
     discrete_chain: name of the discrete Markov chain this SDE is the continuous limit of
       (``'SMLD'``, ``'DDPM'``), or None. Discretely trained models and ancestral sampling
       exist only for SDEs that have one.
   """
-  network_predicts_noise: bool = False
+  prediction: str = "score"
   discrete_chain: Optional[str] = None
 
   def __init__(self, N: int):
@@ -310,7 +314,7 @@ class _BetaScheduleSDE(SDE):
 
   Networks are conditioned on ``999 t`` (DDPM's time scale) and predict the noise.
   """
-  network_predicts_noise = True
+  prediction = "noise"
 
   def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
     super().__init__(N)
@@ -494,7 +498,7 @@ class OUSDE(SDE):
   variance at every ``t``, so a network's output stays of order one. There is no discrete
   chain.
   """
-  network_predicts_noise = True
+  prediction = "noise"
 
   def __init__(self, mu: float = 0.5, sigma: float = 1.0, T: float = 10.0, N: int = 1000):
     super().__init__(N)
@@ -539,6 +543,64 @@ class OUSDE(SDE):
     """Exact transition ``x' = e^(-mu h) x + sqrt(v(h)) z`` over ``h = |t_next - t|``."""
     h = jnp.abs(t_next - t)
     return batch_mul(jnp.expm1(-self.mu * h), x), jnp.sqrt(self._variance(h))
+
+
+@SDES.register("rectified_flow")
+class RectifiedFlow(SDE):
+  """The linear path of flow matching and rectified flow: ``x(t) = (1 - t) x0 + t z``.
+
+  Registered as ``rectified_flow``. Kernel ``N((1 - t) x0, t^2 I)``: ``a(t) = 1 - t``,
+  ``std(t) = t``. As an SDE with those marginals, ``f(x, t) = -x / (1 - t)`` (``d log a / dt``)
+  and ``g(t)^2 = d std^2 / dt - 2 f std^2 = 2 t / (1 - t)``, so its score, reverse SDE,
+  probability-flow ODE and likelihood are those of the other SDEs. The probability-flow ODE is
+  the flow itself: its drift at the exact score is the velocity ``E[z - x0 | x(t)]``.
+
+  End point. At ``t = 1`` the path is pure noise, but ``f`` and ``g^2`` grow as ``1 / (1 - t)``:
+  the reverse SDE's drift is singular there and the probability-flow drift is a difference of
+  two infinities. The process therefore stops at a horizon ``T < 1`` (default 0.99, where
+  ``1 / (1 - T) = 100``: a 1000-step sampler's first step ``dt / (1 - T)`` is 0.1, well inside
+  Euler-Maruyama's stability, and the signal left, ``(1 - T) x0``, is 1 % of the data). The
+  prior is ``N(0, T^2 I)``, the marginal at ``T`` of a start at ``x0 = 0`` (as for VE and OU):
+  ``N(0, I)`` scaled to the horizon. Networks are conditioned on ``999 t`` (VP's scale, so the
+  same networks serve both) and predict the velocity ``z - x0`` by default.
+  """
+  prediction = "velocity"
+
+  def __init__(self, T: float = 0.99, N: int = 1000):
+    super().__init__(N)
+    if not 0.0 < T < 1.0:
+      raise ValueError(f"RectifiedFlow needs a horizon 0 < T < 1 (its drift is singular at t = "
+                       f"1), got T={T}.")
+    self._horizon = float(T)
+
+  @property
+  def T(self) -> float:
+    return self._horizon
+
+  def sde(self, x, t):
+    return batch_mul(-1.0 / (1.0 - t), x), jnp.sqrt(2.0 * t / (1.0 - t))
+
+  def mean_coeff(self, t):
+    return 1.0 - t
+
+  def marginal_prob(self, x, t):
+    return batch_mul(1.0 - t, x), t
+
+  def noise_label(self, t):
+    return 999.0 * t
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.T
+
+  def prior_logp(self, z):
+    return _isotropic_normal_logp(z, self.T)
+
+  def discretize(self, x, t, t_next):
+    """Exact transition between the two times: ``x' = r x + sqrt(std'^2 - r^2 std^2) z`` with
+    ``r = a' / a``, primes at the later time."""
+    s, u = jnp.minimum(t, t_next), jnp.maximum(t, t_next)
+    ratio = (1.0 - u) / (1.0 - s)
+    return batch_mul(ratio - 1.0, x), jnp.sqrt(u**2 - (ratio * s)**2)
 
 
 def _isotropic_normal_logp(z: Array, std: float) -> Array:

@@ -16,7 +16,8 @@ user's matplotlibrc, so the same inputs give the same bytes.
 One module per kind of figure, each a public function that writes the file and a ``_draw_*``
 that makes the matplotlib figure: :mod:`figures.process` (animations of the reverse process),
 :mod:`figures.trajectories`, :mod:`figures.comparison` (samplers side by side),
-:mod:`figures.toy` (2-D marginals and samples against data), :mod:`figures.encoder` and
+:mod:`figures.toy` (2-D marginals and samples against data), :mod:`figures.flow_paths` (2-D
+flow trajectories, before and after reflow), :mod:`figures.encoder` and
 :mod:`figures.curves` (training curves); :mod:`figures.canvas` holds what they share.
 """
 
@@ -24,10 +25,11 @@ from figures.canvas import DPI, available, run_title
 from figures.comparison import Panel, sampler_comparison
 from figures.curves import training_curves
 from figures.encoder import encoder_figure
+from figures.flow_paths import flow_paths
 from figures.process import process_animation
 from figures.toy import Density, toy_marginals, toy_samples_vs_data
 from figures.trajectories import coordinate_trajectories
 
 __all__ = ["DPI", "Density", "Panel", "available", "coordinate_trajectories", "encoder_figure",
-           "process_animation", "run_title", "sampler_comparison", "toy_marginals",
+           "flow_paths", "process_animation", "run_title", "sampler_comparison", "toy_marginals",
            "toy_samples_vs_data", "training_curves"]

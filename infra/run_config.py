@@ -27,10 +27,13 @@ MAY_CHANGE_ON_RESUME = (
     "training.n_iters", "training.n_jitted_steps", "training.log_freq", "training.eval_freq",
     "training.snapshot_freq", "training.snapshot_freq_for_preemption",
     "training.snapshot_sampling", "training.remat", "data.data_dir", "sampling.", "eval.",
+    "reflow.straightness_samples", "reflow.straightness_steps",
 )
 MAY_CHANGE_IN_EVAL = MAY_CHANGE_ON_RESUME + (
     "seed", "optim.", "training.batch_size", "training.mixed_precision", "training.reduce_mean",
-    "training.likelihood_weighting", "training.eps", "training.label_dropout", "data.random_flip",
+    "training.likelihood_weighting", "training.eps", "training.label_dropout",
+    "training.time_sampling", "training.logit_normal_mean", "training.logit_normal_std",
+    "reflow.", "data.random_flip",
     "data.uniform_dequantization",
 )
 

@@ -4,8 +4,9 @@ Every network is a Flax linen module called as ``model.apply({'params': params},
 train=train, rngs={'dropout': key})`` with ``x: [B, H, W, C]`` (or ``[B, D]`` for toys) and
 ``labels: [B]`` -- the noise-level conditioning -- and returns an array shaped like ``x``.
 Networks output the raw quantity they were trained to predict; :func:`get_score_fn` turns it
-into a score, asking the SDE for its conventions (``sde.noise_label``,
-``sde.network_predicts_noise``, ``sde.discrete_marginal``), so the conversions live in one place:
+into a score, asking the SDE for its conventions (``sde.noise_label``, ``sde.prediction``,
+``sde.discrete_marginal``), so the conversions live in one place. With the SDEs' own
+predictions:
 
 ====================  ===========================  ==========================================
 SDE, training         labels given the model       score from the output ``out``
@@ -18,6 +19,9 @@ VP/sub-VP, cont.      ``999 t``                    ``-out / std(t)`` (``out`` pr
 VP, discrete (DDPM)   ``t (N-1)``, not rounded     ``-out / sqrt(1 - alpha_bar_i)``,
                                                    ``i = floor(t (N-1))``
 ====================  ===========================  ==========================================
+
+A continuously trained network may predict something else, named by ``model.prediction``
+(noise, score, data, velocity or v; :mod:`models.predictions` holds every conversion).
 
 (``T = 1``; ``sigma_i`` ascends with ``i``.) The discrete labels are the authors': their SMLD
 noise ladder descends, so label 0 is ``sigma_max`` (:meth:`sde_lib.VESDE.discrete_label`), and
@@ -41,7 +45,7 @@ import numpy as np
 
 import sde_lib
 from infra.registry import Registry
-from sde_lib import batch_mul
+from models import predictions
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
@@ -97,34 +101,49 @@ def get_model_fn(model: nn.Module, params: Any, train: bool = False,
 
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, params: Any, train: bool = False,
                  continuous: bool = True, rng: Optional[Array] = None,
-                 class_labels: Optional[Array] = None) -> sde_lib.ScoreFn:
+                 class_labels: Optional[Array] = None,
+                 prediction: Optional[str] = None) -> sde_lib.ScoreFn:
   """``score_fn(x: [B, ...], t: [B]) -> [B, ...]`` from a network, per the table above; with
-  ``class_labels: [B]`` the class-conditional score of a class-conditional network."""
+  ``class_labels: [B]`` the class-conditional score of a class-conditional network.
+  ``prediction`` names what the network outputs (``models.predictions``; None or ``''``: the
+  SDE's convention, ``sde.prediction``)."""
   model_fn = get_model_fn(model, params, train=train, rng=rng, class_labels=class_labels)
   return score_fn_from_model_fn(sde, model_fn, continuous,
-                                scale_by_sigma=getattr(model, "scale_by_sigma", False))
+                                scale_by_sigma=getattr(model, "scale_by_sigma", False),
+                                prediction=prediction)
 
 
 def score_fn_from_model_fn(sde: sde_lib.SDE, model_fn: ModelFn, continuous: bool,
-                           scale_by_sigma: bool = False) -> sde_lib.ScoreFn:
+                           scale_by_sigma: bool = False,
+                           prediction: Optional[str] = None) -> sde_lib.ScoreFn:
   """The conversion of :func:`get_score_fn` for any ``model_fn(x, labels)``.
 
   Raises:
-    ValueError: for ``continuous=False`` with an SDE that has no discrete noise levels.
+    ValueError: for ``continuous=False`` with an SDE that has no discrete noise levels, or with
+      a prediction other than the SDE's own (the discrete chains define only theirs).
   """
-  if not continuous and sde.discrete_chain is None:
-    raise ValueError(f"A discretely trained network needs an SDE with discrete noise levels "
-                     f"({' or '.join(sde_lib.discrete_chain_sdes())}), got "
-                     f"{type(sde).__name__}; set continuous=True.")
+  name = prediction or sde.prediction
+  if not continuous:
+    if sde.discrete_chain is None:
+      raise ValueError(f"A discretely trained network needs an SDE with discrete noise levels "
+                       f"({' or '.join(sde_lib.discrete_chain_sdes())}), got "
+                       f"{type(sde).__name__}; set continuous=True.")
+    if name.lower() != sde.prediction:
+      raise ValueError(f"model.prediction = {name!r}: a discretely trained {type(sde).__name__} "
+                       f"network predicts {sde.prediction!r}; set continuous=True for another.")
+  converter = predictions.get_prediction(name, scale_by_sigma)
 
   def score_fn(x: Array, t: Array) -> Array:
     if continuous:
-      labels, std = sde.noise_label(t), sde.marginal_std(t)
+      labels = sde.noise_label(t)
+      if converter.needs_derivatives:
+        c = predictions.coefficients(sde, t)
+      else:
+        c = predictions.Coefficients(sde.mean_coeff(t), sde.marginal_std(t), None, None)
     else:
-      labels, std = sde.discrete_label(t), sde.discrete_marginal(sde.discrete_level(t))[1]
+      std = sde.discrete_marginal(sde.discrete_level(t))[1]
+      labels, c = sde.discrete_label(t), predictions.Coefficients(None, std, None, None)
     out = model_fn(x, labels).astype(x.dtype)
-    if sde.network_predicts_noise:
-      return batch_mul(-1.0 / std, out)
-    return batch_mul(1.0 / std, out) if scale_by_sigma else out
+    return converter.score(out, x, c)
 
   return score_fn

@@ -7,7 +7,8 @@
 * ``figures``: :mod:`modes.make_figures`, pictures of the process;
 * ``fid_stats``: :mod:`modes.fid_stats`, FID reference statistics of the training split;
 * ``train_classifier``: :mod:`modes.train_classifier`, the noise-conditional classifier of
-  classifier guidance.
+  classifier guidance;
+* ``reflow``: :mod:`modes.reflow`, a second flow trained on the couplings of a trained one.
 
 Each mode module has its function (``train``, ``evaluate``, ...: keyword arguments, what
 ``run_lib`` exports and scripts call) and ``run(config, workdir, options)``, which reads what

@@ -51,7 +51,7 @@ def test_build_sde_reads_its_parameters_from_config_model(name, cls, params):
 
 class _BrownianSDE(sde_lib.SDE):
   """``dx = sigma dw``: a fourth SDE stating only its coefficients and network conventions."""
-  network_predicts_noise = True
+  prediction = "noise"
 
   def __init__(self, sigma: float = 2.0, N: int = 100):
     super().__init__(N)
@@ -134,7 +134,7 @@ def test_unknown_names_list_the_valid_ones():
     builders.build_optimizer(config)
   config.training.sde = "cosine"
   with pytest.raises(ValueError, match="Unknown SDE 'cosine'; valid names are: ousde, "
-                     "sigmapowersde, subvpsde, vesde, vpsde"):
+                     "rectified_flow, sigmapowersde, subvpsde, vesde, vpsde"):
     builders.build_sde(config)
 
 

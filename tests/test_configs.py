@@ -19,7 +19,8 @@ import datasets
 import run_lib
 import sde_lib
 from configs import tutorial_mnist
-from configs.toy import gaussian_mixture, ou_swiss_roll
+from configs.toy import gaussian_mixture, ou_swiss_roll, rectified_flow_swiss_roll, swiss_roll
+from infra import run_config
 from models import tutorial_scorenet
 from models import utils as mutils
 from tests import runs
@@ -75,7 +76,8 @@ def test_every_runnable_config_loads_with_all_sections():
 
 @pytest.mark.parametrize("name", ["vpsde_mnist", "vesde_mnist", "subvpsde_mnist",
                                   "vpsde_discrete_mnist", "subvpsde_pc_mnist",
-                                  "vpsde_mnist_conditional", "tutorial_mnist"])
+                                  "vpsde_mnist_conditional", "tutorial_mnist",
+                                  "rectified_flow_mnist"])
 def test_mnist_configs_build(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   sde = builders.build_sde(config)
@@ -136,3 +138,23 @@ def test_apply_overrides():
   assert config.training.batch_size == 512  # the original is untouched
   with pytest.raises(KeyError, match="no such field"):
     configs.apply_overrides(config, (("training.batchsize", 8),))
+
+
+def test_rectified_flow_configs_change_only_the_process_and_train(tmp_path):
+  """The rectified-flow toy is the VP toy with the process, prediction, objective and sampler
+  changed: same network, data, optimizer and budget."""
+  config, vp = rectified_flow_swiss_roll.get_config(), swiss_roll.get_config()
+  flat = lambda c: run_config.flatten(c.to_dict())
+  changed = {k for k, v in flat(config).items() if flat(vp).get(k, object()) != v}
+  assert changed == {"training.sde", "training.objective", "model.prediction", "model.T",
+                     "sampling.method"}
+  sde = builders.build_sde(config)
+  assert isinstance(sde, sde_lib.RectifiedFlow) and sde.T == 0.99
+  for name, value in (("n_iters", 20), ("n_jitted_steps", 10), ("eval_freq", 10),
+                      ("snapshot_freq", 20), ("snapshot_freq_for_preemption", 10),
+                      ("snapshot_sampling", False)):
+    config.training[name] = value
+  run_lib.train(config, str(tmp_path))
+  state = runs.final_state(str(tmp_path), config)
+  assert int(state.step) == 20
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state.params))

@@ -40,7 +40,7 @@ def _sde(name: str) -> sde_lib.SDE:
   # tutorial's sigma^t SDE (prior std 9.85) and OU (T = 10).
   return {"ve": lambda: sde_lib.VESDE(sigma_max=10.0), "vp": sde_lib.VPSDE,
           "subvp": sde_lib.subVPSDE, "sigma_power": sde_lib.SigmaPowerSDE,
-          "ou": sde_lib.OUSDE}[name]()
+          "ou": sde_lib.OUSDE, "rectified_flow": sde_lib.RectifiedFlow}[name]()
 
 
 def _num_steps(sde: sde_lib.SDE) -> int:
@@ -62,7 +62,8 @@ def _assert_component(x: jax.Array, sde: sde_lib.SDE, k: int) -> None:
 # --------------------------------------------------------------------------- guidance
 
 
-@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "sigma_power", "ou"])
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "sigma_power", "ou",
+                                      "rectified_flow"])
 def test_guided_scores_are_bayes_rule(sde_name):
   # score + grad log p_t(k | x) is the score of p_t(x | k) exactly; CFG is its stated formula.
   sde = _sde(sde_name)
@@ -103,7 +104,7 @@ def test_cfg_at_zero_weight_does_not_evaluate_the_unconditional_score():
 @pytest.mark.parametrize("sde_name,predictor,corrector", [
     ("ve", "euler_maruyama", "none"), ("vp", "reverse_diffusion", "langevin"),
     ("subvp", "euler_maruyama", "none"), ("sigma_power", "reverse_diffusion", "langevin"),
-    ("ou", "euler_maruyama", "none")])
+    ("ou", "euler_maruyama", "none"), ("rectified_flow", "reverse_diffusion", "langevin")])
 def test_classifier_guided_sampling_reproduces_the_component(sde_name, predictor, corrector):
   sde = _sde(sde_name)
   score = exact_scores.gaussian_mixture_score(sde, *MIXTURE)
@@ -114,7 +115,8 @@ def test_classifier_guided_sampling_reproduces_the_component(sde_name, predictor
   _assert_component(x, sde, COMPONENT)
 
 
-@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "sigma_power", "ou"])
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "sigma_power", "ou",
+                                      "rectified_flow"])
 def test_classifier_free_guidance_at_zero_weight_reproduces_the_component(sde_name):
   sde = _sde(sde_name)
   conditional = exact_scores.gaussian_mixture_conditional_score(sde, MIXTURE.means, MIXTURE.stds)

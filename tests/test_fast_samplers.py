@@ -56,7 +56,8 @@ def _sample_recording_times(config, sde):
 
 
 # The parameters the tutorial's SDE and OU read from config.model (their configs' values).
-_SDE_PARAMETERS = {"sigmapowersde": dict(sigma=25.0), "ousde": dict(mu=0.5, sigma=1.0, T=10.0)}
+_SDE_PARAMETERS = {"sigmapowersde": dict(sigma=25.0), "ousde": dict(mu=0.5, sigma=1.0, T=10.0),
+                   "rectified_flow": dict(T=0.99)}
 
 
 def _toy_config(**sampling):
@@ -177,8 +178,8 @@ def test_deterministic_solvers_converge_at_their_order(solver, sde_name):
   assert errors[-1] > 1e-12  # far above float64 round-off: the slope is the solver's
 
 
-@pytest.mark.parametrize("sde_class", [sde_lib.SigmaPowerSDE, sde_lib.OUSDE],
-                         ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("sde_class", [sde_lib.SigmaPowerSDE, sde_lib.OUSDE,
+                                       sde_lib.RectifiedFlow], ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("solver", ["ddim", "dpm_solver_3m", "edm_heun", "unipc_2_bh2",
                                     "dpm_solver_2m_unic", "ipndm_2"])
 def test_solvers_and_schedules_work_unchanged_on_the_tutorial_and_ou_sdes(solver, sde_class):
@@ -265,6 +266,13 @@ _DISTRIBUTION_CASES = {
     "dpm_solver_2m_ou": (dict(method="dpm_solver", sde="ousde"), 20, 0.15),
     "unipc_2_ou": (dict(method="unipc", steps=10, sde="ousde"), 10, 0.43),
     "edm_heun_ou": (dict(method="edm_heun", steps=10, sde="ousde"), 20, 0.28),
+    # Rectified flow (T = 0.99) likewise (measured 2026-12-07, 40 000 samples: DDIM 0.20,
+    # UniPC-2 0.52, DPM-Solver++(2M) 0.17, EDM Heun 0.14, iPNDM-4 0.99).
+    "ddim_rf": (dict(method="ddim", sde="rectified_flow"), 20, 0.30),
+    "unipc_2_rf": (dict(method="unipc", steps=10, sde="rectified_flow"), 10, 0.79),
+    "dpm_solver_2m_rf": (dict(method="dpm_solver", sde="rectified_flow"), 20, 0.26),
+    "edm_heun_rf": (dict(method="edm_heun", steps=10, sde="rectified_flow"), 20, 0.21),
+    "ipndm_4_rf": (dict(method="ipndm", order=4, steps=10, sde="rectified_flow"), 10, 1.49),
     # EDM's stochastic settings (S_churn 40, S_min 0.05, S_max 50, S_noise 1.003).
     "edm_churn": (dict(method="edm_heun", steps=10, s_churn=40.0, s_min=0.05, s_max=50.0,
                        s_noise=1.003), 20, 0.72),
@@ -461,3 +469,24 @@ def test_a_config_lists_times_in_sampling_schedule():
   _, nfe, log = _sample_recording_times(config, builders.build_sde(config))
   assert nfe == 3 and np.allclose(log, [1.0, 0.5, 0.1])
   assert builders.sampler_tag(config) == "ipndm-4-3listedsteps"
+
+
+def test_ddim_on_the_linear_path_is_euler_on_the_velocity():
+  """On rectified flow's path DDIM (eta 0) is Euler's method on the flow ``dx/dt = v(x, t)``:
+  ``x' = a' D + std' z_hat = x + (t' - t) (z_hat - D)``. So k-step Euler sampling of a flow,
+  the measure of reflow, is DDIM on a uniform grid."""
+  with jax.enable_x64(True):
+    sde = sde_lib.RectifiedFlow(T=0.99)
+    score_fn = exact_scores.gaussian_mixture_score(sde, *_MIXTURE)
+    flow = sde.reverse(score_fn, probability_flow=True)
+    z = jax.random.normal(jax.random.PRNGKey(0), (64, 2), jnp.float64) * sde.T
+    times = np.linspace(sde.T, 1e-3, 5)
+    sample = fast_samplers.get_ddim_sampler(sde, (64, 2), num_steps=4, schedule=list(times),
+                                            denoise=False)
+    x, nfe = sample(jax.random.PRNGKey(1), score_fn, z)
+    euler = z
+    for t, t_next in zip(times[:-1], times[1:]):
+      velocity, _ = flow.sde(euler, jnp.full((64,), t))
+      euler = euler + (t_next - t) * velocity
+    assert nfe == 4
+    np.testing.assert_allclose(x, euler, rtol=1e-9, atol=1e-9)

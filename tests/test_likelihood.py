@@ -35,6 +35,7 @@ SDES = {
     "subvp": lambda: sde_lib.subVPSDE(beta_min=0.1, beta_max=20.0),
     "sigma_power": lambda: sde_lib.SigmaPowerSDE(sigma=25.0),
     "ou": lambda: sde_lib.OUSDE(mu=0.5, sigma=1.0, T=10.0),
+    "rectified_flow": lambda: sde_lib.RectifiedFlow(T=0.99),
 }
 MIXTURES = {
     "two_moons": oracles.two_moons_mixture,

@@ -22,6 +22,7 @@ from scipy import stats
 import builders
 import losses
 import sde_lib
+from models import predictions
 from models import utils as mutils
 from tests import oracles
 from tests.models.tiny_networks import jittered
@@ -679,3 +680,88 @@ def test_a_conditional_loss_refuses_unlabelled_batches_and_bad_dropout():
     losses.get_loss_fn(sde, model, train=True)(params, jax.random.PRNGKey(0), batch["image"])
   with pytest.raises(ValueError, match=re.escape("label_dropout must be in [0, 1)")):
     losses.get_loss_fn(sde, model, train=True, label_dropout=1.0)
+
+
+# ----------------------------------------------------------------------------- predictions, flows
+
+
+def test_logit_normal_times_follow_their_law():
+  sde = sde_lib.RectifiedFlow(T=0.99)
+  for mean, std in ((0.0, 1.0), (-0.5, 0.7)):
+    t = np.asarray(losses.sample_times(jax.random.PRNGKey(3), 20000, sde, EPS, "logit_normal",
+                                       (mean, std)))
+    assert t.min() >= EPS and t.max() <= sde.T
+    logit = np.log((t - EPS) / (sde.T - t))
+    assert stats.kstest(logit, stats.norm(loc=mean, scale=std).cdf).pvalue > 1e-6
+  with pytest.raises(ValueError, match="training.time_sampling must be one of uniform, "
+                                       "logit_normal, got 'beta'"):
+    losses.sample_times(jax.random.PRNGKey(3), 4, sde, EPS, "beta")
+
+
+def test_noise_regression_is_dsm_and_velocity_regression_is_flow_matching():
+  """Same draws: regressing the noise is DSM (std^2 weighting); regressing the velocity on the
+  linear path is |out - (z - x0)|^2."""
+  model, params = _toy_model()
+  x = _sample(oracles.two_moons_mixture(), 64, seed=3)
+  t = jnp.linspace(0.01, 0.98, 64)
+  z = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+  vp, rf = sde_lib.VPSDE(), sde_lib.RectifiedFlow(T=0.99)
+  model_fn = mutils.get_model_fn(model, params)
+  for sde, name in ((vp, "noise"), (rf, "velocity")):
+    def output_fn(x_t, t, sde=sde):
+      return model_fn(x_t, sde.noise_label(t))
+    regression = losses.regression_losses(output_fn, predictions.get_prediction(name), sde, x,
+                                          t, z)
+    if name == "noise":
+      score_fn = mutils.get_score_fn(sde, model, params)
+      np.testing.assert_allclose(regression, losses.dsm_losses(score_fn, sde, x, t, z),
+                                 rtol=1e-5)
+    else:
+      x_t = (1 - t)[:, None] * x + t[:, None] * z
+      want = jnp.sum((output_fn(x_t, t) - (z - x)) ** 2, axis=1)
+      np.testing.assert_allclose(regression, want, rtol=1e-5)
+
+
+def test_flow_matching_loss_at_the_exact_velocity_is_the_irreducible_variance():
+  """Data N(mu, s^2 I) on the linear path: Var(z - x0 | x_t) = s^2 / ((1 - t)^2 s^2 + t^2) per
+  dimension, so that is the loss of the exact velocity field at each t."""
+  mu, s, dim, n = 0.7, 0.5, 3, 40000
+  sde = sde_lib.RectifiedFlow(T=0.99)
+
+  def exact_velocity(x, t):
+    a, var = (1 - t)[:, None], ((1 - t) ** 2 * s**2 + t**2)[:, None]
+    r = x - a * mu
+    return t[:, None] / var * r - (mu + a * s**2 / var * r)
+
+  velocity = predictions.get_prediction("velocity")
+  for t0 in (0.05, 0.5, 0.9):
+    x = mu + s * jax.random.normal(jax.random.PRNGKey(5), (n, dim))
+    z = jax.random.normal(jax.random.PRNGKey(6), (n, dim))
+    per_example = np.asarray(losses.regression_losses(exact_velocity, velocity, sde, x,
+                                                      jnp.full((n,), t0), z))
+    want = dim * s**2 / ((1 - t0) ** 2 * s**2 + t0**2)
+    assert abs(per_example.mean() - want) < Z_TOL * per_example.std() / np.sqrt(n)
+
+
+def test_get_loss_fn_regression_uses_the_prediction_and_refuses_what_it_cannot_do():
+  model, params = _toy_model()
+  batch = _sample(oracles.two_moons_mixture(), 128, seed=1)
+  rng = jax.random.PRNGKey(2)
+  rf = sde_lib.RectifiedFlow(T=0.99)
+  loss_fn = losses.get_loss_fn(rf, model, train=False, reduce_mean=True, objective="regression",
+                               time_sampling="logit_normal")
+  model_fn = mutils.get_model_fn(model, params)
+  want = losses.regression_loss(lambda x, t: model_fn(x, rf.noise_label(t)),
+                                predictions.get_prediction("velocity"), rf,
+                                jax.random.split(rng)[1], batch, reduce_mean=True,
+                                time_sampling="logit_normal")
+  np.testing.assert_allclose(loss_fn(params, rng, batch), want, rtol=1e-5)
+  with pytest.raises(ValueError, match="'regression' has its own weighting"):
+    losses.get_loss_fn(rf, model, train=True, objective="regression", likelihood_weighting=True)
+  with pytest.raises(ValueError, match="training.objective must be one of dsm, regression"):
+    losses.get_loss_fn(rf, model, train=True, objective="fm")
+  with pytest.raises(ValueError, match="only defined for the continuous objectives"):
+    losses.get_loss_fn(sde_lib.VPSDE(), model, train=True, continuous=False,
+                       objective="regression")
+  with pytest.raises(ValueError, match="Unknown prediction 'x0'"):
+    losses.get_loss_fn(rf, model, train=True, prediction="x0")

@@ -68,7 +68,7 @@ def _sde(name: str) -> sde_lib.SDE:
   # priors as close to their p_T.
   return {"ve": lambda: sde_lib.VESDE(sigma_max=10.0), "ve50": sde_lib.VESDE,
           "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "sigma_power": sde_lib.SigmaPowerSDE,
-          "ou": sde_lib.OUSDE}[name]()
+          "ou": sde_lib.OUSDE, "rectified_flow": sde_lib.RectifiedFlow}[name]()
 
 
 _MIXTURES = {"two_moons": oracles.two_moons_mixture, "image_gaussian": oracles.image_gaussian}
@@ -146,7 +146,7 @@ def _recording_score(score_fn, log: List[float]):
 
 
 def _combinations():
-  names = ["ve", "vp", "subvp", "sigma_power", "ou"]
+  names = ["ve", "vp", "subvp", "sigma_power", "ou", "rectified_flow"]
   for sde_name, pred, corr in itertools.product(names, PREDICTORS, CORRECTORS):
     no_chain = _sde(sde_name).discrete_chain is None  # no ancestral step
     if pred == corr == "none" or (pred == "ancestral_sampling" and no_chain):
@@ -189,7 +189,8 @@ def _grid_samples(sde_name: str):
 
 @pytest.mark.parametrize("sde_name,predictor,corrector", list(_combinations()))
 def test_pc_sampler_reproduces_marginal(sde_name, predictor, corrector):
-  """Every predictor x corrector on VE / VP / sub-VP / sigma^t / OU samples the exact ``p_eps``."""
+  """Every predictor x corrector on VE / VP / sub-VP / sigma^t / OU / rectified flow samples the
+  exact ``p_eps``."""
   n_steps, eps = _grid_setup(sde_name, predictor, corrector)
   x, nfe = _grid_samples(sde_name)[f"{predictor}/{corrector}"]
   corrector_only = predictor == "none"
@@ -374,7 +375,8 @@ def test_ancestral_sampling_matches_authors_on_their_grid():
 
 
 def test_ancestral_sampling_rejects_other_sdes_and_probability_flow():
-  for sde in (sde_lib.subVPSDE(), sde_lib.SigmaPowerSDE(), sde_lib.OUSDE()):
+  for sde in (sde_lib.subVPSDE(), sde_lib.SigmaPowerSDE(), sde_lib.OUSDE(),
+              sde_lib.RectifiedFlow()):
     with pytest.raises(ValueError, match="VESDE and VPSDE only.*use reverse_diffusion"):
       sampling.get_pc_sampler(sde, (2, 2), "ancestral_sampling", "none")
   with pytest.raises(ValueError, match="probability-flow"):
@@ -417,7 +419,7 @@ def test_ode_sampler_from_given_latent_ve_dopri5():
   assert_matches("two_moons", "ve", x, 1e-3, BIAS_ODE, data=True)
 
 
-@pytest.mark.parametrize("sde_name", ["sigma_power", "ou"])
+@pytest.mark.parametrize("sde_name", ["sigma_power", "ou", "rectified_flow"])
 def test_ode_sampler_from_the_prior_reproduces_p_eps_on_new_sdes(sde_name):
   """The tutorial's sigma^t SDE and OU: the probability-flow ODE from their priors, with the
   exact score, samples the exact ``p_eps`` (the priors are close to ``p_T``, see ``_sde``)."""

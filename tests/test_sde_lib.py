@@ -39,8 +39,10 @@ CASES = {
     "sigma_power": (sde_lib.SigmaPowerSDE, dict(sigma=25.0, N=1000)),
     "ou": (sde_lib.OUSDE, dict(mu=0.5, sigma=1.0, T=10.0, N=1000)),
     "ou_short": (sde_lib.OUSDE, dict(mu=1.5, sigma=2.0, T=1.0, N=100)),
+    "rectified_flow": (sde_lib.RectifiedFlow, dict(T=0.99, N=1000)),
+    "rectified_flow_long": (sde_lib.RectifiedFlow, dict(T=0.999, N=100)),
 }
-MAIN = ("ve", "vp", "subvp", "sigma_power", "ou")
+MAIN = ("ve", "vp", "subvp", "sigma_power", "ou", "rectified_flow")
 
 
 def make(name):
@@ -74,6 +76,8 @@ def ref_marginal(name, t):
   if cls is sde_lib.OUSDE:
     mu, sigma = p["mu"], p["sigma"]
     return np.exp(-mu * t), np.sqrt(sigma**2 / (2 * mu) * (1 - np.exp(-2 * mu * t)))
+  if cls is sde_lib.RectifiedFlow:
+    return 1.0 - t, t
   big_b = ref_int_beta(p, t)
   a = np.exp(-0.5 * big_b)
   if cls is sde_lib.VPSDE:
@@ -91,6 +95,8 @@ def ref_coefficients(name, t):
     return np.zeros_like(t), p["sigma"] ** t
   if cls is sde_lib.OUSDE:
     return np.full_like(t, -p["mu"]), np.full_like(t, p["sigma"])
+  if cls is sde_lib.RectifiedFlow:  # f = d log a / dt x, g^2 = d std^2 / dt - 2 f std^2
+    return -1.0 / (1.0 - t), np.sqrt(2.0 * t + 2.0 * t**2 / (1.0 - t))
   beta = ref_beta(p, t)
   if cls is sde_lib.VPSDE:
     return -0.5 * beta, np.sqrt(beta)
@@ -107,12 +113,18 @@ def ref_prior_std(name):
   cls, p = CASES[name]
   if cls is sde_lib.VESDE:
     return p["sigma_max"]
-  if cls in (sde_lib.SigmaPowerSDE, sde_lib.OUSDE):
+  if cls in (sde_lib.SigmaPowerSDE, sde_lib.OUSDE, sde_lib.RectifiedFlow):
     return float(ref_marginal(name, p.get("T", 1.0))[1])
   return 1.0
 
 
 T_GRID = np.array([1e-5, 1e-3, 0.05, 0.2, 0.37, 0.5, 0.81, 1.0])
+
+
+def grid(name):
+  """``T_GRID``, ending at the horizon where it is below 1 (rectified flow); rounded to float32,
+  so that float64 references see the times the SDE sees (``1 - t`` near 1 magnifies it)."""
+  return (T_GRID * min(1.0, CASES[name][1].get("T", 1.0))).astype(np.float32).astype(np.float64)
 
 
 def _x(shape=(8, 2, 3), seed=0):
@@ -126,9 +138,9 @@ def _x(shape=(8, 2, 3), seed=0):
 def test_marginal_prob_matches_closed_form(name):
   sde = make(name)
   x = _x()
-  t = jnp.asarray(T_GRID, jnp.float32)
+  t = jnp.asarray(grid(name), jnp.float32)
   mean, std = sde.marginal_prob(x, t)
-  a, s = ref_marginal(name, T_GRID)
+  a, s = ref_marginal(name, grid(name))
   assert mean.shape == x.shape and std.shape == (8,)
   np.testing.assert_allclose(mean, a[:, None, None] * np.asarray(x), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(std, s, rtol=1e-5, atol=1e-7)
@@ -139,9 +151,9 @@ def test_marginal_prob_matches_closed_form(name):
 def test_sde_coefficients_match_formulas(name):
   sde = make(name)
   x = _x()
-  t = jnp.asarray(T_GRID, jnp.float32)
+  t = jnp.asarray(grid(name), jnp.float32)
   drift, diffusion = sde.sde(x, t)
-  k, g = ref_coefficients(name, T_GRID)
+  k, g = ref_coefficients(name, grid(name))
   assert drift.shape == x.shape and diffusion.shape == (8,)
   np.testing.assert_allclose(drift, k[:, None, None] * np.asarray(x), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(diffusion, g, rtol=1e-5, atol=1e-7)
@@ -219,7 +231,9 @@ def test_marginal_prob_matches_monte_carlo_forward_sde(name):
   sde = make(name)
   n_paths, n_steps = 10000, 500
   x0 = np.array([1.5, -0.5])
-  t_grid = np.linspace(0.0, 1.0, n_steps + 1)
+  # Rectified flow's drift grows as 1 / (1 - t): EM's bias at this step size stays small up to
+  # 0.9 T (the exact transition, tested apart, covers the rest).
+  t_grid = np.linspace(0.0, 1.0 if sde.T >= 1.0 else 0.9 * sde.T, n_steps + 1)
   checkpoints = (n_steps // 4, n_steps // 2, n_steps)
 
   @jax.jit
@@ -290,12 +304,13 @@ def test_prior_sampling_moments(name):
 
 
 @pytest.mark.parametrize("name", ("ve", "ve_small", "vp", "vp_small", "sigma_power", "ou",
-                                  "ou_short"))
+                                  "ou_short", "rectified_flow", "rectified_flow_long"))
 def test_exact_transitions_compose_to_marginal(name):
   """Composing ``discretize`` over a non-uniform grid from t = 0 reproduces marginal_prob at
   every grid point: means multiply, variances add (float64)."""
   sde = make(name)
-  grid = np.concatenate([[0.0], np.sort(np.random.default_rng(0).uniform(0, 1, 30)), [1.0]])
+  end = min(1.0, sde.T)
+  grid = np.concatenate([[0.0], np.sort(np.random.default_rng(0).uniform(0, end, 30)), [end]])
   with jax.enable_x64(True):
     one = jnp.ones((1, 1), jnp.float64)
     m, v = 1.0, ref_initial_variance(name)
@@ -432,7 +447,7 @@ def _score_fn(x, t):
 @pytest.mark.parametrize("name", MAIN)
 def test_reverse_sde_and_probability_flow(name, probability_flow):
   sde = make(name)
-  x, t = _x(), jnp.asarray(T_GRID, jnp.float32)
+  x, t = _x(), jnp.asarray(grid(name), jnp.float32)
   rev = sde.reverse(_score_fn, probability_flow=probability_flow)
   assert rev.N == sde.N and rev.T == sde.T
   drift, diffusion = rev.sde(x, t)

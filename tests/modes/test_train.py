@@ -247,7 +247,8 @@ def test_write_failures_give_one_line_and_keep_what_was_saved(tmp_path, referenc
 
 @pytest.mark.parametrize("override, expected", [
     ({"training.sde": "brownian"},
-     "Unknown SDE 'brownian'; valid names are: ousde, sigmapowersde, subvpsde, vesde, vpsde"),
+     "Unknown SDE 'brownian'; valid names are: ousde, rectified_flow, sigmapowersde, subvpsde, "
+     "vesde, vpsde"),
     ({"model.name": "unet9000"}, "Unknown model 'unet9000'; valid names are:"),
     ({"sampling.predictor": "rk4"}, "Unknown predictor"),
     ({"data.dataset": "imagenet21k"}, "imagenet21k"),
