@@ -39,6 +39,7 @@ kid_subsets, kid_subset_size``
 *_freq, snapshot_sampling``                           eval loss, snapshot samples)
 ``eval.batch_size, num_samples, *_ckpt, enable_*,     ``modes.evaluate``
 bpd_*``; ``seed``
+``reflow.*``                                          ``modes.reflow``
 ====================================================  ========================================
 
 The exact score (``model.name = 'exact_score'``, :class:`models.exact_score.ExactScore`) is the

@@ -117,18 +117,23 @@ def test_tutorial_mnist_is_the_tutorials_setup():
   assert config.sampling.ode_rtol == config.sampling.ode_atol == 1e-5
 
 
-def test_ou_swiss_roll_builds_and_trains_a_few_steps(tmp_path):
-  config = ou_swiss_roll.get_config()
-  sde = builders.build_sde(config)
-  assert isinstance(sde, sde_lib.OUSDE) and (sde.mu, sde.sigma, sde.T) == (0.5, 1.0, 10.0)
+def _trains_a_few_steps(config, workdir):
+  """Trains ``config`` 20 steps in ``workdir`` and checks the parameters it ends with."""
   for name, value in (("n_iters", 20), ("n_jitted_steps", 10), ("eval_freq", 10),
                       ("snapshot_freq", 20), ("snapshot_freq_for_preemption", 10),
                       ("snapshot_sampling", False)):
     config.training[name] = value
-  run_lib.train(config, str(tmp_path))
-  state = runs.final_state(str(tmp_path), config)
+  run_lib.train(config, workdir)
+  state = runs.final_state(workdir, config)
   assert int(state.step) == 20
   assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state.params))
+
+
+def test_ou_swiss_roll_builds_and_trains_a_few_steps(tmp_path):
+  config = ou_swiss_roll.get_config()
+  sde = builders.build_sde(config)
+  assert isinstance(sde, sde_lib.OUSDE) and (sde.mu, sde.sigma, sde.T) == (0.5, 1.0, 10.0)
+  _trains_a_few_steps(config, str(tmp_path))
 
 
 def test_apply_overrides():
@@ -150,11 +155,4 @@ def test_rectified_flow_configs_change_only_the_process_and_train(tmp_path):
                      "sampling.method"}
   sde = builders.build_sde(config)
   assert isinstance(sde, sde_lib.RectifiedFlow) and sde.T == 0.99
-  for name, value in (("n_iters", 20), ("n_jitted_steps", 10), ("eval_freq", 10),
-                      ("snapshot_freq", 20), ("snapshot_freq_for_preemption", 10),
-                      ("snapshot_sampling", False)):
-    config.training[name] = value
-  run_lib.train(config, str(tmp_path))
-  state = runs.final_state(str(tmp_path), config)
-  assert int(state.step) == 20
-  assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state.params))
+  _trains_a_few_steps(config, str(tmp_path))
