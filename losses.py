@@ -22,11 +22,12 @@ Losses are computed and reduced in (at least) float32 whatever dtype the model o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import sde_lib
@@ -214,32 +215,79 @@ def regression_losses(output_fn: OutputFn, prediction: predictions.Prediction, s
   return _reduce(jnp.square(out - prediction.target(x, z, c)), reduce_mean)
 
 
-TIME_SAMPLINGS = ("uniform", "logit_normal")
+TIME_SAMPLINGS = ("uniform", "logit_normal", "importance")
+
+
+class ImportanceTimes(NamedTuple):
+  """The proposal ``q(t) = (g(t)^2 / std(t)^2) / Z`` on ``[eps, T]`` of likelihood-weighted
+  training with importance sampling (Song, Durkan, Murray & Ermon 2021), tabulated: ``cdf``
+  at ``times`` (``[n]`` each, float64) and ``Z = normalizer``.
+
+  Under it the likelihood-weighted loss ``E_{t ~ U}[g^2 |score + z / std|^2]`` equals
+  ``Z / (T - eps) E_{t ~ q}[|std score + z|^2]``: the paper's ``std^2``-weighted loss at times
+  drawn from ``q``, times a constant. Every draw has the same weight, so the variance that
+  ``g^2 / std^2 ~ 1 / t`` gives the plain estimator near ``t = 0`` is gone. VE's ``g^2 / std^2``
+  is constant: its proposal is uniform.
+  """
+  times: np.ndarray
+  cdf: np.ndarray
+  normalizer: float
+
+  def sample(self, rng: Array, batch: int) -> Array:
+    """``t: [batch]`` from ``q``, by inverting the table (linear interpolation)."""
+    u = jax.random.uniform(rng, (batch,))
+    return jnp.interp(u, jnp.asarray(self.cdf, u.dtype), jnp.asarray(self.times, u.dtype))
+
+
+def importance_times(sde: sde_lib.SDE, eps: float, num_points: int = 100_001) -> ImportanceTimes:
+  """:class:`ImportanceTimes` of any SDE here on ``[eps, T]``, tabulated from its own ``g`` and
+  ``std``: the density on a grid geometric in the distance to each end (where it may grow as
+  ``1 / t`` and, for rectified flow, ``1 / (T - t)``), integrated by the trapezoidal rule in
+  float64. Runs eagerly on the host (also inside a ``jit`` trace)."""
+  end = float(sde.T)
+  if not 0.0 < eps < end:
+    raise ValueError(f"Importance sampling of t needs 0 < eps < T, got eps={eps}, T={end}.")
+  half, tiny = 0.5 * (end - eps), 1e-12 * end
+  offsets = np.geomspace(tiny, half, num_points // 2) - tiny
+  times = np.unique(np.clip(np.concatenate([eps + offsets, end - offsets]), eps, end))
+  with jax.ensure_compile_time_eval():
+    t = jnp.asarray(times, jnp.asarray(0.0).dtype)
+    g2 = np.asarray(sde.sde(jnp.zeros((len(times), 1), t.dtype), t)[1], np.float64) ** 2
+    std2 = np.asarray(sde.marginal_std(t), np.float64) ** 2
+  density = g2 / std2
+  cumulative = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1])
+                                                * np.diff(times))])
+  return ImportanceTimes(times, cumulative / cumulative[-1], float(cumulative[-1]))
 
 
 def sample_times(rng: Array, batch: int, sde: sde_lib.SDE, eps: float,
                  time_sampling: str = "uniform",
-                 logit_normal: Tuple[float, float] = (0.0, 1.0)) -> Array:
-  """Training times ``t: [batch]`` in ``[eps, T]``: ``'uniform'``, or ``'logit_normal'``
-  (Esser et al. 2024): ``t = eps + (T - eps) sigmoid(m + s n)``, ``n ~ N(0, 1)``, ``(m, s) =
-  logit_normal``, which puts more of the training at intermediate noise levels."""
+                 logit_normal: Tuple[float, float] = (0.0, 1.0),
+                 proposal: Optional[ImportanceTimes] = None) -> Array:
+  """Training times ``t: [batch]`` in ``[eps, T]``: ``'uniform'``; ``'logit_normal'`` (Esser et
+  al. 2024): ``t = eps + (T - eps) sigmoid(m + s n)``, ``n ~ N(0, 1)``, ``(m, s) =
+  logit_normal``, which puts more of the training at intermediate noise levels; or
+  ``'importance'``: from ``proposal`` (default :func:`importance_times`), which only the
+  likelihood-weighted loss is defined with (:func:`sde_loss` weights it)."""
   if time_sampling == "uniform":
     return jax.random.uniform(rng, (batch,), minval=eps, maxval=sde.T)
   if time_sampling == "logit_normal":
     mean, std = logit_normal
     u = jax.nn.sigmoid(mean + std * jax.random.normal(rng, (batch,)))
     return eps + (sde.T - eps) * u
+  if time_sampling == "importance":
+    return (proposal or importance_times(sde, eps)).sample(rng, batch)
   raise ValueError(f"training.time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got "
                    f"{time_sampling!r}.")
 
 
 def _times_and_noise(rng: Array, sde: sde_lib.SDE, x: Array, z: Optional[Array], eps: float,
-                     time_sampling: str, logit_normal: Tuple[float, float]
-                     ) -> Tuple[Array, Array]:
+                     time_sampling: str, logit_normal: Tuple[float, float],
+                     proposal: Optional[ImportanceTimes] = None) -> Tuple[Array, Array]:
   """``(t, z)`` of a continuous loss: times from :func:`sample_times`, and fresh standard-normal
   noise unless ``z`` is given (a coupling)."""
   t_rng, z_rng = jax.random.split(rng)
-  t = sample_times(t_rng, x.shape[0], sde, eps, time_sampling, logit_normal)
+  t = sample_times(t_rng, x.shape[0], sde, eps, time_sampling, logit_normal, proposal)
   if z is None:
     z = jax.random.normal(z_rng, x.shape, _loss_dtype(x))
   return t, z
@@ -248,16 +296,28 @@ def _times_and_noise(rng: Array, sde: sde_lib.SDE, x: Array, z: Optional[Array],
 def sde_loss(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, rng: Array, x: Array, *,
              reduce_mean: bool = False, likelihood_weighting: bool = False,
              eps: float = 1e-5, time_sampling: str = "uniform",
-             logit_normal: Tuple[float, float] = (0.0, 1.0), z: Optional[Array] = None) -> Array:
+             logit_normal: Tuple[float, float] = (0.0, 1.0), z: Optional[Array] = None,
+             proposal: Optional[ImportanceTimes] = None) -> Array:
   """Continuous DSM (:func:`dsm_losses`) at times from :func:`sample_times`, averaged over the
-  batch.
+  batch. With ``time_sampling = 'importance'`` (likelihood weighting only) it is the
+  likelihood-weighted loss estimated at times from ``proposal`` (:class:`ImportanceTimes`):
+  same expectation as with uniform times, far smaller variance.
 
   Args:
     x: clean data ``[B, ...]``.
     eps: smallest time; the kernel's std vanishes at ``t = 0`` for VP / sub-VP.
     z: the noise paired with ``x`` (a coupling, as reflow trains on); None: drawn afresh.
+    proposal: the importance proposal (default :func:`importance_times`).
   """
-  t, z = _times_and_noise(rng, sde, x, z, eps, time_sampling, logit_normal)
+  if time_sampling == "importance":
+    if not likelihood_weighting:
+      raise ValueError("training.time_sampling = 'importance' samples t for the "
+                       "likelihood-weighted loss; set training.likelihood_weighting = True.")
+    proposal = proposal or importance_times(sde, eps)
+  t, z = _times_and_noise(rng, sde, x, z, eps, time_sampling, logit_normal, proposal)
+  if time_sampling == "importance":
+    scale = proposal.normalizer / (sde.T - eps)
+    return scale * jnp.mean(dsm_losses(score_fn, sde, x, t, z, reduce_mean=reduce_mean))
   return jnp.mean(dsm_losses(score_fn, sde, x, t, z, reduce_mean=reduce_mean,
                              likelihood_weighting=likelihood_weighting))
 
@@ -309,7 +369,9 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
   score the network's ``prediction`` converts to (weighted by ``std^2``, or ``g^2`` with
   ``likelihood_weighting``), ``'regression'`` the plain regression of the prediction itself
   (:func:`regression_losses`; flow matching for ``'velocity'``), each at times drawn by
-  ``time_sampling``. ``rng`` is split into a dropout key and a noise key.
+  ``time_sampling`` (``'importance'``: the likelihood-weighted DSM loss estimated by
+  importance sampling, :class:`ImportanceTimes`). ``rng`` is split into a dropout key and a
+  noise key.
 
   A class-conditional network (``models.utils.num_classes(model) = K > 0``) takes ``batch =
   {'image': x, 'label': y}`` and learns the score of ``p(x | y)``; with ``train=True`` each label
@@ -333,6 +395,10 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
     raise ValueError("training.objective = 'regression' has its own weighting (that of "
                      "model.prediction); set training.likelihood_weighting = False, or use "
                      "training.objective = 'dsm'.")
+  if time_sampling == "importance" and not (likelihood_weighting and objective == "dsm"):
+    raise ValueError("training.time_sampling = 'importance' samples t for the "
+                     "likelihood-weighted score matching loss; set "
+                     "training.likelihood_weighting = True and training.objective = 'dsm'.")
   if not continuous:
     if likelihood_weighting or objective != "dsm" or time_sampling != "uniform":
       raise ValueError("likelihood_weighting, training.objective = 'regression' and "
@@ -346,6 +412,7 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
   classes = mutils.num_classes(model)
   converter = predictions.get_prediction(prediction or sde.prediction,
                                          getattr(model, "scale_by_sigma", False))
+  proposal = importance_times(sde, eps) if time_sampling == "importance" else None
   if not 0.0 <= label_dropout < 1.0:
     raise ValueError(f"training.label_dropout must be in [0, 1), got {label_dropout}.")
 
@@ -376,7 +443,8 @@ def get_loss_fn(sde: sde_lib.SDE, model: Any, *, train: bool, continuous: bool =
     if continuous:
       return sde_loss(score_fn, sde, noise_rng, x, reduce_mean=reduce_mean,
                       likelihood_weighting=likelihood_weighting, eps=eps,
-                      time_sampling=time_sampling, logit_normal=logit_normal, z=z)
+                      time_sampling=time_sampling, logit_normal=logit_normal, z=z,
+                      proposal=proposal)
     return discrete_loss(score_fn, sde, noise_rng, x, reduce_mean=reduce_mean)
 
   return loss_fn

@@ -18,7 +18,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.likelihood_weighting = False
   training.objective = "dsm"          # dsm: score matching | regression: |out - target|^2 of
                                       # model.prediction (flow matching for velocity)
-  training.time_sampling = "uniform"  # uniform | logit_normal, on [eps, T]
+  training.time_sampling = "uniform"  # uniform | logit_normal | importance (likelihood
+                                      # weighting: t ~ g^2 / std^2), on [eps, T]
   training.logit_normal_mean = 0.0    # t = eps + (T - eps) sigmoid(mean + std n)
   training.logit_normal_std = 1.0
   training.eps = 1e-5                 # smallest training time (continuous losses)
