@@ -811,7 +811,8 @@ def test_importance_sampling_keeps_the_likelihood_weighted_expectation_and_cuts_
   if name == "ve":
     np.testing.assert_allclose(proposal.cdf, (proposal.times - EPS) / (sde.T - EPS), atol=1e-6)
   else:
-    assert importance.var() < 0.2 * uniform.var(), (importance.var(), uniform.var())
+    # Measured 2026-12-07: ratios 0.0034 (VP), 0.0026 (sub-VP), 0.0019 (rectified flow).
+    assert importance.var() < 0.02 * uniform.var(), (importance.var(), uniform.var())
   # sde_loss draws the same times from the same key.
   got = losses.sde_loss(exact_score, sde, rng, x, likelihood_weighting=True, eps=EPS,
                         time_sampling="importance", z=z, proposal=proposal)
