@@ -29,8 +29,13 @@ time_sampling, logit_normal_*``; ``model.ema_rate``   :func:`build_classifier_tr
                                                       (:data:`SAMPLING_METHODS`);
                                                       :func:`sampler_tag` names it
 ``eval.hutchinson_type, rtol, atol``                  :func:`build_bpd_fn`
-``data.centered``                                     :func:`build_bpd_fn` (and
+``eval.enable_bound, bound_num_draws,                 :func:`build_bound_fn` (enabled by
+bound_time_sampling``                                 ``modes.evaluate``)
+``eval.dequantization``; ``data.centered, num_bits``  :func:`build_dequantize_fn`,
+                                                      :func:`bpd_offset_bits` (and
                                                       ``datasets.data_scalers``)
+``dequantizer.*``                                     :func:`build_dequantizer`;
+                                                      ``modes.train_dequantizer``
 ``data.*`` (source, dataset, files, augmentation)     ``datasets`` (``datasets/sources.py``)
 ``eval.sample_metrics, inception_weights, fid_stats,  ``evaluation.scorers``
 mnist_classifier, inception_batch_size, is_splits,
@@ -65,6 +70,7 @@ import optax
 
 import controllable_generation
 import datasets
+import dequantization
 import fast_samplers
 import likelihood
 import losses
@@ -76,6 +82,7 @@ from infra.registry import Registry
 from models import classifier as classifier_lib
 from models import released
 from models import utils as mutils
+from models.dequantizer import Dequantizer
 from models.exact_score import ExactScore
 
 Array = jax.Array
@@ -244,12 +251,17 @@ def build_train_step(config: Config, sde: sde_lib.SDE, model: nn.Module,
                             train=True, ema_rate=config.model.ema_rate)
 
 
-def compile_train_steps(step_fn: losses.StepFn, state: losses.TrainState,
-                        devices: Devices) -> Callable[..., Tuple[losses.TrainState, Any]]:
+def compile_train_steps(step_fn: Callable[..., Tuple[losses.TrainState, Any]],
+                        state: losses.TrainState, devices: Devices, frozen: Optional[Params] = None
+                        ) -> Callable[..., Tuple[losses.TrainState, Any]]:
   """``steps(state, batches) -> (state, metrics)``, compiled, state donated: ``n`` calls of the
   pure ``step_fn(state, batch) -> (state, metrics)`` on ``batches``, a ``losses.Batch`` of ``n``
   stacked batches (leaves ``[n, B, ...]``, sharded along ``B``); ``metrics`` gets a leading
   ``[n]`` axis.
+
+  ``frozen``: parameters every step reads and none changes (a fixed score model), replicated
+  and passed to the compiled program as an argument, ``step_fn(state, batch, frozen)``, rather
+  than baked into it as constants.
 
   ``state`` is read for its structure only. On accelerators the ``n`` steps are one compiled
   ``lax.scan`` (``training.n_jitted_steps`` per call). XLA:CPU runs convolutions inside a loop
@@ -258,24 +270,32 @@ def compile_train_steps(step_fn: losses.StepFn, state: losses.TrainState,
   -- which takes its batch out of the stack itself, on the devices that hold it.
   """
   state_sharding = _replicated_like(state, devices)
-  if jax.default_backend() != "cpu":
-    return jax.jit(losses.get_multi_step_fn(step_fn),
-                   in_shardings=(state_sharding, devices.stacked_batch),
-                   out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+  extra = () if frozen is None else (jax.device_put(frozen, devices.replicated),)
+  extra_sharding = (devices.replicated,) * len(extra)
 
-  def train_step(state, batches, i):
+  def bound(*frozen_args):
+    return (lambda s, b: step_fn(s, b, *frozen_args)) if frozen_args else step_fn
+
+  if jax.default_backend() != "cpu":
+    multi = jax.jit(lambda state, batches, *f: losses.get_multi_step_fn(bound(*f))(state,
+                                                                                   batches),
+                    in_shardings=(state_sharding, devices.stacked_batch) + extra_sharding,
+                    out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
+    return lambda state, batches: multi(state, batches, *extra)
+
+  def train_step(state, batches, i, *f):
     """Step ``i`` on batch ``i`` of ``batches``."""
-    return step_fn(state, jax.tree_util.tree_map(
+    return bound(*f)(state, jax.tree_util.tree_map(
         lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False), batches))
 
   single = jax.jit(train_step, in_shardings=(state_sharding, devices.stacked_batch,
-                                             devices.replicated),
+                                             devices.replicated) + extra_sharding,
                    out_shardings=(state_sharding, devices.replicated), donate_argnums=0)
 
   def steps(state, batches):
     metrics = []
     for i in range(jax.tree_util.tree_leaves(batches)[0].shape[0]):
-      state, step_metrics = single(state, batches, np.int32(i))
+      state, step_metrics = single(state, batches, np.int32(i), *extra)
       # One step in flight at a time: XLA:CPU's in-process collectives can deadlock when the
       # launches of consecutive multi-device steps interleave on its few launcher threads.
       jax.block_until_ready(state)
@@ -612,35 +632,101 @@ def build_cfg_sampler(config: Config, sde: sde_lib.SDE, model: nn.Module, device
 
 
 def bpd_offset_bits(config: Config) -> float:
-  """Bits/dim added for uniform dequantization of 8-bit images; 0 for continuous vector data."""
+  """Bits/dim added to a model-space value to state it on the data's integer scale
+  (``dequantization.bits_offset`` of ``eval.dequantization``, ``data.centered, num_bits``); 0
+  for continuous vector data."""
   if datasets.is_vector_data(config):
     return 0.0
-  return likelihood.dequantization_offset(config.data.centered)
+  return dequantization.bits_offset(config.eval.dequantization, config.data.centered,
+                                    int(config.data.get("num_bits", 8)))
 
 
-def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module,
-                 devices: Devices) -> Callable[[Array, Params, Array], Tuple[Array, Array]]:
+def build_dequantizer(config: Config) -> Dequantizer:
+  """The variational dequantizer of ``config.dequantizer`` (``hidden``, ``num_couplings``)."""
+  return Dequantizer(hidden=int(config.dequantizer.hidden),
+                     num_couplings=int(config.dequantizer.num_couplings))
+
+
+def build_dequantize_fn(config: Config, dequantizer_params: Optional[Params] = None
+                        ) -> Callable[[Array, Array], Tuple[Array, Array]]:
+  """``dequantize(rng, images) -> (y, log_q)``: data-space ``images: [B, ...]`` (``v / (L -
+  1)``) -> the model-space points ``y`` a density is evaluated at and ``log q(u | v): [B]``
+  (nats; 0 but for the variational dequantizer), as ``eval.dequantization`` says
+  (:mod:`dequantization`).
+
+  Raises:
+    ValueError: for an unknown kind, a kind other than ``'none'`` on vector data, or
+      ``'variational'`` without ``dequantizer_params``.
+  """
+  kind = config.eval.dequantization
+  dequantization.check_kind(kind)
+  if datasets.is_vector_data(config) and kind != "none":
+    raise ValueError(f"Vector data are continuous: eval.dequantization must be 'none', got "
+                     f"{kind!r}; set --config.eval.dequantization=none.")
+  if kind == "variational" and dequantizer_params is None:
+    raise ValueError("eval.dequantization = 'variational' needs a trained dequantizer: run "
+                     "--mode train_dequantizer on this workdir first, or use 'uniform'.")
+  scaler, _ = datasets.data_scalers(config)
+  flow = (functools.partial(build_dequantizer(config).apply, dequantizer_params)
+          if kind == "variational" else None)
+  return functools.partial(dequantization.dequantize, kind=kind,
+                           num_bits=int(config.data.get("num_bits", 8)), scaler=scaler,
+                           flow=flow)
+
+
+def _bits(log_q: Array, images: Array) -> Array:
+  """Nats ``[B]`` -> bits per dimension of ``images``."""
+  return log_q / (np.prod(images.shape[1:]) * np.log(2.0))
+
+
+def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
+                 dequantizer_params: Optional[Params] = None
+                 ) -> Callable[[Array, Params, Array], Tuple[Array, Array]]:
   """``bpd_fn(rng, params, images) -> (bpd: [B], nfe)``, jitted; ``images`` in data space.
 
-  Image data are 8-bit, so each example is uniformly dequantized here, ``(255 x + u) / 256`` with
-  ``u ~ U[0, 1)`` drawn from ``rng``, and the dequantization offset is added: the result is the
-  bits/dim of the dequantized discrete data (the paper's CIFAR-10 number). Vector (toy) data are
-  continuous: their bits/dim is that of the continuous density, with no offset.
+  Through the probability-flow ODE (``likelihood.get_likelihood_fn``, ``eval.hutchinson_type,
+  rtol, atol``) at the points :func:`build_dequantize_fn` gives, ``+ log q`` for the variational
+  dequantizer, on the integer scale of the data (:func:`bpd_offset_bits`): for images the bits/dim
+  of the discrete data (the paper's CIFAR-10 number); vector (toy) data are continuous, with no
+  offset.
   """
   ev = config.eval
-  vector = datasets.is_vector_data(config)
+  dequantize = build_dequantize_fn(config, dequantizer_params)
   likelihood_fn = likelihood.get_likelihood_fn(sde, hutchinson_type=ev.hutchinson_type,
                                                rtol=ev.rtol, atol=ev.atol,
                                                bpd_offset=bpd_offset_bits(config))
-  scaler, _ = datasets.data_scalers(config)
   score_fn_of = build_score_fn(config, sde, model, devices)
 
   @functools.partial(jax.jit, out_shardings=(devices.batch, None))
   def bpd_fn(rng, params, images):
     dq_rng, rng = jax.random.split(rng)
-    if not vector:
-      images = (images * 255.0 + jax.random.uniform(dq_rng, images.shape)) / 256.0
-    bpd, _, nfe = likelihood_fn(rng, score_fn_of(params), scaler(images))
-    return bpd, nfe
+    y, log_q = dequantize(dq_rng, images)
+    bpd, _, nfe = likelihood_fn(rng, score_fn_of(params), y)
+    return bpd + _bits(log_q, images), nfe
 
   return bpd_fn
+
+
+def build_bound_fn(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: Devices,
+                   dequantizer_params: Optional[Params] = None
+                   ) -> Callable[[Array, Params, Array], Tuple[Array, Array]]:
+  """``bound_fn(rng, params, images) -> (bpd: [B], stderr: [B])``, jitted: the SDE's likelihood
+  bound (``likelihood.get_bound_fn``, ``eval.bound_num_draws, bound_time_sampling``, from
+  ``training.eps``) at the same dequantized points and on the same scale as :func:`build_bpd_fn`;
+  ``stderr`` is each example's Monte Carlo standard error."""
+  ev = config.eval
+  dequantize = build_dequantize_fn(config, dequantizer_params)
+  bound = likelihood.get_bound_fn(sde, eps=float(config.training.eps),
+                                  num_draws=int(ev.bound_num_draws),
+                                  time_sampling=ev.bound_time_sampling,
+                                  bpd_offset=bpd_offset_bits(config))
+  score_fn_of = build_score_fn(config, sde, model, devices)
+
+  @functools.partial(jax.jit, out_shardings=(devices.batch, devices.batch))
+  def bound_fn(rng, params, images):
+    dq_rng, rng = jax.random.split(rng)
+    y, log_q = dequantize(dq_rng, images)
+    bpd, stderr = bound(rng, score_fn_of(params), y)
+    return bpd + _bits(log_q, images), stderr
+
+  return bound_fn

@@ -7,11 +7,12 @@ inpaints or colours test images or draws samples of class ``K``, guided by a cla
 (``--classifier_config``, ``--classifier_workdir``, ``--guidance_scale``) or, for a
 class-conditional model, classifier-free (``--cfg_weight``) --, ``figures`` draws the process,
 ``fid_stats`` computes the training split's FID reference statistics once,
-``train_classifier`` trains the noise-conditional classifier of classifier guidance, and
-``reflow`` trains a second flow on the couplings of the trained one (in ``<workdir>/reflow``).
-They pair up on the same workdir, by default ``runs/<config path under configs/>`` (``configs/vpsde_mnist.py``
--> ``runs/vpsde_mnist``). Config fields can be overridden, e.g.
-``--config.training.batch_size=64``.
+``train_classifier`` trains the noise-conditional classifier of classifier guidance,
+``reflow`` trains a second flow on the couplings of the trained one (in ``<workdir>/reflow``),
+and ``train_dequantizer`` the variational dequantizer of the trained model's bits/dim (in
+``<workdir>/dequantizer``). They pair up on the same workdir, by default ``runs/<config path
+under configs/>`` (``configs/vpsde_mnist.py`` -> ``runs/vpsde_mnist``). Config fields can be
+overridden, e.g. ``--config.training.batch_size=64``.
 
 A single process uses all of its local devices. ``--multihost`` runs it as one of several
 processes (:mod:`infra.distributed`): give every process ``--coordinator_address=host:port
@@ -54,8 +55,9 @@ flags.DEFINE_enum("mode", None, list(run_lib.MODES),
                   "checkpoint), figures (pictures of the process for one checkpoint), "
                   "fid_stats (the training split's FID reference statistics, once), "
                   "train_classifier (the noise-conditional classifier of classifier guidance), "
-                  "or reflow (a second flow trained on the trained one's couplings, in "
-                  "<workdir>/reflow).")
+                  "reflow (a second flow trained on the trained one's couplings, in "
+                  "<workdir>/reflow), or train_dequantizer (the variational dequantizer of "
+                  "the trained model's bits/dim, in <workdir>/dequantizer).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation outputs.")
 flags.DEFINE_string("checkpoint", None,
                     "--mode sample, figures and reflow: the checkpoint, as a step number or the "

@@ -12,6 +12,7 @@ Each mode lives in its own module of :mod:`modes`; this module only maps ``--mod
   run_lib.fid_stats(config, workdir)                  # --mode fid_stats
   run_lib.train_classifier(config, workdir)           # --mode train_classifier
   run_lib.reflow(config, workdir)                     # --mode reflow
+  run_lib.train_dequantizer(config, workdir)          # --mode train_dequantizer
 
 and, where they live now, the helpers it used to hold (``sampler_tag``, ``model_batch``,
 ``stack_batches``, ``inpainting_mask``, ``INPAINT_REGIONS``, ``guidance_labels``,
@@ -36,6 +37,7 @@ from modes import reflow as _reflow
 from modes import sample as _sample
 from modes import train as _train
 from modes import train_classifier as _train_classifier
+from modes import train_dequantizer as _train_dequantizer
 from modes.controlled_sample import controlled_sample, guidance_labels
 from modes.evaluate import checkpoint_index, describe_result, evaluate
 from modes.fid_stats import fid_stats
@@ -45,6 +47,7 @@ from modes.sample import sample
 from modes.train import train
 from modes.train_classifier import load_classifier
 from modes.train_classifier import train as train_classifier
+from modes.train_dequantizer import load_dequantizer, train_dequantizer
 
 Config = ml_collections.ConfigDict
 ModeFn = Callable[[Config, str, Options], Any]
@@ -65,6 +68,7 @@ MODES: Dict[str, ModeFn] = {
     "fid_stats": _fid_stats.run,
     "train_classifier": _train_classifier.run,
     "reflow": _reflow.run,
+    "train_dequantizer": _train_dequantizer.run,
 }
 """``--mode`` -> ``run(config, workdir, options)`` of its module (:mod:`modes`)."""
 
@@ -87,6 +91,6 @@ def run(mode: str, config: Config, workdir: str, options: Options = Options()) -
 
 __all__ = ["INPAINT_REGIONS", "MODES", "Options", "check", "checkpoint_index", "controlled_sample",
            "describe_result", "evaluate", "fid_stats", "guidance_labels", "inpainting_mask",
-           "load_classifier", "make_figures", "model_batch", "reflow", "run", "sample",
-           "sampler_tag",
-           "stack_batches", "train", "train_classifier"]
+           "load_classifier", "load_dequantizer", "make_figures", "model_batch", "reflow", "run",
+           "sample", "sampler_tag", "stack_batches", "train", "train_classifier",
+           "train_dequantizer"]

@@ -79,6 +79,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
   evaluate.hutchinson_type = "rademacher"  # rademacher | gaussian | exact
+  # Images: how bits/dim treats their discrete levels (dequantization.py): uniform | variational
+  # (the --mode train_dequantizer flow in <workdir>/dequantizer) | none (the density at the grid
+  # points; bounds nothing). Vector data are continuous: none.
+  evaluate.dequantization = "uniform"
+  evaluate.enable_bound = False       # the SDE's likelihood bound (likelihood.get_bound_fn) beside
+                                      # the ODE's bits/dim, on the same examples
+  evaluate.bound_num_draws = 1000     # Monte Carlo draws per example (2 network passes each)
+  evaluate.bound_time_sampling = "importance"  # importance (t ~ g^2 / std^2) | uniform
   # Sample quality (evaluation.scorers.build_sample_scorer): auto = the MNIST classifier for MNIST,
   # FID / IS / KID for other images, nothing for vectors; or inception | mnist_classifier | none.
   evaluate.sample_metrics = "auto"
@@ -96,6 +104,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
   reflow.straightness_samples = 512   # trajectories the straightness is averaged over
   reflow.straightness_steps = 100     # Euler steps of each trajectory
 
+  # --mode train_dequantizer: the variational dequantizer q(u | x) of a trained score model
+  # (models/dequantizer.py), trained on the likelihood bound with the score model fixed.
+  config.dequantizer = dequantizer = ml_collections.ConfigDict()
+  dequantizer.hidden = 32             # channels of its convolutions
+  dequantizer.num_couplings = 4       # affine coupling layers
+  dequantizer.n_iters = 2000
+  dequantizer.batch_size = 64
+  dequantizer.lr = 1e-3
+  dequantizer.warmup = 100
+  dequantizer.ema_rate = 0.99
+
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"
   data.source = "tfds"                # tfds | idx | cifar_python | npz | folder | tfrecords | toy
@@ -104,7 +123,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   data.num_channels = 3
   data.random_flip = True
   data.centered = False               # [-1, 1] if True, else [0, 1]
-  data.uniform_dequantization = False
+  data.uniform_dequantization = False  # training batches (v + u) / 2^num_bits, u ~ U[0, 1)
+  data.num_bits = 8                   # images reduced to 2^num_bits levels (Glow's 5-bit CelebA-HQ)
   data.dim = 0                        # > 0: vector data [B, dim] (toys) instead of images
 
   config.model = model = ml_collections.ConfigDict()

@@ -36,6 +36,7 @@ def get_default_configs(dataset: str) -> ml_collections.ConfigDict:
   evaluate.enable_bpd = True
   evaluate.bpd_num_repeats = 1
   evaluate.hutchinson_type = "exact"   # two dimensions: the exact divergence is cheap
+  evaluate.dequantization = "none"     # points in the plane are continuous data
 
   data = config.data
   data.dataset = dataset

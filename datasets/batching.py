@@ -19,12 +19,13 @@ Per example, with randomness keyed by ``(seed, position of the example in the st
 batches do not depend on ``process_count`` or on prefetching):
 
 * ``random_flip`` (train only): left-right flip with probability 1/2;
-* pixel ``v`` in {0..255} becomes ``v / 255`` in [0, 1]; with ``uniform_dequantization`` it becomes
-  ``(v + u) / 256`` with ``u ~ U[0, 1)`` drawn independently per pixel (the authors' ``(x * 255 +
+* pixel ``v`` in {0..255} keeps its ``b = data.num_bits`` top bits (``v >> (8 - b)``, 8 by
+  default) and becomes ``v / (2^b - 1)`` in [0, 1]; with ``uniform_dequantization`` it becomes
+  ``(v + u) / 2^b`` with ``u ~ U[0, 1)`` drawn independently per pixel (the authors' ``(x * 255 +
   u) / 256`` with ``x = v / 255``), a value in [0, 1) that float32 rounding may turn into exactly
-  1.0 for ``v = 255``. Dequantization applies to training AND evaluation batches, since bits/dim
-  is only meaningful on dequantized 8-bit data; use another ``seed`` per bits/dim repeat to redraw
-  the noise.
+  1.0 for ``v = 2^b - 1``. Dequantization applies to every batch made with it; bits/dim
+  (``--mode eval``) reads its batches without it and dequantizes them itself, as
+  ``eval.dequantization`` says.
 
 Sampled data (the toys) have no stored split: :func:`make_sampled_batches` draws global batch
 ``k`` afresh from ``(seed, k)``.
@@ -171,30 +172,34 @@ def _local_batch_size(batch_size: int, process_index: int, process_count: int) -
 
 
 def _to_float(images: np.ndarray, positions: np.ndarray, flips: bool, dequantize: bool,
-              seed: int) -> np.ndarray:
-  """uint8 ``[b, H, W, C]`` -> float32 in [0, 1], flipped / dequantized per example.
+              seed: int, num_bits: int = 8) -> np.ndarray:
+  """uint8 ``[b, H, W, C]`` -> float32 in [0, 1], reduced to ``2^num_bits`` levels, flipped /
+  dequantized per example.
 
   The noise of row ``r`` is keyed by ``(seed, positions[r])``; float data (toys) pass through
   unchanged.
   """
   if images.dtype != np.uint8:
     return images.astype(np.float32)
+  if num_bits < 8:
+    images = images >> (8 - num_bits)
+  levels = np.float32(2 ** num_bits)
   out = np.empty(images.shape, np.float32)
   for r, (image, pos) in enumerate(zip(images, positions)):
     rng = np.random.default_rng([seed, _SALT_EXAMPLE, int(pos)])
     if flips and rng.random() < 0.5:
       image = image[:, ::-1]
     if dequantize:
-      out[r] = (image + rng.random(image.shape, np.float32)) / np.float32(256.0)
+      out[r] = (image + rng.random(image.shape, np.float32)) / levels
     else:
-      out[r] = image / np.float32(255.0)
+      out[r] = image / (levels - 1)
   return out
 
 
 def make_batches(data: SplitData, *, batch_size: int, train: bool, process_index: int = 0,
                  process_count: int = 1, seed: int = 0, random_flip: bool = False,
                  uniform_dequantization: bool = False, start_batch: int = 0,
-                 prefetch: int = 2) -> Batches:
+                 prefetch: int = 2, num_bits: int = 8) -> Batches:
   """Batches over an in-memory split (see the module docstring for order, sharding, augmentation).
 
   Args:
@@ -204,9 +209,10 @@ def make_batches(data: SplitData, *, batch_size: int, train: bool, process_index
     process_index, process_count: this process and the number of processes.
     seed: a non-negative int fixing the training order and all per-example noise.
     random_flip: left-right flips in training (8-bit images only).
-    uniform_dequantization: ``(v + u) / 256`` instead of ``v / 255`` (8-bit images only).
+    uniform_dequantization: ``(v + u) / 2^b`` instead of ``v / (2^b - 1)`` (8-bit images only).
     start_batch: the first global batch produced.
     prefetch: batches computed ahead on a background thread (0: none).
+    num_bits: images keep their ``b = num_bits`` most significant bits, ``v >> (8 - b)``.
 
   Returns:
     :class:`Batches` of ``{'image': float32 [local_B, ...], 'label': int32 [local_B],
@@ -238,7 +244,7 @@ def make_batches(data: SplitData, *, batch_size: int, train: bool, process_index
       mask = positions < n
       index = np.where(mask, positions, 0)
     images = _to_float(data.images[index], positions, train and random_flip,
-                       uniform_dequantization, seed)
+                       uniform_dequantization, seed, num_bits)
     labels = np.where(mask, data.labels[index], -1).astype(np.int32)
     images[~mask] = 0.0
     return {"image": images, "label": labels, "mask": mask.astype(np.float32)}

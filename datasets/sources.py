@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import ml_collections
 
+import dequantization
 from datasets import batching
 from datasets import lookup
 from datasets import readers
@@ -334,7 +335,7 @@ def get_dataset(config: Config, *, split: str, batch_size: int, train: bool,
 
   Args:
     config: reads ``config.data`` (dataset, source, data_dir, image_size, num_channels,
-      random_flip, uniform_dequantization, dim).
+      random_flip, uniform_dequantization, num_bits, dim).
     split: 'train' or 'test'.
     batch_size: GLOBAL batch size, a multiple of ``process_count``.
     train: True: shuffled endless stream of full batches, with random flips if enabled. False: one
@@ -368,8 +369,10 @@ def get_dataset(config: Config, *, split: str, batch_size: int, train: bool,
           process_index=process_index, process_count=process_count, seed=shuffle_seed,
           start_batch=start_batch, prefetch=prefetch)
   data = load_split(config, split, cache_dir=cache_dir)
+  num_bits = int(config.data.get("num_bits", 8))
+  dequantization.check_num_bits(num_bits)
   return batching.make_batches(data, batch_size=batch_size, train=train,
                                process_index=process_index, process_count=process_count,
                                seed=shuffle_seed, random_flip=flip,
                                uniform_dequantization=dequantize, start_batch=start_batch,
-                               prefetch=prefetch)
+                               prefetch=prefetch, num_bits=num_bits)

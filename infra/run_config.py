@@ -27,7 +27,7 @@ MAY_CHANGE_ON_RESUME = (
     "training.n_iters", "training.n_jitted_steps", "training.log_freq", "training.eval_freq",
     "training.snapshot_freq", "training.snapshot_freq_for_preemption",
     "training.snapshot_sampling", "training.remat", "data.data_dir", "sampling.", "eval.",
-    "reflow.straightness_samples", "reflow.straightness_steps",
+    "reflow.straightness_samples", "reflow.straightness_steps", "dequantizer.",
 )
 MAY_CHANGE_IN_EVAL = MAY_CHANGE_ON_RESUME + (
     "seed", "optim.", "training.batch_size", "training.mixed_precision", "training.reduce_mean",

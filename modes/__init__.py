@@ -8,7 +8,9 @@
 * ``fid_stats``: :mod:`modes.fid_stats`, FID reference statistics of the training split;
 * ``train_classifier``: :mod:`modes.train_classifier`, the noise-conditional classifier of
   classifier guidance;
-* ``reflow``: :mod:`modes.reflow`, a second flow trained on the couplings of a trained one.
+* ``reflow``: :mod:`modes.reflow`, a second flow trained on the couplings of a trained one;
+* ``train_dequantizer``: :mod:`modes.train_dequantizer`, the variational dequantizer of a
+  trained score model (for bits/dim).
 
 Each mode module has its function (``train``, ``evaluate``, ...: keyword arguments, what
 ``run_lib`` exports and scripts call) and ``run(config, workdir, options)``, which reads what

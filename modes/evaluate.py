@@ -2,8 +2,11 @@
 (:func:`evaluate`).
 
 For each checkpoint, with its EMA parameters: the loss over the whole test split
-(``eval.enable_loss``), bits/dim (``eval.enable_bpd``) over every example of
-``eval.bpd_dataset`` exactly once per repeat in a fixed order, and ``eval.num_samples`` samples
+(``eval.enable_loss``), bits/dim through the probability-flow ODE (``eval.enable_bpd``) and the
+SDE's likelihood bound (``eval.enable_bound``) over every example of ``eval.bpd_dataset`` exactly
+once per repeat in a fixed order, dequantized as ``eval.dequantization`` says (the variational
+dequantizer from ``workdir/dequantizer``, ``--mode train_dequantizer``), and
+``eval.num_samples`` samples
 with the configured sampler (``eval.enable_sampling``), scored by ``eval.sample_metrics``
 (:mod:`evaluation.scorers`; toys: two-sample statistics against fresh data).
 
@@ -43,6 +46,7 @@ from infra.devices import Devices, gather, process_rows
 from models import utils as mutils
 from modes import Options
 from modes import sample
+from modes import train_dequantizer
 
 Config = ml_collections.ConfigDict
 Array = jax.Array
@@ -53,8 +57,11 @@ Array = jax.Array
 # their own (the batch size used, the split and its size). Every other eval field is taken to
 # change bits/dim, so a new likelihood option invalidates saved pieces until it is listed here.
 _EVAL_SELECTION_FIELDS = frozenset({
-    "begin_ckpt", "end_ckpt", "enable_loss", "enable_bpd", "enable_sampling", "num_samples",
-    "bpd_num_repeats", "bpd_num_examples", "batch_size", "bpd_dataset"})
+    "begin_ckpt", "end_ckpt", "enable_loss", "enable_bpd", "enable_bound", "enable_sampling",
+    "num_samples", "bpd_num_repeats", "bpd_num_examples", "batch_size", "bpd_dataset"})
+# The fields only one of the two likelihoods reads: a change to one keeps the other's pieces.
+_ODE_ONLY_FIELDS = frozenset({"rtol", "atol", "hutchinson_type"})
+_BOUND_ONLY_FIELDS = frozenset({"bound_num_draws", "bound_time_sampling"})
 
 
 def evaluate(config: Config, workdir: str, eval_folder: str = "eval",
@@ -112,11 +119,23 @@ def _evaluate_steps(config: Config, workdir: str, eval_folder: str, checkpoint: 
   devices.check_batch(ev.batch_size, "eval.batch_size")
   _check_eval_counts(config)
   sde = builders.build_sde(config)
-  bpd_examples = datasets.num_examples(config, ev.bpd_dataset) if ev.enable_bpd else 0
+  enable_bound = bool(ev.get("enable_bound", False))
+  likelihoods = ev.enable_bpd or enable_bound
+  bpd_examples = datasets.num_examples(config, ev.bpd_dataset) if likelihoods else 0
   model, _, template = builders.init_state(config, devices)
+  dequantizer_params, dequantizer_settings = None, {}
+  if likelihoods and ev.dequantization == "variational":
+    dequantizer_params, info = train_dequantizer.load_dequantizer(config, workdir)
+    dequantizer_settings = {"dequantizer.step": info["step"],
+                            "dequantizer.digest": eval_cache.tree_digest(dequantizer_params)}
+    logging.info("Variational dequantizer: step %d, trained against the score model's step %s.",
+                 info["step"], info["score_step"])
   # Built once, up front: a bad hutchinson_type, split or sampling.method fails before the long
   # passes, and new parameters reuse the compiled programs.
-  bpd_fn = builders.build_bpd_fn(config, sde, model, devices) if ev.enable_bpd else None
+  bpd_fn = (builders.build_bpd_fn(config, sde, model, devices, dequantizer_params)
+            if ev.enable_bpd else None)
+  bound_fn = (builders.build_bound_fn(config, sde, model, devices, dequantizer_params)
+              if enable_bound else None)
   batch_losses = _build_eval_losses(config, sde, model) if ev.enable_loss else None
   sampler, sample_batch, scorer = None, 0, None
   if ev.enable_sampling:
@@ -158,11 +177,14 @@ def _evaluate_steps(config: Config, workdir: str, eval_folder: str, checkpoint: 
       result["loss"] = _eval_loss(config, batch_losses, state.ema_params, devices,
                                   mutils.num_classes(model))
       settings.update(_loss_settings(config))
-    if ev.enable_bpd:
-      bpd_settings = {**shared, **_bpd_settings(config, bpd_examples)}
-      result.update(_eval_bpd(config, bpd_fn, bpd_examples, state.ema_params, devices, cache,
-                              bpd_settings, step))
-      settings.update({**bpd_settings, "eval.bpd_num_repeats": ev.bpd_num_repeats,
+    for kind, fn in (("bpd", bpd_fn), ("bound", bound_fn)):
+      if fn is None:
+        continue
+      kind_settings = {**shared, **_bpd_settings(config, bpd_examples, kind),
+                       **dequantizer_settings}
+      result.update(_eval_likelihood(config, kind, fn, bpd_examples, state.ema_params, devices,
+                                     cache, kind_settings, step))
+      settings.update({**kind_settings, "eval.bpd_num_repeats": ev.bpd_num_repeats,
                        "eval.bpd_num_examples": _bpd_limit(config)})
     if ev.enable_sampling:
       sample_settings = {**shared, **_sample_settings(config, sample_batch)}
@@ -209,7 +231,12 @@ def describe_result(result: Dict[str, Any]) -> str:
   if "bpd" in result:
     parts.append(f"{result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim "
                  f"({result['bpd_count']} {result['bpd_dataset']} examples, "
-                 f"{result['bpd_mean_nfe']:.0f} NFE)")
+                 f"{result['bpd_mean_nfe']:.0f} NFE, {result['bpd_scale']})")
+  if "bound" in result:
+    parts.append(f"bound {result['bound']:.4f} ± {result['bound_stderr']:.4f} bits/dim (Monte "
+                 f"Carlo part ± {result['bound_mc_stderr']:.4f}; {result['bound_count']} "
+                 f"{result['bpd_dataset']} examples, {result['bound_num_draws']} draws each, "
+                 f"{result['bpd_scale']})")
   if "num_samples" in result:
     samples = f"{result['num_samples']} samples ({result['sampling_nfe']:.0f} NFE)"
     if "mmd" in result:
@@ -235,11 +262,12 @@ def _check_eval_counts(config: Config) -> None:
     raise ValueError(f"eval.num_samples must be >= 1 to evaluate samples, got {ev.num_samples}; "
                      "set --config.eval.num_samples=... (or set "
                      "--config.eval.enable_sampling=False).")
-  if ev.enable_bpd and ev.bpd_num_repeats < 1:
+  likelihoods = ev.enable_bpd or ev.get("enable_bound", False)
+  if likelihoods and ev.bpd_num_repeats < 1:
     raise ValueError(f"eval.bpd_num_repeats must be >= 1 to evaluate bits/dim, got "
                      f"{ev.bpd_num_repeats}; set --config.eval.bpd_num_repeats=... (or set "
-                     "--config.eval.enable_bpd=False).")
-  if ev.enable_bpd and _bpd_limit(config) < 0:
+                     "--config.eval.enable_bpd=False and enable_bound=False).")
+  if likelihoods and _bpd_limit(config) < 0:
     raise ValueError(f"eval.bpd_num_examples must be >= 0 (0: the whole split), got "
                      f"{_bpd_limit(config)}.")
 
@@ -269,14 +297,18 @@ def _loss_settings(config: Config) -> Dict[str, Any]:
           "training.eps": training.eps, "eval.batch_size": config.eval.batch_size}
 
 
-def _bpd_settings(config: Config, num_examples: int) -> Dict[str, Any]:
-  """Bits/dim settings beyond :func:`_network_settings`: the likelihood fields of ``config.eval``
-  (``hutchinson_type``, ``rtol``, ``atol``, ...), the split, its size and the batch size."""
+def _bpd_settings(config: Config, num_examples: int, kind: str = "bpd") -> Dict[str, Any]:
+  """Settings of ``kind`` (``'bpd'``: the ODE's bits/dim, ``'bound'``: the bound) beyond
+  :func:`_network_settings`: the likelihood fields of ``config.eval`` it reads
+  (``dequantization``, ``hutchinson_type``, ``rtol``, ``bound_num_draws``, ...), the split, its
+  size and the batch size; the bound also its smallest time ``training.eps``."""
   ev = config.eval
+  other = _BOUND_ONLY_FIELDS if kind == "bpd" else _ODE_ONLY_FIELDS
   likelihood = {name: value for name, value in run_config.section(config, "eval").items()
-                if name.split(".")[1] not in _EVAL_SELECTION_FIELDS}
-  return {**likelihood, "eval.batch_size": ev.batch_size, "eval.bpd_dataset": ev.bpd_dataset,
-          "eval.bpd_dataset_size": num_examples}
+                if name.split(".")[1] not in _EVAL_SELECTION_FIELDS | other}
+  extra = {"training.eps": config.training.eps} if kind == "bound" else {}
+  return {**likelihood, **extra, "eval.batch_size": ev.batch_size,
+          "eval.bpd_dataset": ev.bpd_dataset, "eval.bpd_dataset_size": num_examples}
 
 
 def _sample_settings(config: Config, batch_size: int) -> Dict[str, Any]:
@@ -285,8 +317,13 @@ def _sample_settings(config: Config, batch_size: int) -> Dict[str, Any]:
   return {**run_config.section(config, "sampling"), "eval.sampling_batch_size": batch_size}
 
 
-def _eval_batches(config: Config, split: str, batch_size: int) -> batching.Batches:
-  """One pass over every example of ``split`` in stored order (this process's slices)."""
+def _eval_batches(config: Config, split: str, batch_size: int,
+                  dequantized: bool = True) -> batching.Batches:
+  """One pass over every example of ``split`` in stored order (this process's slices);
+  ``dequantized=False``: without ``data.uniform_dequantization`` (the likelihoods dequantize)."""
+  if not dequantized and config.data.uniform_dequantization:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.uniform_dequantization = False
   return datasets.get_dataset(config, split=split, batch_size=batch_size, train=False,
                               process_index=jax.process_index(),
                               process_count=jax.process_count())
@@ -314,20 +351,21 @@ def _eval_loss(config: Config, batch_losses, params, devices: Devices, num_class
   return total / max(count, 1.0)
 
 
-def _eval_bpd(config: Config, bpd_fn, num_examples: int, params, devices: Devices,
-              cache: eval_cache.EvalCache, settings: eval_cache.Settings,
-              step: int) -> Dict[str, Any]:
-  """Bits/dim over every example of ``eval.bpd_dataset``, repeated, in batches of
-  ``eval.batch_size``.
+def _eval_likelihood(config: Config, kind: str, fn, num_examples: int, params,
+                     devices: Devices, cache: eval_cache.EvalCache,
+                     settings: eval_cache.Settings, step: int) -> Dict[str, Any]:
+  """Bits/dim (``kind = 'bpd'``, the ODE) or the bound (``'bound'``) over every example of
+  ``eval.bpd_dataset``, repeated, in batches of ``eval.batch_size``.
 
   ``eval.bpd_num_repeats`` passes; ``eval.bpd_num_examples > 0`` restricts each to the first that
   many examples of the split's fixed order (a quick, reproducible subset; 0 means all). Each batch
-  of each pass is one piece of ``cache``, ``bpd_repeat{r}_batch{k}`` (its bits/dim per example and
-  its NFE), so a preempted evaluation resumes where it stopped.
+  of each pass is one piece of ``cache``, ``<kind>_repeat{r}_batch{k}`` (the values per example
+  and the NFE, or each example's Monte Carlo standard error), so a preempted evaluation resumes
+  where it stopped. Both kinds see the same examples with the same dequantization draws.
 
   Args:
-    bpd_fn: ``builders.build_bpd_fn``'s ``bpd_fn(rng, params, images: [B, ...]) -> (bpd: [B],
-      nfe)``.
+    fn: ``builders.build_bpd_fn``'s ``(rng, params, images: [B, ...]) -> (bpd: [B], nfe)`` or
+      ``builders.build_bound_fn``'s ``-> (bpd: [B], stderr: [B])``.
     num_examples: the number of examples in the split.
     settings: what every piece depends on; each piece adds its repeat and batch index.
   """
@@ -336,37 +374,61 @@ def _eval_bpd(config: Config, bpd_fn, num_examples: int, params, devices: Device
   covered = min(num_examples, limit) if limit else num_examples
   pieces = [(repeat, k) for repeat in range(ev.bpd_num_repeats)
             for k in range(-(-covered // ev.batch_size))]
+  second = "nfe" if kind == "bpd" else "stderr"
 
   def piece(repeat: int, k: int):
-    return (f"bpd_repeat{repeat}_batch{k}",
+    return (f"{kind}_repeat{repeat}_batch{k}",
             {**settings, "piece.repeat": repeat, "piece.batch_index": k})
 
   # Every process decides what to reuse before any piece is (re)written: the computation is
   # collective, so a piece one process computes, all must.
-  done = {p: cache.load(*piece(*p), ("bpd", "nfe")) for p in pieces}
+  done = {p: cache.load(*piece(*p), ("bpd", second)) for p in pieces}
   base = jax.random.PRNGKey(config.seed + 3)
   batches = None
   todo = [p for p in pieces if done[p] is None]
-  progress = logs.PieceProgress(f"step {step} bits/dim", len(todo))
+  name = "bits/dim" if kind == "bpd" else "bound"
+  progress = logs.PieceProgress(f"step {step} {name}", len(todo))
   for repeat, k in todo:
     if batches is None:
-      batches = _eval_batches(config, ev.bpd_dataset, ev.batch_size)
+      batches = _eval_batches(config, ev.bpd_dataset, ev.batch_size, dequantized=False)
     batch = batches.batch(k)
     rng = jax.random.fold_in(jax.random.fold_in(base, repeat), k)
     images = devices.put_batch(np.asarray(batch["image"], np.float32))
-    bpd, nfe = bpd_fn(rng, params, images)
+    bpd, extra = fn(rng, params, images)
     mask = np.asarray(gather(devices.put_batch(batch["mask"]))) > 0
-    done[repeat, k] = {"bpd": np.asarray(gather(bpd))[mask], "nfe": np.asarray(nfe)}
+    extra = np.asarray(extra) if kind == "bpd" else np.asarray(gather(extra))[mask]
+    done[repeat, k] = {"bpd": np.asarray(gather(bpd))[mask], second: extra}
     cache.save(*piece(repeat, k), **done[repeat, k])
     so_far = np.concatenate([done[p]["bpd"] for p in todo if done[p] is not None])
     progress.update(f"{so_far.mean():.4f} so far")
   progress.close()
   # The last batch may reach past eval.bpd_num_examples: only the examples before it count.
-  bpd = np.concatenate([done[r, k]["bpd"][:covered - k * ev.batch_size] for r, k in pieces])
-  nfe = [float(done[p]["nfe"]) for p in pieces]
-  return {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / np.sqrt(bpd.size)),
-          "bpd_count": int(bpd.size), "bpd_mean_nfe": float(np.mean(nfe)),
-          "bpd_dataset": ev.bpd_dataset, "bpd_offset_bits": builders.bpd_offset_bits(config)}
+  keep = {(r, k): covered - k * ev.batch_size for r, k in pieces}
+  bpd = np.concatenate([done[p]["bpd"][:keep[p]] for p in pieces])
+  stderr = float(bpd.std() / np.sqrt(bpd.size))
+  scale = _scale_description(config)
+  if kind == "bpd":
+    nfe = [float(done[p]["nfe"]) for p in pieces]
+    return {"bpd": float(bpd.mean()), "bpd_stderr": stderr, "bpd_count": int(bpd.size),
+            "bpd_mean_nfe": float(np.mean(nfe)), "bpd_dataset": ev.bpd_dataset,
+            "bpd_offset_bits": builders.bpd_offset_bits(config), "bpd_scale": scale}
+  mc = np.concatenate([done[p]["stderr"][:keep[p]] for p in pieces])
+  return {"bound": float(bpd.mean()), "bound_stderr": stderr,
+          "bound_mc_stderr": float(np.sqrt(np.sum(mc ** 2)) / mc.size),
+          "bound_count": int(bpd.size), "bound_num_draws": int(ev.bound_num_draws),
+          "bpd_dataset": ev.bpd_dataset, "bpd_offset_bits": builders.bpd_offset_bits(config),
+          "bpd_scale": scale}
+
+
+def _scale_description(config: Config) -> str:
+  """What a bits/dim result is of, stated with it: the data's levels and the dequantization."""
+  if datasets.is_vector_data(config):
+    return "continuous data"
+  num_bits = int(config.data.get("num_bits", 8))
+  kind = config.eval.dequantization
+  what = ("the density at the grid points, not a discrete bits/dim" if kind == "none"
+          else f"{kind} dequantization")
+  return f"{num_bits}-bit data ({2 ** num_bits} levels), {what}"
 
 
 def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
@@ -392,7 +454,7 @@ def _eval_samples(config: Config, sde, sampler, batch_size: int, params,
   def piece(k: int):
     return f"samples_{k}", {**settings, "piece.batch_index": k}
 
-  # As in _eval_bpd: every process decides what to reuse before any piece is rewritten.
+  # As in _eval_likelihood: every process decides what to reuse before any piece is rewritten.
   done: Dict[int, Optional[Dict[str, np.ndarray]]] = {
       k: cache.load(*piece(k), ("samples", "nfe")) for k in pieces}
   base = jax.random.PRNGKey(config.seed + 4)

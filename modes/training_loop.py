@@ -139,6 +139,8 @@ class TrainingLoop:
   """The training log's file name in the workdir."""
   snapshots_to_keep: Optional[int] = None
   """Snapshots kept in ``checkpoints/`` (None: all)."""
+  may_change_on_resume = run_config.MAY_CHANGE_ON_RESUME
+  """Config fields a resume accepts changed (``run_config.check``)."""
 
   def __init__(self, config: Config, devices: Optional[Devices] = None):
     self.config = config
@@ -167,6 +169,11 @@ class TrainingLoop:
                                                                          Metrics]:
     """``n`` steps on ``batches`` (leaves ``[n, B, ...]`` on the devices): ``(state, metrics)``."""
     raise NotImplementedError
+
+  def describe_run(self) -> str:
+    """What is trained, for the first log line (``Training <this> to step ...``)."""
+    return (f"{self.config.model.name} ({self.num_params:,} parameters, "
+            f"{self.config.training.sde})")
 
   def describe_metrics(self, metrics: Dict[str, float]) -> str:
     """The log line's text for the mean metrics of a call (``step 100: <this>``)."""
@@ -207,7 +214,7 @@ class TrainingLoop:
                                              max_to_keep=1)
     resuming = bool(snapshots.all_steps() or preemption.all_steps())
     if resuming:
-      run_config.check(workdir, config, run_config.MAY_CHANGE_ON_RESUME, allow_config_change)
+      run_config.check(workdir, config, self.may_change_on_resume, allow_config_change)
     outputs.check_writable(workdir)
     first_process = jax.process_index() == 0
     with logs.to_file(os.path.join(workdir, self.log_file), enabled=first_process):
@@ -218,10 +225,10 @@ class TrainingLoop:
       if first_process and (restored is None or allow_config_change
                             or run_config.load(workdir) is None):
         run_config.save(workdir, config)
-      logging.info("%s %s (%s parameters, %s) to step %d, batch %d, on %d %s device(s).",
+      logging.info("%s %s to step %d, batch %d, on %d %s device(s).",
                    f"Resuming from step {initial_step}: training" if initial_step else "Training",
-                   config.model.name, f"{self.num_params:,}", training.sde, training.n_iters,
-                   training.batch_size, jax.device_count(), jax.devices()[0].platform)
+                   self.describe_run(), training.n_iters, training.batch_size,
+                   jax.device_count(), jax.devices()[0].platform)
       batches = iter(self.batches(initial_step))
       self.start(initial_step)
       summary = outputs.Summary(os.path.join(workdir, "tensorboard"))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dequantization
 import exact_scores
 import likelihood
 import sde_lib
@@ -140,24 +141,12 @@ def test_hutchinson_estimate_is_unbiased(hutchinson_type, seed):
   assert abs(draws.mean() - exact) < 3.0 * std_err, (draws.mean(), exact, std_err)
 
 
-def test_dequantization_offset_values():
-  assert likelihood.dequantization_offset(centered=False) == 8.0
-  assert likelihood.dequantization_offset(centered=True) == 7.0
-  assert likelihood.dequantization_offset(centered=True, num_bits=5) == 4.0
-  # Uniform data on the dequantized cube [0, 2^8]^D have exactly 8 bits/dim; in model space the
-  # same data are uniform on [0, 1]^D (0 bits/dim) or on [-1, 1]^D (1 bit/dim).
-  assert 0.0 + likelihood.dequantization_offset(centered=False) == 8.0
-  assert 1.0 + likelihood.dequantization_offset(centered=True) == 8.0
-  with pytest.raises(ValueError, match="num_bits"):
-    likelihood.dequantization_offset(centered=True, num_bits=0)
-
-
 def test_bpd_offset_matches_density_in_dequantized_integer_space():
   # Model space [-1, 1]; the dequantized 8-bit space is w = 128 (y + 1). Evaluate the same
   # (eps-marginal) Gaussian directly in w-space, independently of the offset formula.
   sde, mix = SDES["vp"](), MIXTURES["image_gaussian"]()
   x = mix.sample(jax.random.PRNGKey(3), 8)
-  bpd, z, _ = _run_oracle("vp", mix, x, bpd_offset=likelihood.dequantization_offset(True))
+  bpd, z, _ = _run_oracle("vp", mix, x, bpd_offset=dequantization.bits_offset("uniform", True))
   a, s = _marginal_coeffs(sde, EPS)
   mean_y = a * mix.means[0]
   cov_y = a**2 * mix.covs[0] + s**2 * np.eye(mix.dim)

@@ -9,6 +9,7 @@ Statistical tolerances are 5 standard errors of the tested statistic at the stat
 import numpy as np
 import pytest
 
+import dequantization
 from datasets import batching
 from datasets import readers
 from tests.datasets.data_files import collect
@@ -163,6 +164,19 @@ def test_uniform_dequantization_range_and_distribution():
   assert not np.array_equal(noisy(6), x)
   plain = batching.make_batches(data, batch_size=64, train=False).batch(0)["image"]
   assert np.array_equal(plain * np.float32(255), data.images.astype(np.float32))
+
+
+def test_fewer_bits_keep_the_top_bits_on_their_own_scale():
+  """5-bit data: ``v >> 3`` in {0..31}, ``v5 / 31`` plain and ``(v5 + u) / 32`` dequantized; the
+  bits/dim's ``to_levels`` recovers ``v5``."""
+  data = indexed_split(64, h=8, w=8)
+  top = data.images >> 3
+  plain = batching.make_batches(data, batch_size=64, train=False, num_bits=5).batch(0)["image"]
+  np.testing.assert_allclose(plain * 31, top, atol=1e-5)
+  assert np.array_equal(np.asarray(dequantization.to_levels(plain, 5)), top)
+  noisy = batching.make_batches(data, batch_size=64, train=False, num_bits=5,
+                                uniform_dequantization=True, seed=1).batch(0)["image"]
+  assert np.array_equal(np.floor(noisy.astype(np.float64) * 32), top)
 
 
 def test_prefetch_matches_direct_batches_and_propagates_errors():
