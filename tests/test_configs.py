@@ -21,6 +21,7 @@ import sde_lib
 from configs import tutorial_mnist
 from configs.toy import gaussian_mixture, ou_swiss_roll, rectified_flow_swiss_roll, swiss_roll
 from infra import run_config
+from infra.devices import Devices
 from models import tutorial_scorenet
 from models import utils as mutils
 from tests import runs
@@ -156,3 +157,26 @@ def test_rectified_flow_configs_change_only_the_process_and_train(tmp_path):
   sde = builders.build_sde(config)
   assert isinstance(sde, sde_lib.RectifiedFlow) and sde.T == 0.99
   _trains_a_few_steps(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("name,standard", [
+    ("vp.likelihood.mnist_ddpmpp_deep_continuous", "vpsde_mnist"),
+    ("vp.likelihood.cifar10_ddpmpp_deep_continuous", "vp.cifar10_ddpmpp_deep_continuous")])
+def test_likelihood_configs_change_only_the_likelihood_fields(name, standard):
+  """ScoreFlow's recipe on the standard config: g^2 weighting with importance-sampled times on
+  dequantized data, both likelihoods in eval; MNIST's network twice as deep."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  base = importlib.import_module(f"configs.{standard}").get_config()
+  changed = {k for k, v in run_config.flatten(config.to_dict()).items()
+             if run_config.flatten(base.to_dict()).get(k) != v}
+  expected = {"training.likelihood_weighting", "training.time_sampling", "sampling.method",
+              "data.uniform_dequantization", "eval.enable_bpd", "eval.enable_bound"}
+  if "mnist" in name:
+    expected.add("model.num_res_blocks")
+  assert changed <= expected and config.training.reduce_mean
+  assert config.training.likelihood_weighting and config.training.time_sampling == "importance"
+  assert config.data.uniform_dequantization and config.sampling.method == "ode"
+  assert config.eval.enable_bpd and config.eval.enable_bound
+  sde = builders.build_sde(config)
+  model = builders.build_model(config)
+  assert builders.build_bound_fn(config, sde, model, Devices()) is not None
