@@ -66,6 +66,19 @@ def _loop_config(config: Config) -> Config:
   return loop
 
 
+def _initial_state(config: Config) -> Tuple[Any, Any, losses.TrainState]:
+  """The dequantizer of ``config``, its optimizer (``dequantizer.lr, warmup``, clipped at
+  ``optim.grad_clip``) and its state at step 0 (uniform dequantization)."""
+  deq = config.dequantizer
+  model = builders.build_dequantizer(config)
+  image_shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = model.init(init_rng, jnp.full(image_shape, 0.5), jnp.zeros(image_shape))
+  optimizer = losses.get_optimizer(float(deq.lr), warmup=int(deq.warmup),
+                                   grad_clip=float(config.optim.grad_clip))
+  return model, optimizer, losses.init_train_state(state_rng, params, optimizer)
+
+
 class DequantizerTraining(TrainingLoop):
   """Training of the variational dequantizer of a fixed score model (module docstring).
 
@@ -98,28 +111,22 @@ class DequantizerTraining(TrainingLoop):
     parameters.check_available(config, score_workdir, checkpoint, False)
     self.score = parameters.sampling_parameters(config, score_workdir, checkpoint, False,
                                                 score_model, score_template)
-    self.model = builders.build_dequantizer(config)
-    image_shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = self.model.init(init_rng, jnp.full(image_shape, 0.5), jnp.zeros(image_shape))
-    optimizer = losses.get_optimizer(float(deq.lr), warmup=int(deq.warmup),
-                                     grad_clip=float(config.optim.grad_clip))
-    self.state = jax.device_put(losses.init_train_state(state_rng, params, optimizer),
-                                self.devices.replicated)
+    self.model, optimizer, state = _initial_state(config)
+    self.state = jax.device_put(state, self.devices.replicated)
     # Images stay in data space: the loss needs their integer levels.
     self.scaler = lambda x: x
     self._score_fn_of = builders.build_score_fn(config, self.sde, score_model, self.devices)
     self._draw = likelihood.get_bound_draw_fn(self.sde, eps=float(config.training.eps))
     self._num_bits = int(config.data.get("num_bits", 8))
     self._data_scaler, _ = datasets.data_scalers(config)
-    offset = dequantization.bits_offset("variational", config.data.centered, self._num_bits)
-    self._offset = offset
+    self._offset = dequantization.bits_offset("variational", config.data.centered,
+                                              self._num_bits)
 
     def loss_fn(params: Params, rng: jax.Array, batch: Dict[str, Any]):
       score_fn = self._score_fn_of(batch["score_params"])
       objective = dequantization.get_loss_fn(
           self.model, lambda key, y: self._draw(key, score_fn, y), num_bits=self._num_bits,
-          scaler=self._data_scaler, offset=offset)
+          scaler=self._data_scaler, offset=self._offset)
       return objective(params, rng, batch["images"])
 
     step = losses.get_step_fn(loss_fn, optimizer, train=True, ema_rate=float(deq.ema_rate),
@@ -130,7 +137,7 @@ class DequantizerTraining(TrainingLoop):
         self.state, self.devices, frozen=self.score.params)
 
   def describe_run(self) -> str:
-    return (f"the variational dequantizer ({self.num_params:,} parameters) of {self.score.name}")
+    return f"the variational dequantizer ({self.num_params:,} parameters) of {self.score.name}"
 
   def batches(self, start_step: int) -> Iterator[Dict[str, np.ndarray]]:
     return iter(self._train_data.starting_at(start_step))
@@ -208,13 +215,7 @@ def load_dequantizer(config: Config, workdir: str) -> Tuple[Params, Dict[str, An
                             f"--config CONFIG --mode train_dequantizer --workdir {workdir}.")
   run_config.check(directory, _loop_config(config), ("dequantizer.n_iters", "eval.", "sampling.",
                                                      "training.", "optim.", "data.data_dir"))
-  model = builders.build_dequantizer(config)
-  image_shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = model.init(init_rng, jnp.full(image_shape, 0.5), jnp.zeros(image_shape))
-  deq = config.dequantizer
-  template = losses.init_train_state(state_rng, params, losses.get_optimizer(
-      float(deq.lr), warmup=int(deq.warmup), grad_clip=float(config.optim.grad_clip)))
+  _, _, template = _initial_state(config)
   with checkpoints.CheckpointStore(store_path, writer=False) as store:
     state = checkpoints.restore_latest([store], template)
   if state is None:
