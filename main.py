@@ -38,6 +38,7 @@ from ml_collections import config_flags
 import configs
 import controllable_generation
 import run_lib
+from infra import compilation_cache
 from infra import distributed
 from infra import logs
 from infra.commands import one_line_errors
@@ -116,6 +117,10 @@ flags.DEFINE_float("cfg_weight", None,
                    "--class_label with a class-conditional model: classifier-free guidance "
                    "weight w, (1 + w) s(x, t, y) - w s(x, t) (default 0, the conditional model; "
                    "larger sharpens).")
+flags.DEFINE_string("compilation_cache", "",
+                    "Folder of JAX's persistent compilation cache, which lets a second run of a "
+                    "command skip compiling; default: $SCORE_SDE_COMPILATION_CACHE or "
+                    "~/.cache/score_sde_jax/jax; 'none': off.")
 flags.mark_flags_as_required(["mode"])
 
 def main(argv):
@@ -144,6 +149,7 @@ def main(argv):
                                init_timeout_s=FLAGS.init_timeout_s)
       logging.info("Workdir: %s%s", workdir,
                    "" if FLAGS.workdir else " (this config's default; --workdir sets another)")
+      compilation_cache.configure(FLAGS.compilation_cache)
       run_lib.MODES[FLAGS.mode](FLAGS.config, workdir, options)
   except RuntimeError as e:
     if not multi_process:
