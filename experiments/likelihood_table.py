@@ -6,7 +6,11 @@ wrote; for a 2-D toy also the data's own entropy, the floor both must stay above
 
 Each ``--run label=<workdir>/<eval folder>`` gives the newest step of its ``summary.json``:
 bits/dim and its standard error over examples, the mean NFE, the bound with its standard error
-over examples and the Monte Carlo part of it, and the scale they are stated on. With
+over examples and the Monte Carlo part of it, and the scale they are stated on. Evaluations of
+the same examples with the same seed share the dequantization draws, so each run after the
+first also gets its per-example difference to the first run, paired, with the standard error of
+that difference (far smaller than either run's own, which the spread over examples dominates).
+With
 ``--dataset``, :func:`known_entropy_bits` (checkerboard: uniform on 8 cells of area 3/4, so
 ``log2(6) / 2`` bits/dim exactly; gaussian_mixture: Monte Carlo over the exact density, with its
 standard error). Outputs (``--out``): ``likelihood_<name>_<UTC time>.json`` and ``.md``.
@@ -15,6 +19,7 @@ standard error). Outputs (``--out``): ``likelihood_<name>_<UTC time>.json`` and 
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -65,6 +70,40 @@ def row(label: str, folder: str) -> Dict[str, Any]:
           **{k: result[k] for k in keys if k in result}}
 
 
+def per_example(folder: str, step: int, kind: str) -> Optional[np.ndarray]:
+  """The per-example values of ``kind`` (``'bpd'`` or ``'bound'``) the evaluation saved, in
+  order (repeat, then batch); None if it saved none."""
+  def order(path: str) -> Tuple[int, int]:
+    name = os.path.basename(path)[len(kind) + len("_repeat"):-len(".npz")]
+    repeat, batch = name.split("_batch")
+    return int(repeat), int(batch)
+
+  paths = sorted(glob.glob(os.path.join(folder, f"step_{step}", f"{kind}_repeat*_batch*.npz")),
+                 key=order)
+  if not paths:
+    return None
+  parts = []
+  for path in paths:
+    with np.load(path) as piece:
+      parts.append(np.asarray(piece["bpd"], np.float64))
+  return np.concatenate(parts)
+
+
+def paired_differences(rows: List[Dict[str, Any]]) -> None:
+  """Adds ``<kind>_minus_first`` and its ``_stderr`` to every row after the first whose
+  per-example values line up with the first row's."""
+  first = rows[0]
+  for r in rows[1:]:
+    for kind in ("bpd", "bound"):
+      a = per_example(first["folder"], first["step"], kind)
+      b = per_example(r["folder"], r["step"], kind)
+      if a is None or b is None or a.shape != b.shape:
+        continue
+      d = b - a
+      r[f"{kind}_minus_first"] = float(d.mean())
+      r[f"{kind}_minus_first_stderr"] = float(d.std(ddof=1) / np.sqrt(d.size))
+
+
 def _cell(r: Dict[str, Any], key: str) -> str:
   if key not in r:
     return "-"
@@ -76,14 +115,17 @@ def _markdown(record: Dict[str, Any]) -> str:
   if "entropy_bits" in record:
     lines += [f"Data entropy ({record['dataset']}): {record['entropy_bits']:.4f} ± "
               f"{record['entropy_stderr']:.4f} bits/dim", ""]
-  lines += ["| run | step | ODE bits/dim | NFE | bound | bound's Monte Carlo s.e. | examples "
-            "| scale |", "|---|---|---|---|---|---|---|---|"]
+  first = record["rows"][0]["label"]
+  lines += [f"| run | step | ODE bits/dim | NFE | bound | bound's Monte Carlo s.e. | ODE, paired "
+            f"difference to {first} | bound, paired difference to {first} | examples | scale |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
   for r in record["rows"]:
     nfe = f"{r['bpd_mean_nfe']:.0f}" if "bpd_mean_nfe" in r else "-"
     mc = f"{r['bound_mc_stderr']:.4f}" if "bound_mc_stderr" in r else "-"
     count = r.get("bpd_count", r.get("bound_count", "-"))
     lines.append(f"| {r['label']} | {r['step']} | {_cell(r, 'bpd')} | {nfe} | "
-                 f"{_cell(r, 'bound')} | {mc} | {count} | {r.get('bpd_scale', '-')} |")
+                 f"{_cell(r, 'bound')} | {mc} | {_cell(r, 'bpd_minus_first')} | "
+                 f"{_cell(r, 'bound_minus_first')} | {count} | {r.get('bpd_scale', '-')} |")
   return "\n".join(lines) + "\n"
 
 
@@ -99,6 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   if any(len(run) != 2 for run in runs):
     raise ValueError("--run takes label=<workdir>/<eval folder>.")
   rows: List[Dict[str, Any]] = [row(label, folder) for label, folder in runs]
+  paired_differences(rows)
   record: Dict[str, Any] = {"rows": rows, "date": str(np.datetime64("today"))}
   if args.dataset:
     entropy, stderr = known_entropy_bits(args.dataset)
