@@ -45,8 +45,8 @@ def test_table_of_summaries_and_paired_differences(tmp_path):
   assert ("| lw | 4000 | 1.5000 ± 0.0100 | 400 | 1.6000 ± 0.0200 | 0.0010 | - | - | 2000 |"
           in table)
   # Differences -0.1, -0.2, -0.1, -0.2 in the saved order: mean -0.15, s.e. 0.0577 / 2.
-  assert ("| x | 4000 | 1.4000 ± 0.0100 | 400 | 1.6000 ± 0.0200 | 0.0010 | -0.1500 ± 0.0289 | - |"
-          in table)
+  assert ("| x | 4000 | 1.4000 ± 0.0100 | 400 | 1.6000 ± 0.0200 | 0.0010 | "
+          "-0.1500 ± 0.0289 | - |" in table)
   assert "Data entropy (checkerboard): 1.2925" in table
   with pytest.raises(FileNotFoundError, match="run --mode eval"):
     likelihood_table.main(["--run", f"x={tmp_path / 'none'}", "--out", str(tmp_path / "out")])
