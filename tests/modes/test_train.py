@@ -100,14 +100,16 @@ def test_four_devices_match_one_device(tmp_path, reference_run):
   assert result.returncode == 0, result.stderr[-3000:]
   assert_states_close(final_state(workdir), final_state(reference_run), rtol=1e-4, atol=1e-5)
 
-  # Sampling and bits/dim run sharded over the four devices.
+  # Sampling, bits/dim and the bound run sharded over the four devices.
   result = run_main(workdir, mode="eval", devices=4,
                     **{"eval.num_samples": 400, "eval.batch_size": 200, "eval.begin_ckpt": 2,
-                       "eval.bpd_num_examples": 400})
+                       "eval.bpd_num_examples": 400, "eval.enable_bound": True,
+                       "eval.bound_num_draws": 20})
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(os.path.join(workdir, "eval", "summary.json")))
-  assert np.isfinite(summary["600"]["bpd"])
+  assert np.isfinite(summary["600"]["bpd"]) and np.isfinite(summary["600"]["bound"])
   assert summary["600"]["num_samples"] == 400 and summary["600"]["bpd_count"] == 400
+  assert summary["600"]["bound_count"] == 400
 
 
 def _wait_for_preemption_checkpoint(proc, workdir, at_least):
