@@ -39,6 +39,7 @@ import configs
 import controllable_generation
 import run_lib
 from infra import compilation_cache
+from infra import cpu_runtime
 from infra import distributed
 from infra import logs
 from infra.commands import one_line_errors
@@ -128,6 +129,9 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}; flags take the form "
              "--name=value (see --help)")
   logs.configure_console()
+  # Before JAX's first computation: XLA reads its flags, and starts its threads, then.
+  cpu_runtime.configure_xla_flags()
+  cpu_runtime.configure_allocator()
   options = Options(**{field.name: FLAGS[field.name].value
                        for field in dataclasses.fields(Options)
                        if field.name != "classifier_config"},

@@ -2,7 +2,7 @@
 with the same weights, checked equal first, then timed side by side.
 
 ``python -m benchmarks.torch_peer --peer_repo DIR --peer_python PY [--threads 1,2]
-[--batches 16,64] [--repeats 5]``
+[--batches 16,64] [--repeats 5] [--with_xla_defaults]``
 
 ``--peer_repo``: a checkout of github.com/yang-song/score_sde_pytorch; ``--peer_python``: a
 Python with torch and ml_collections (a scratch environment: torch is not a dependency here).
@@ -26,7 +26,10 @@ Python with torch and ml_collections (a scratch environment: torch is not a depe
    Adam with gradient clipping, EMA: the peer's own ``losses.get_step_fn``, this project's
    ``builders.build_train_steps``), medians of ``--repeats`` after two warm-up calls, the first
    train step's time (compilation here), the process's peak resident memory and its minor page
-   faults per call (forward passes and train steps together).
+   faults per call (forward passes and train steps together). This project's side runs as
+   ``main.py`` runs (:mod:`infra.cpu_runtime`); ``--with_xla_defaults`` times it a second time
+   with XLA's and glibc's defaults (``SCORE_SDE_XLA_CPU_DEFAULTS=1``), the before and after of
+   that module in one run.
 
 Writes ``benchmarks/results/torch_peer_cpu_<UTC time>.json`` and ``.md``.
 """
@@ -47,6 +50,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from infra import cpu_runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/vp/cifar10_ddpmpp_continuous.py"
@@ -204,7 +209,10 @@ def _run(command: Sequence[str], cwd: str, env: Optional[Dict[str, str]] = None
 
 
 def ours(task: Dict[str, Any]) -> Dict[str, Any]:
-  """This project's side of :data:`_PEER_DRIVER` (run in its own process)."""
+  """This project's side of :data:`_PEER_DRIVER` (run in its own process, set up for the CPU as
+  ``main.py`` sets it up)."""
+  tuned = {"xla_flags": cpu_runtime.configure_xla_flags(),
+           "allocator": cpu_runtime.configure_allocator()}
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import builders  # pylint: disable=import-outside-toplevel
@@ -256,6 +264,7 @@ def ours(task: Dict[str, Any]) -> Dict[str, Any]:
                        "first_train_s": first,
                        "minor_faults_per_call": faults / (1 + 2 * (2 + task["repeats"]))}
   out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  out["xla_flags"], out["cpu_runtime"] = os.environ.get("XLA_FLAGS", ""), tuned
   return out
 
 
@@ -266,11 +275,17 @@ def _markdown(record: Dict[str, Any]) -> str:
            f"{record['equality']['max_output_diff']:.2e} (largest output "
            f"{record['equality']['max_output']:.2f}), DSM loss {record['equality']['loss']:.6f} "
            f"against a difference of {record['equality']['loss_diff']:.2e}.", "",
-           "| threads | batch | case | project (median s) | peer (median s) | project / peer |",
-           "|---|---|---|---|---|---|"]
+           f"This project's XLA flags: `{record['ours_xla_flags']}`.", ""]
+  defaults = "ours_xla_defaults" in record["rows"][0]
+  extra_head = (" project, XLA defaults (median s) | XLA defaults / peer |" if defaults else "")
+  lines += ["| threads | batch | case | project (median s) | peer (median s) | project / peer |"
+            + extra_head, "|---|---|---|---|---|---|" + ("---|---|" if defaults else "")]
   for row in record["rows"]:
-    lines.append(f"| {row['threads']} | {row['batch']} | {row['case']} | {row['ours']:.3f} | "
-                 f"{row['peer']:.3f} | {row['ours'] / row['peer']:.2f} |")
+    line = (f"| {row['threads']} | {row['batch']} | {row['case']} | {row['ours']:.3f} | "
+            f"{row['peer']:.3f} | {row['ours'] / row['peer']:.2f} |")
+    if defaults:
+      line += f" {row['ours_xla_defaults']:.3f} | {row['ours_xla_defaults'] / row['peer']:.2f} |"
+    lines.append(line)
   lines += ["", "| threads | batch | project first step (s) | peer first step (s) | project page "
             "faults / call | peer page faults / call | project peak RSS (MiB) | peer peak RSS "
             "(MiB) |", "|---|---|---|---|---|---|---|---|"]
@@ -279,6 +294,13 @@ def _markdown(record: Dict[str, Any]) -> str:
                  f"{extra['peer_first']:.1f} | {extra['ours_faults']:.0f} | "
                  f"{extra['peer_faults']:.0f} | {extra['ours_rss']:.0f} | "
                  f"{extra['peer_rss']:.0f} |")
+  if defaults:
+    lines += ["", "This project with XLA's and glibc's defaults:", "",
+              "| threads | batch | first step (s) | page faults / call | peak RSS (MiB) |",
+              "|---|---|---|---|---|"]
+    for extra in record["extras"]:
+      lines.append(f"| {extra['threads']} | {extra['batch']} | {extra['defaults_first']:.1f} | "
+                   f"{extra['defaults_faults']:.0f} | {extra['defaults_rss']:.0f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -290,6 +312,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   parser.add_argument("--batches", default="16,64")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--tolerance", type=float, default=1e-4)
+  parser.add_argument("--with_xla_defaults", action="store_true",
+                      help="also time this project with XLA's and glibc's defaults")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   parser.add_argument("--ours", default="", help=argparse.SUPPRESS)  # the inner process
   args = parser.parse_args(argv)
@@ -324,27 +348,38 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                          "the same work.")
     rows, extras = [], []
     for n in threads:
-      env = {"XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} "
-                          f"intra_op_parallelism_threads={n}", "OMP_NUM_THREADS": str(n)}
+      env = {"XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}",
+             "OMP_NUM_THREADS": str(n)}
       peer = _run(_taskset(n) + peer_cmd + [json.dumps({**common, "task": "time",
                                                         "threads": n})], scratch, env)
       mine = _run(_taskset(n) + ours_cmd + [json.dumps({**common, "task": "time"})], REPO, env)
+      defaults = None
+      if args.with_xla_defaults:
+        defaults = _run(_taskset(n) + ours_cmd + [json.dumps({**common, "task": "time"})], REPO,
+                        {**env, cpu_runtime.OPT_OUT: "1"})
       for b in batches:
         for case in ("forward", "train"):
           rows.append({"threads": n, "batch": b, "case": case,
                        "ours": float(np.median(mine[str(b)][f"{case}_s"])),
                        "peer": float(np.median(peer[str(b)][f"{case}_s"]))})
+          if defaults is not None:
+            rows[-1]["ours_xla_defaults"] = float(np.median(defaults[str(b)][f"{case}_s"]))
         extras.append({"threads": n, "batch": b, "ours_first": mine[str(b)]["first_train_s"],
                        "peer_first": peer[str(b)]["first_train_s"],
                        "ours_faults": mine[str(b)]["minor_faults_per_call"],
                        "peer_faults": peer[str(b)]["minor_faults_per_call"],
                        "ours_rss": mine["peak_rss_mib"], "peer_rss": peer["peak_rss_mib"]})
+        if defaults is not None:
+          extras[-1].update(defaults_first=defaults[str(b)]["first_train_s"],
+                            defaults_faults=defaults[str(b)]["minor_faults_per_call"],
+                            defaults_rss=defaults["peak_rss_mib"])
   stamp = datetime.datetime.now(datetime.timezone.utc)
   record = {"date": stamp.strftime("%Y-%m-%d %H:%M UTC"), "machine": _cpu_name(),
             "cpus": os.cpu_count(), "command": " ".join(sys.argv),
             "config": CONFIG, "overrides": {k: list(v) if isinstance(v, tuple) else v
                                             for k, v in REDUCED.items()},
-            "equality": equality, "rows": rows, "extras": extras}
+            "equality": equality, "rows": rows, "extras": extras,
+            "ours_xla_flags": mine["xla_flags"]}
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, f"torch_peer_cpu_{stamp.strftime('%Y-%m-%dT%H%MZ')}")
   with open(stem + ".json", "w") as f:

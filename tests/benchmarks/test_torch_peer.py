@@ -41,7 +41,14 @@ def test_table():
             "rows": [{"threads": 1, "batch": 16, "case": "train", "ours": 2.0, "peer": 1.0}],
             "extras": [{"threads": 1, "batch": 16, "ours_first": 30.0, "peer_first": 1.0,
                         "ours_faults": 100, "peer_faults": 10, "ours_rss": 1600,
-                        "peer_rss": 800}]}
+                        "peer_rss": 800}],
+            "ours_xla_flags": "--xla_cpu_multi_thread_eigen=false"}
   table = torch_peer._markdown(record)  # pylint: disable=protected-access
   assert "| 1 | 16 | train | 2.000 | 1.000 | 2.00 |" in table
   assert "largest network output difference 8.50e-06" in table
+  assert "XLA defaults" not in table
+  record["rows"][0]["ours_xla_defaults"] = 3.0
+  record["extras"][0].update(defaults_first=40.0, defaults_faults=500, defaults_rss=1700)
+  table = torch_peer._markdown(record)  # pylint: disable=protected-access
+  assert "| 1 | 16 | train | 2.000 | 1.000 | 2.00 | 3.000 | 3.00 |" in table
+  assert "| 1 | 16 | 40.0 | 500 | 1700 |" in table

@@ -1,0 +1,83 @@
+"""How XLA:CPU runs the programs: which library computes what, and where its buffers come from.
+
+XLA:CPU (jaxlib 0.10.2) hands dots, reductions, elementwise fusions and convolutions to the
+YNNPACK library by default. YNNPACK's convolution is fast forward but slow for the gradient of a
+convolution's kernel, which XLA expresses as a convolution whose "kernel" is the whole
+activation map (32x32 for a 32x32 image) and whose output is 3x3: for a 3x3 convolution of
+64 channels on 16 32x32 images it takes 33 ms where XLA's own (Eigen) convolution takes 10 ms
+and the forward pass 9 ms. :func:`configure_xla_flags` keeps YNNPACK's dots, reductions and
+elementwise fusions and leaves single convolutions to XLA's own; with :func:`configure_allocator`
+the DDPM++ train step of ``benchmarks/torch_peer.py`` ran 1.2-1.6x faster on a 2-core Xeon
+(``docs/speed.md`` has the figures and commands).
+
+Only the compiler's choice of kernels changes, so results agree with the default to float32
+round-off (tested). The setting is an experimental XLA flag, so it is applied only to the
+jaxlib versions it was measured on (:data:`MEASURED_JAXLIB`); a flag of the same name already in
+``XLA_FLAGS`` wins.
+
+XLA:CPU also allocates every temporary buffer of a program afresh on each call. glibc serves
+large blocks with ``mmap`` and unmaps them on release, and allocations from XLA's worker threads
+land in per-thread arenas that glibc shrinks on release, so every call of a train step faulted
+in and zeroed its buffers again: 43-180 k page faults per step of the DDPM++ above, a tenth of
+its time. :func:`configure_allocator` keeps one arena and keeps released memory in the process
+(``mallopt``), which removed the faults and did not raise the peak resident memory measured.
+
+``SCORE_SDE_XLA_CPU_DEFAULTS=1`` turns both off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+from typing import MutableMapping, Optional
+
+FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+FUSION_TYPES = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE",
+                "LIBRARY_FUSION_TYPE_ELTWISE")
+MEASURED_JAXLIB = ("0.10.2",)
+OPT_OUT = "SCORE_SDE_XLA_CPU_DEFAULTS"
+# glibc's mallopt parameters (malloc.h) and the largest value they take (a C int).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_INT_MAX = 2 ** 31 - 1
+
+
+def _opted_out(environ: MutableMapping[str, str]) -> bool:
+  return environ.get(OPT_OUT, "").strip() not in ("", "0")
+
+
+def xla_flags(current: str, jaxlib_version: str) -> Optional[str]:
+  """``XLA_FLAGS`` with :data:`FLAG` added, or None where it stays as it is (another jaxlib, or
+  the user already chose)."""
+  if jaxlib_version not in MEASURED_JAXLIB or FLAG + "=" in current:
+    return None
+  return " ".join(part for part in (current.strip(), f"{FLAG}={','.join(FUSION_TYPES)}")
+                  if part)
+
+
+def configure_xla_flags(environ: Optional[MutableMapping[str, str]] = None) -> bool:
+  """Adds :data:`FLAG` to ``environ["XLA_FLAGS"]`` (default ``os.environ``); returns whether it
+  did. Call before JAX's first computation: XLA reads its flags when the backend starts."""
+  import jaxlib.version  # pylint: disable=import-outside-toplevel
+  environ = os.environ if environ is None else environ
+  if _opted_out(environ):
+    return False
+  flags = xla_flags(environ.get("XLA_FLAGS", ""), jaxlib.version.__version__)
+  if flags is None:
+    return False
+  environ["XLA_FLAGS"] = flags
+  return True
+
+
+def configure_allocator(environ: Optional[MutableMapping[str, str]] = None) -> bool:
+  """With glibc: one malloc arena, blocks up to 2 GiB from the heap rather than ``mmap``, and
+  released memory kept for reuse (module docstring); returns whether it applied. Elsewhere (musl,
+  macOS) it does nothing. Best called before the first JAX computation starts XLA's threads."""
+  environ = os.environ if environ is None else environ
+  if _opted_out(environ) or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    return False
+  libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, _INT_MAX), (_M_TRIM_THRESHOLD, _INT_MAX))
+  return all(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
+             for param, value in settings)
