@@ -685,7 +685,7 @@ def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: De
   """``bpd_fn(rng, params, images) -> (bpd: [B], nfe)``, jitted; ``images`` in data space.
 
   Through the probability-flow ODE (``likelihood.get_likelihood_fn``, ``eval.hutchinson_type,
-  rtol, atol``) at the points :func:`build_dequantize_fn` gives, ``+ log q`` for the variational
+  rtol, atol, ode_solver``) at the points :func:`build_dequantize_fn` gives, ``+ log q`` for the variational
   dequantizer, on the integer scale of the data (:func:`bpd_offset_bits`): for images the bits/dim
   of the discrete data (the paper's CIFAR-10 number); vector (toy) data are continuous, with no
   offset.
@@ -694,6 +694,7 @@ def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: De
   dequantize = build_dequantize_fn(config, dequantizer_params)
   likelihood_fn = likelihood.get_likelihood_fn(sde, hutchinson_type=ev.hutchinson_type,
                                                rtol=ev.rtol, atol=ev.atol,
+                                               method=ev.ode_solver,
                                                bpd_offset=bpd_offset_bits(config))
   score_fn_of = build_score_fn(config, sde, model, devices)
 

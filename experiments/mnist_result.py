@@ -258,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       train_minutes=args.train_minutes, deadline_minutes=args.deadline_minutes,
       eval={"params": "ema", "hutchinson_type": config.eval.hutchinson_type,
             "rtol": config.eval.rtol, "atol": config.eval.atol,
-            "offset_bits": builders.bpd_offset_bits(config),
+            "ode_solver": config.eval.ode_solver, "offset_bits": builders.bpd_offset_bits(config),
             "probe_examples": args.probe_examples, "batch_size": args.eval_batch_size},
       command=" ".join(["python -m experiments.mnist_result"] + argv),
       date=now.isoformat(timespec="seconds"))

@@ -178,7 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 eval={"examples": args.eval_examples, "batch_size": args.eval_batch_size,
                       "every_steps": args.eval_every, "params": "ema",
                       "hutchinson_type": config.eval.hutchinson_type, "rtol": config.eval.rtol,
-                      "atol": config.eval.atol, "offset_bits": builders.bpd_offset_bits(config)},
+                      "atol": config.eval.atol, "ode_solver": config.eval.ode_solver,
+                      "offset_bits": builders.bpd_offset_bits(config)},
                 command=" ".join(["python -m experiments.time_to_bpd"] + argv),
                 date=now.isoformat(timespec="seconds"))
   name = os.path.splitext(os.path.basename(args.config))[0]

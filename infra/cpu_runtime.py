@@ -6,8 +6,8 @@ convolution's kernel, which XLA expresses as a convolution whose "kernel" is the
 activation map (32x32 for a 32x32 image) and whose output is 3x3: for a 3x3 convolution of
 64 channels on 16 32x32 images it takes 33 ms where XLA's own (Eigen) convolution takes 10 ms
 and the forward pass 9 ms. :func:`configure_xla_flags` keeps YNNPACK's dots, reductions and
-elementwise fusions and leaves single convolutions to XLA's own; with :func:`configure_allocator`
-the DDPM++ train step of ``benchmarks/torch_peer.py`` ran 1.2-1.6x faster on a 2-core Xeon
+elementwise fusions and leaves single convolutions to XLA's own: the DDPM++ train step of
+``benchmarks/torch_peer.py`` ran 1.1-1.7x faster on a 2-core Xeon, at the same peak memory
 (``docs/speed.md`` has the figures and commands).
 
 Only the compiler's choice of kernels changes, so results agree with the default to float32
@@ -16,13 +16,16 @@ jaxlib versions it was measured on (:data:`MEASURED_JAXLIB`); a flag of the same
 ``XLA_FLAGS`` wins.
 
 XLA:CPU also allocates every temporary buffer of a program afresh on each call. glibc serves
-large blocks with ``mmap`` and unmaps them on release, and allocations from XLA's worker threads
-land in per-thread arenas that glibc shrinks on release, so every call of a train step faulted
-in and zeroed its buffers again: 43-180 k page faults per step of the DDPM++ above, a tenth of
-its time. :func:`configure_allocator` keeps one arena and keeps released memory in the process
-(``mallopt``), which removed the faults and did not raise the peak resident memory measured.
+blocks above 32 MiB with ``mmap`` and unmaps them on release (and shrinks the arenas of XLA's
+worker threads), so each call of a train step faults in and zeroes its buffers again: 60-200 k
+page faults per step of the DDPM++ above. ``SCORE_SDE_HOLD_FREED_MEMORY=1`` makes
+:func:`configure_allocator` keep one arena and keep released memory in the process
+(``mallopt``): the faults go and the step takes 5-15 % less time, but blocks freed by one
+program are not always reusable by the next, so a process that runs programs of several sizes
+(training, then sampling at another batch) held up to twice the memory (measured). It is
+therefore off unless asked for.
 
-``SCORE_SDE_XLA_CPU_DEFAULTS=1`` turns both off.
+``SCORE_SDE_XLA_CPU_DEFAULTS=1`` keeps XLA's defaults.
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ FUSION_TYPES = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUC
                 "LIBRARY_FUSION_TYPE_ELTWISE")
 MEASURED_JAXLIB = ("0.10.2",)
 OPT_OUT = "SCORE_SDE_XLA_CPU_DEFAULTS"
+HOLD_FREED_MEMORY = "SCORE_SDE_HOLD_FREED_MEMORY"
 # glibc's mallopt parameters (malloc.h) and the largest value they take (a C int).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _INT_MAX = 2 ** 31 - 1
 
 
-def _opted_out(environ: MutableMapping[str, str]) -> bool:
-  return environ.get(OPT_OUT, "").strip() not in ("", "0")
+def _is_set(environ: MutableMapping[str, str], name: str) -> bool:
+  return environ.get(name, "").strip() not in ("", "0")
 
 
 def xla_flags(current: str, jaxlib_version: str) -> Optional[str]:
@@ -61,7 +65,7 @@ def configure_xla_flags(environ: Optional[MutableMapping[str, str]] = None) -> b
   did. Call before JAX's first computation: XLA reads its flags when the backend starts."""
   import jaxlib.version  # pylint: disable=import-outside-toplevel
   environ = os.environ if environ is None else environ
-  if _opted_out(environ):
+  if _is_set(environ, OPT_OUT):
     return False
   flags = xla_flags(environ.get("XLA_FLAGS", ""), jaxlib.version.__version__)
   if flags is None:
@@ -71,11 +75,13 @@ def configure_xla_flags(environ: Optional[MutableMapping[str, str]] = None) -> b
 
 
 def configure_allocator(environ: Optional[MutableMapping[str, str]] = None) -> bool:
-  """With glibc: one malloc arena, blocks up to 2 GiB from the heap rather than ``mmap``, and
-  released memory kept for reuse (module docstring); returns whether it applied. Elsewhere (musl,
-  macOS) it does nothing. Best called before the first JAX computation starts XLA's threads."""
+  """If ``environ[HOLD_FREED_MEMORY]`` is set, and with glibc: one malloc arena, blocks up to
+  2 GiB from the heap rather than ``mmap``, and released memory kept for reuse (module
+  docstring: faster steps, possibly more memory); returns whether it applied. Best called before
+  the first JAX computation starts XLA's threads."""
   environ = os.environ if environ is None else environ
-  if _opted_out(environ) or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  if (not _is_set(environ, HOLD_FREED_MEMORY) or platform.system() != "Linux"
+      or platform.libc_ver()[0] != "glibc"):
     return False
   libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
   settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, _INT_MAX), (_M_TRIM_THRESHOLD, _INT_MAX))

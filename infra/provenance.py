@@ -29,6 +29,8 @@ def environment(devices: Optional[Devices] = None) -> Dict[str, Any]:
                    "diffrax": diffrax.__version__, "numpy": np.__version__,
                    "python": platform.python_version()},
       "host": {"cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]},
+      # The compiler's flags change which kernels run (infra.cpu_runtime), so a time needs them.
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 

@@ -60,7 +60,7 @@ _EVAL_SELECTION_FIELDS = frozenset({
     "begin_ckpt", "end_ckpt", "enable_loss", "enable_bpd", "enable_bound", "enable_sampling",
     "num_samples", "bpd_num_repeats", "bpd_num_examples", "batch_size", "bpd_dataset"})
 # The fields only one of the two likelihoods reads: a change to one keeps the other's pieces.
-_ODE_ONLY_FIELDS = frozenset({"rtol", "atol", "hutchinson_type"})
+_ODE_ONLY_FIELDS = frozenset({"rtol", "atol", "hutchinson_type", "ode_solver"})
 _BOUND_ONLY_FIELDS = frozenset({"bound_num_draws", "bound_time_sampling"})
 
 

@@ -40,13 +40,15 @@ def test_configure_edits_the_given_environment_and_honours_the_opt_out():
 
 
 # Three DDPM++ training steps (convolutions and their gradients, GroupNorm, attention, Adam,
-# clipping, EMA) on fixed data; prints the losses and the parameters' sums.
+# clipping, EMA) on fixed data; prints the losses and the parameters' sums. The allocator too is
+# configured where glibc is (it must not change a number either).
 _TRAIN = r"""
 import json, sys
 sys.path.insert(0, {repo!r})
 from infra import cpu_runtime
 if {configure}:
-  assert cpu_runtime.configure_xla_flags() and cpu_runtime.configure_allocator()
+  assert cpu_runtime.configure_xla_flags()
+  cpu_runtime.configure_allocator()
 import jax, jax.numpy as jnp, numpy as np
 import builders
 from benchmarks.torch_peer import reduced_config
@@ -70,9 +72,17 @@ print("RESULT " + json.dumps({{"losses": np.asarray(losses).tolist(), "sums": su
 """
 
 
+def test_allocator_is_only_changed_when_asked():
+  assert not cpu_runtime.configure_allocator({})
+  assert not cpu_runtime.configure_allocator({cpu_runtime.HOLD_FREED_MEMORY: "0"})
+
+
 def _train(configure: bool) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != cpu_runtime.OPT_OUT}
+  env = {k: v for k, v in os.environ.items()
+         if k not in (cpu_runtime.OPT_OUT, cpu_runtime.HOLD_FREED_MEMORY)}
   env["XLA_FLAGS"] = ""
+  if configure:
+    env[cpu_runtime.HOLD_FREED_MEMORY] = "1"
   code = _TRAIN.format(repo=REPO, configure=configure)
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=600, check=False)
