@@ -275,7 +275,8 @@ def _markdown(record: Dict[str, Any]) -> str:
            f"{record['equality']['max_output_diff']:.2e} (largest output "
            f"{record['equality']['max_output']:.2f}), DSM loss {record['equality']['loss']:.6f} "
            f"against a difference of {record['equality']['loss_diff']:.2e}.", "",
-           f"This project's XLA flags: `{record['ours_xla_flags']}`.", ""]
+           f"This project's XLA flags: `{record['ours_xla_flags']}`; "
+           f"`infra.cpu_runtime` applied: {record.get('ours_cpu_runtime', 'not recorded')}.", ""]
   defaults = "ours_xla_defaults" in record["rows"][0]
   extra_head = (" project, XLA defaults (median s) | XLA defaults / peer |" if defaults else "")
   lines += ["| threads | batch | case | project (median s) | peer (median s) | project / peer |"
@@ -379,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "config": CONFIG, "overrides": {k: list(v) if isinstance(v, tuple) else v
                                             for k, v in REDUCED.items()},
             "equality": equality, "rows": rows, "extras": extras,
-            "ours_xla_flags": mine["xla_flags"]}
+            "ours_xla_flags": mine["xla_flags"], "ours_cpu_runtime": mine["cpu_runtime"]}
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, f"torch_peer_cpu_{stamp.strftime('%Y-%m-%dT%H%MZ')}")
   with open(stem + ".json", "w") as f:

@@ -7,8 +7,8 @@ activation map (32x32 for a 32x32 image) and whose output is 3x3: for a 3x3 conv
 64 channels on 16 32x32 images it takes 33 ms where XLA's own (Eigen) convolution takes 10 ms
 and the forward pass 9 ms. :func:`configure_xla_flags` keeps YNNPACK's dots, reductions and
 elementwise fusions and leaves single convolutions to XLA's own: the DDPM++ train step of
-``benchmarks/torch_peer.py`` ran 1.1-1.7x faster on a 2-core Xeon, at the same peak memory
-(``docs/speed.md`` has the figures and commands).
+``benchmarks/torch_peer.py`` ran 1.0-1.65x faster on a 2-core Xeon (most at batch 64 and on two
+threads), with about 9 % more peak memory (``docs/speed.md`` has the figures and commands).
 
 Only the compiler's choice of kernels changes, so results agree with the default to float32
 round-off (tested). The setting is an experimental XLA flag, so it is applied only to the
