@@ -686,9 +686,9 @@ def build_bpd_fn(config: Config, sde: sde_lib.SDE, model: nn.Module, devices: De
 
   Through the probability-flow ODE (``likelihood.get_likelihood_fn``, ``eval.hutchinson_type,
   rtol, atol, ode_solver``) at the points :func:`build_dequantize_fn` gives, ``+ log q`` for the
-  variational dequantizer, on the integer scale of the data (:func:`bpd_offset_bits`): for images the bits/dim
-  of the discrete data (the paper's CIFAR-10 number); vector (toy) data are continuous, with no
-  offset.
+  variational dequantizer, on the integer scale of the data (:func:`bpd_offset_bits`): for images
+  the bits/dim of the discrete data (the paper's CIFAR-10 number); vector (toy) data are
+  continuous, with no offset.
   """
   ev = config.eval
   dequantize = build_dequantize_fn(config, dequantizer_params)
