@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from infra import cpu_runtime
 
@@ -94,7 +95,6 @@ def _train(configure: bool) -> dict:
 def test_training_computes_the_same_numbers_as_with_xla_defaults():
   import jaxlib.version
   if jaxlib.version.__version__ not in cpu_runtime.MEASURED_JAXLIB:
-    import pytest
     pytest.skip("the flag is only applied to the jaxlib versions it was measured on")
   default, tuned = _train(False), _train(True)
   assert cpu_runtime.FLAG not in default["flags"] and cpu_runtime.FLAG in tuned["flags"]
