@@ -92,7 +92,7 @@ def _drift_and_exact_div(drift_fn: DriftFn, x: Array) -> Tuple[Array, Array]:
 
 
 def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
-                      rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5",
+                      rtol: float = 1e-5, atol: float = 1e-5, method: str = "tsit5",
                       eps: float = 1e-5, bpd_offset: float = 0.0, max_steps: int = 4096,
                       data_shape: Optional[Tuple[int, ...]] = None) -> LikelihoodFn:
   """Builds ``likelihood_fn(rng, score_fn, x) -> (bpd, z, nfe)``.
@@ -104,10 +104,9 @@ def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
       one noise vector per solve), or ``'exact'`` (full Jacobian trace; small ``D`` only).
     rtol, atol: tolerances of the PID step-size controller, applied to the joint state
       ``(x, integrated divergence)``. Tolerances for the whole batch are shared (one step size).
-    method: an adaptive solver of :data:`ode_solvers.SOLVERS` (``dopri5``, ``tsit5``,
-      ``dopri8``, ``bosh3``). Dopri5, the authors' RK45, is the default: on a DDPM++ network it
-      took half of Tsit5's evaluations at the same tolerances, and on exact scores it was as
-      accurate at equal cost (``docs/likelihood.md``).
+    method: an adaptive solver of :data:`ode_solvers.SOLVERS` (``tsit5``, ``dopri5``,
+      ``dopri8``, ``bosh3``). ``dopri5``, the authors' RK45, takes fewer evaluations on networks
+      at the same tolerances but lands further from the exact answer (``docs/likelihood.md``).
     eps: start time of the ODE; the result is ``log p_eps(x)``, as in the authors' code.
     bpd_offset: added to the bits/dim, e.g. ``dequantization.bits_offset``.
     max_steps: cap on attempted solver steps; a solve that fails returns NaN bits/dim.

@@ -1,6 +1,6 @@
 """experiments/likelihood_solvers.py on a small exact mixture: every adaptive solver and the
 authors' RK45 reach the exact bits/dim, tighter tolerances get closer, and this project's Dopri5
-(the likelihood's default) costs what scipy's RK45, the same method, costs."""
+costs what scipy's RK45, the same method, costs."""
 
 import os
 
