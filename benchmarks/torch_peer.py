@@ -28,8 +28,9 @@ Python with torch and ml_collections (a scratch environment: torch is not a depe
    train step's time (compilation here), the process's peak resident memory and its minor page
    faults per call (forward passes and train steps together). This project's side runs as
    ``main.py`` runs (:mod:`infra.cpu_runtime`); ``--with_xla_defaults`` times it a second time
-   with XLA's and glibc's defaults (``SCORE_SDE_XLA_CPU_DEFAULTS=1``), the before and after of
-   that module in one run.
+   with XLA's and glibc's defaults (``SCORE_SDE_XLA_CPU_DEFAULTS=1``,
+   ``SCORE_SDE_HOLD_FREED_MEMORY=0``), the before and after of that module in one run;
+   ``SCORE_SDE_HOLD_FREED_MEMORY=1`` in the environment times the opt-in allocator setting.
 
 Writes ``benchmarks/results/torch_peer_cpu_<UTC time>.json`` and ``.md``.
 """
@@ -357,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
       defaults = None
       if args.with_xla_defaults:
         defaults = _run(_taskset(n) + ours_cmd + [json.dumps({**common, "task": "time"})], REPO,
-                        {**env, cpu_runtime.OPT_OUT: "1"})
+                        {**env, cpu_runtime.OPT_OUT: "1", cpu_runtime.HOLD_FREED_MEMORY: "0"})
       for b in batches:
         for case in ("forward", "train"):
           rows.append({"threads": n, "batch": b, "case": case,
