@@ -76,7 +76,7 @@ def _drift_and_hutchinson_div(drift_fn: DriftFn, x: Array, noise: Array) -> Tupl
   return drift, sde_lib.sum_non_batch(noise * j_noise)
 
 
-def _drift_and_exact_div(drift_fn: DriftFn, x: Array) -> Tuple[Array, Array]:
+def drift_and_exact_div(drift_fn: DriftFn, x: Array) -> Tuple[Array, Array]:
   """``v(x): [B, ...]`` and the exact trace of each example's Jacobian, ``[B]``.
 
   ``D`` Jacobian-vector products of the batched drift with the coordinate vectors ``e_j`` (the
@@ -153,7 +153,7 @@ def get_likelihood_fn(sde: sde_lib.SDE, *, hutchinson_type: str = "rademacher",
       time = jnp.full((batch,), t, dtype=y.dtype)
       drift_fn = lambda u: ode.sde(u, time)[0]
       if noise is None:
-        drift, div = _drift_and_exact_div(drift_fn, y)
+        drift, div = drift_and_exact_div(drift_fn, y)
       else:
         drift, div = _drift_and_hutchinson_div(drift_fn, y, noise)
       return drift, div

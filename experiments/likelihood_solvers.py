@@ -58,9 +58,7 @@ def scipy_rk45(sde: sde_lib.SDE, score_fn: sde_lib.ScoreFn, x: jax.Array, tol: f
   @jax.jit
   def drift_and_div(y, t):
     time_ = jnp.full((batch,), t, y.dtype)
-    drift, jvp = jax.linearize(lambda u: ode.sde(u, time_)[0], y)
-    basis = jnp.broadcast_to(jnp.eye(dim, dtype=y.dtype)[:, None, :], (dim, batch, dim))
-    return drift, jnp.einsum("ibi->b", jax.vmap(jvp)(basis))
+    return likelihood.drift_and_exact_div(lambda u: ode.sde(u, time_)[0], y)
 
   def field(t, state):
     drift, div = drift_and_div(jnp.asarray(state[:-batch].reshape(batch, dim), x.dtype), t)
