@@ -130,8 +130,7 @@ def main(argv):
              "--name=value (see --help)")
   logs.configure_console()
   # Before JAX's first computation: XLA reads its flags, and starts its threads, then.
-  cpu_runtime.configure_xla_flags()
-  cpu_runtime.configure_allocator()
+  cpu_runtime.configure()
   options = Options(**{field.name: FLAGS[field.name].value
                        for field in dataclasses.fields(Options)
                        if field.name != "classifier_config"},

@@ -673,7 +673,6 @@ if __name__ == "__main__":
     # XLA's CPU compile, which these flags cut about threefold; run times do not matter there.
     os.environ.setdefault("XLA_FLAGS", TINY_XLA_FLAGS)
   # As main.py runs: the times are those a user gets.
-  cpu_runtime.configure_xla_flags()
-  cpu_runtime.configure_allocator()
+  cpu_runtime.configure()
   outcome = main()
   sys.exit(1 if any(r["status"] == "error" for r in outcome.get("records", [])) else 0)

@@ -212,8 +212,7 @@ def _run(command: Sequence[str], cwd: str, env: Optional[Dict[str, str]] = None
 def ours(task: Dict[str, Any]) -> Dict[str, Any]:
   """This project's side of :data:`_PEER_DRIVER` (run in its own process, set up for the CPU as
   ``main.py`` sets it up)."""
-  tuned = {"xla_flags": cpu_runtime.configure_xla_flags(),
-           "allocator": cpu_runtime.configure_allocator()}
+  tuned = cpu_runtime.configure()
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import builders  # pylint: disable=import-outside-toplevel

@@ -106,7 +106,6 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 if __name__ == "__main__":
   # As main.py runs: the times are those a user gets.
-  cpu_runtime.configure_xla_flags()
-  cpu_runtime.configure_allocator()
+  cpu_runtime.configure()
   with one_line_errors():
     main()

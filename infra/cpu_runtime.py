@@ -34,7 +34,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
-from typing import MutableMapping, Optional
+from typing import Dict, MutableMapping, Optional
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 FUSION_TYPES = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE",
@@ -87,3 +87,9 @@ def configure_allocator(environ: Optional[MutableMapping[str, str]] = None) -> b
   settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, _INT_MAX), (_M_TRIM_THRESHOLD, _INT_MAX))
   return all(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
              for param, value in settings)
+
+
+def configure(environ: Optional[MutableMapping[str, str]] = None) -> Dict[str, bool]:
+  """Both settings, as every entry point that runs the project applies them (``main.py``, the
+  benchmarks); returns which applied. Call before JAX's first computation."""
+  return {"xla_flags": configure_xla_flags(environ), "allocator": configure_allocator(environ)}

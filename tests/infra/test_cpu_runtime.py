@@ -48,8 +48,7 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from infra import cpu_runtime
 if {configure}:
-  assert cpu_runtime.configure_xla_flags()
-  cpu_runtime.configure_allocator()
+  assert cpu_runtime.configure()["xla_flags"]
 import jax, jax.numpy as jnp, numpy as np
 import builders
 from benchmarks.torch_peer import reduced_config
@@ -76,6 +75,9 @@ print("RESULT " + json.dumps({{"losses": np.asarray(losses).tolist(), "sums": su
 def test_allocator_is_only_changed_when_asked():
   assert not cpu_runtime.configure_allocator({})
   assert not cpu_runtime.configure_allocator({cpu_runtime.HOLD_FREED_MEMORY: "0"})
+  environ = {cpu_runtime.OPT_OUT: "1"}
+  assert cpu_runtime.configure(environ) == {"xla_flags": False, "allocator": False}
+  assert "XLA_FLAGS" not in environ
 
 
 def _train(configure: bool) -> dict:
