@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 import sde_lib
-from models import layers, layerspp
+from models import layers, layerspp, normalization
 from models.utils import register_model
 
 Array = jax.Array
@@ -44,8 +44,8 @@ def _head_init(key: Array, shape: Any, dtype: Any = jnp.float32) -> Array:
 
 
 def _group_norm_act(x: Array, dtype: Any, act: bool = True) -> Array:
-  x = nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, dtype=dtype)(x)
-  return jax.nn.relu(x) if act else x
+  return normalization.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5,
+                                 dtype=dtype)(x, jax.nn.relu if act else None)
 
 
 def _shortcut(x: Array, out: Array, stride: int) -> Array:

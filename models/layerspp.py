@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from models import layers
+from models import normalization
 from models import up_or_down_sampling as updown
 
 Array = jax.Array
@@ -23,9 +24,10 @@ Activation = Callable[[Array], Array]
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
-def group_norm(channels: int, dtype: Any) -> nn.GroupNorm:
-  """The authors' GroupNorm for ``channels`` feature maps (eps 1e-6, float32 statistics)."""
-  return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6, dtype=dtype)
+def group_norm(channels: int, dtype: Any) -> normalization.GroupNorm:
+  """The authors' GroupNorm for ``channels`` feature maps (eps 1e-6, float32 statistics);
+  called as ``norm(x, act)`` it applies the activation too, in the same pass."""
+  return normalization.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6, dtype=dtype)
 
 
 def residual_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
@@ -159,10 +161,10 @@ class ResnetBlockDDPMpp(nn.Module):
   def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
     C = x.shape[-1]
     out_ch = self.out_ch or C
-    h = self.act(group_norm(C, self.dtype)(x))
+    h = group_norm(C, self.dtype)(x, self.act)
     h = layers.ddpm_conv3x3(out_ch, dtype=self.dtype)(h)
     h = _add_time_bias(h, temb, self.act, self.dtype)
-    h = self.act(group_norm(out_ch, self.dtype)(h))
+    h = group_norm(out_ch, self.dtype)(h, self.act)
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = layers.ddpm_conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
     if C != out_ch:
@@ -202,12 +204,12 @@ class ResnetBlockBigGANpp(nn.Module):
       raise ValueError("A residual block cannot both upsample and downsample.")
     C = x.shape[-1]
     out_ch = self.out_ch or C
-    h = self.act(group_norm(C, self.dtype)(x))
+    h = group_norm(C, self.dtype)(x, self.act)
     h = self._resample(h)
     x = self._resample(x)
     h = layers.ddpm_conv3x3(out_ch, dtype=self.dtype)(h)
     h = _add_time_bias(h, temb, self.act, self.dtype)
-    h = self.act(group_norm(out_ch, self.dtype)(h))
+    h = group_norm(out_ch, self.dtype)(h, self.act)
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = layers.ddpm_conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
     if C != out_ch or self.up or self.down:

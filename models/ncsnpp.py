@@ -158,7 +158,7 @@ class NCSNpp(nn.Module):
   def _head(self, h: Array, out_ch: int, init_scale: float) -> Array:
     """GN-act-conv3x3 to ``out_ch`` channels."""
     act = layers.get_act(self.nonlinearity)
-    h = act(layerspp.group_norm(h.shape[-1], self.dtype)(h))
+    h = layerspp.group_norm(h.shape[-1], self.dtype)(h, act)
     return layers.ddpm_conv3x3(out_ch, init_scale=init_scale, dtype=self.dtype)(h)
 
   @nn.compact

@@ -1,4 +1,4 @@
-"""Normalization layers of the DDPM and NCSN/NCSNv2 networks, for ``x: [B, H, W, C]``.
+"""Normalization layers of the score networks, for ``x: [B, H, W, C]``.
 
 Statistics are computed in float32 whatever the input dtype and the result is cast back to the
 layer's ``dtype``; parameters are float32. Per-channel parameters have shape ``[C]``.
@@ -7,13 +7,14 @@ layer's ``dtype``; parameters are float32. Per-channel parameters have shape ``[
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+Activation = Callable[[Array], Array]
 _EPS = 1e-5
 
 NORMALIZATIONS = ("GroupNorm", "InstanceNorm", "InstanceNorm++", "VarianceNorm")
@@ -43,6 +44,130 @@ def _instance_norm_plus(x: Array) -> tuple:
   means_plus = (means - m) / jnp.sqrt(v + _EPS)
   h = (x - means[:, None, None, :]) / jnp.sqrt(variances[:, None, None, :] + _EPS)
   return h, means_plus
+
+
+def _per_group(per_channel: Array, num_groups: int) -> Array:
+  """``[B, C] -> [B, G]``: sums over the channels of each group."""
+  batch, channels = per_channel.shape
+  return per_channel.reshape(batch, num_groups, channels // num_groups).sum(-1)
+
+
+def _group_stats(x: Array, num_groups: int) -> Tuple[Array, Array]:
+  """Per-example, per-group mean and variance of ``x: [B, ..., C]``.
+
+  Returns ``(mean, var)``, each ``[B, G]`` float32, with ``var = E[x^2] - E[x]^2`` clipped at 0
+  (``flax.linen.GroupNorm``'s default "fast variance"). The sums are taken per channel first:
+  two reductions over space, the tensor-sized work, then small sums over each group's channels.
+  """
+  spatial = tuple(range(1, x.ndim - 1))
+  count = x.size // (x.shape[0] * num_groups)
+  mean = _per_group(jnp.sum(x, axis=spatial), num_groups) / count
+  mean_sq = _per_group(jnp.sum(jnp.square(x), axis=spatial), num_groups) / count
+  return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def group_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: float,
+               act: Optional[Activation], dtype: Any) -> Array:
+  """``act(GroupNorm(x))`` for ``x: [B, ..., C]``, normalizing over all but the batch axis.
+
+  Args:
+    x: input; statistics and the affine map are computed in float32.
+    scale, bias: per-channel affine parameters, ``[C]``.
+    num_groups: groups of channels sharing statistics; must divide ``C``.
+    epsilon: added to the variance.
+    act: an elementwise activation applied to the result in ``dtype``, or None.
+    dtype: dtype of the result.
+
+  The same function as ``act(flax.linen.GroupNorm(num_groups, epsilon, dtype=dtype)(x))`` to
+  float32 round-off, computed in fewer passes over memory. The statistics are two reductions;
+  then the whole map is ``act(x * a + b)`` with per-example, per-channel ``a, b: [B, C]``. The
+  backward pass keeps only ``x`` and the ``[B, G]`` statistics and recomputes the rest, where
+  autodiff would store the normalized map and the activation's intermediates; it is two more
+  reductions and ``dx = dy * p + x * q + r``, again with ``[B, C]`` coefficients. On a CPU, where
+  each elementwise pass and each broadcast is a trip through memory, this makes DDPM++ faster;
+  a GPU fuses either form.
+  """
+  return _group_norm_forward(x, scale, bias, num_groups, epsilon, act, dtype)[0]
+
+
+def _coefficients(mean: Array, rstd: Array, scale: Array, bias: Array) -> Tuple[Array, Array]:
+  """``a, b: [B, C]`` with ``GroupNorm(x) = x * a + b``, from ``[B, G]`` statistics."""
+  group_size = scale.shape[0] // mean.shape[1]
+  mean, rstd = jnp.repeat(mean, group_size, axis=1), jnp.repeat(rstd, group_size, axis=1)
+  a = rstd * scale
+  return a, bias - mean * a
+
+
+def _spatial(per_channel: Array, ndim: int) -> Array:
+  """``[B, C] -> [B, 1, ..., 1, C]``, to broadcast against ``x``."""
+  return per_channel.reshape(per_channel.shape[:1] + (1,) * (ndim - 2) + per_channel.shape[1:])
+
+
+def _group_norm_forward(x, scale, bias, num_groups, epsilon, act, dtype):
+  x32 = x.astype(jnp.float32)
+  mean, var = _group_stats(x32, num_groups)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  a, b = _coefficients(mean, rstd, scale, bias)
+  y = (x32 * _spatial(a, x.ndim) + _spatial(b, x.ndim)).astype(dtype)
+  return (y if act is None else act(y)), (x, mean, rstd, scale, bias)
+
+
+def _group_norm_backward(num_groups, epsilon, act, dtype, residuals, cotangent):
+  del epsilon  # only through rstd, kept from the forward pass
+  x, mean, rstd, scale, bias = residuals
+  x32 = x.astype(jnp.float32)
+  if act is None:
+    dy = cotangent
+  else:
+    a, b = _coefficients(mean, rstd, scale, bias)
+    y = (x32 * _spatial(a, x.ndim) + _spatial(b, x.ndim)).astype(dtype)
+    dy = jax.vjp(act, y)[1](cotangent)[0]
+  dy = dy.astype(jnp.float32)
+  spatial = tuple(range(1, x.ndim - 1))
+  sum_dy = jnp.sum(dy, axis=spatial)  # [B, C]
+  sum_dy_x = jnp.sum(dy * x32, axis=spatial)  # [B, C]
+  group_size = scale.shape[0] // num_groups
+  count = x.size // (x.shape[0] * num_groups)
+  mean_c, rstd_c = jnp.repeat(mean, group_size, axis=1), jnp.repeat(rstd, group_size, axis=1)
+  dbias = sum_dy  # per example
+  dscale = rstd_c * (sum_dy_x - mean_c * sum_dy)  # sum of dy * x_hat, per example
+  # With g = dy * scale and x_hat the normalized x, means over each group:
+  # dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) = dy * p + x * q + r.
+  mean_g = jnp.repeat(_per_group(dbias * scale, num_groups) / count, group_size, axis=1)
+  mean_g_x_hat = jnp.repeat(_per_group(dscale * scale, num_groups) / count, group_size, axis=1)
+  p = rstd_c * scale
+  q = -rstd_c * rstd_c * mean_g_x_hat
+  r = rstd_c * (mean_c * rstd_c * mean_g_x_hat - mean_g)
+  dx = dy * _spatial(p, x.ndim) + x32 * _spatial(q, x.ndim) + _spatial(r, x.ndim)
+  return (dx.astype(x.dtype), dscale.sum(0).astype(scale.dtype),
+          dbias.sum(0).astype(bias.dtype))
+
+
+group_norm.defvjp(_group_norm_forward, _group_norm_backward)
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm (Wu & He 2018) with an optional activation fused in: ``norm(x, act=None)``.
+
+  Parameters ``scale`` (ones) and ``bias`` (zeros), ``[C]``, as ``flax.linen.GroupNorm``'s, so
+  checkpoints and converted weights are interchangeable; see :func:`group_norm` for why it is
+  not that module. ``dtype`` None gives float32 results.
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, act: Optional[Activation] = None) -> Array:
+    channels = x.shape[-1]
+    if self.num_groups <= 0 or channels % self.num_groups:
+      raise ValueError(f"GroupNorm with {self.num_groups} groups needs a channel count "
+                       f"divisible by it, got {channels} channels.")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    dtype = jnp.promote_types(x.dtype, jnp.float32) if self.dtype is None else self.dtype
+    return group_norm(x, scale, bias, self.num_groups, self.epsilon, act, jnp.dtype(dtype))
 
 
 class VarianceNorm2d(nn.Module):
@@ -149,8 +274,7 @@ def get_normalization(name: str, conditional: bool = False, num_classes: Optiona
       raise ValueError(f"A conditional normalization needs num_classes >= 1, got {num_classes}.")
     return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=num_classes, dtype=dtype)
   if name == "GroupNorm":
-    return functools.partial(nn.GroupNorm, num_groups=num_groups, dtype=dtype,
-                             param_dtype=jnp.float32)
+    return functools.partial(GroupNorm, num_groups=num_groups, dtype=dtype)
   modules = {"InstanceNorm": InstanceNorm2d, "InstanceNorm++": InstanceNorm2dPlus,
              "VarianceNorm": VarianceNorm2d}
   if name not in modules:

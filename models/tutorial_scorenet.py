@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from models import normalization
 from models.utils import register_model
 
 # The tutorial's GroupNorm (PyTorch's default epsilon).
@@ -92,8 +93,8 @@ class TutorialScoreNet(nn.Module):
     def level(h: jax.Array, groups: int) -> jax.Array:
       """Adds the level's projection of the embedding, then GroupNorm and swish."""
       h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(embed)[:, None, None, :]
-      h = nn.GroupNorm(num_groups=groups, epsilon=_GROUP_NORM_EPS, dtype=self.dtype)(h)
-      return nn.swish(h)
+      return normalization.GroupNorm(num_groups=groups, epsilon=_GROUP_NORM_EPS,
+                                     dtype=self.dtype)(h, nn.swish)
 
     def conv(features: int, stride: int) -> nn.Conv:
       return nn.Conv(features, (3, 3), strides=(stride, stride), padding="VALID", use_bias=False,
