@@ -12,10 +12,12 @@ from typing import Any, Callable, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import ad_checkpoint
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
 _EPS = 1e-5
+_STATISTICS = "group_norm_statistics"
 
 NORMALIZATIONS = ("GroupNorm", "InstanceNorm", "InstanceNorm++", "VarianceNorm")
 CONDITIONAL_NORMALIZATIONS = ("InstanceNorm++",)
@@ -66,7 +68,6 @@ def _group_stats(x: Array, num_groups: int) -> Tuple[Array, Array]:
   return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def group_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: float,
                act: Optional[Activation], dtype: Any) -> Array:
   """``act(GroupNorm(x))`` for ``x: [B, ..., C]``, normalizing over all but the batch axis.
@@ -80,71 +81,29 @@ def group_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: fl
     dtype: dtype of the result.
 
   The same function as ``act(flax.linen.GroupNorm(num_groups, epsilon, dtype=dtype)(x))`` to
-  float32 round-off, computed in fewer passes over memory. The statistics are two reductions;
-  then the whole map is ``act(x * a + b)`` with per-example, per-channel ``a, b: [B, C]``. The
-  backward pass keeps only ``x`` and the ``[B, G]`` statistics and recomputes the rest, where
-  autodiff would store the normalized map and the activation's intermediates; it is two more
-  reductions and ``dx = dy * p + x * q + r``, again with ``[B, C]`` coefficients. On a CPU, where
-  each elementwise pass and each broadcast is a trip through memory, this makes DDPM++ faster;
-  a GPU fuses either form.
+  float32 round-off, in fewer passes over memory. After the statistics (two reductions) the
+  whole map is ``act(x * a + b)`` with per-example, per-channel ``a, b: [B, C]``, so its
+  derivative is two more reductions and ``dx = dy * a + x * c + d`` with ``[B, C]``
+  coefficients again. Differentiation keeps only ``x`` and the ``[B, G]`` statistics and
+  recomputes the one elementwise pass, where autodiff of flax's layer stores the normalized map
+  and the activation's intermediates. On a CPU, where each elementwise pass is a trip through
+  memory, that makes a DDPM++ training step faster and smaller; a GPU fuses either form.
   """
-  return _group_norm_forward(x, scale, bias, num_groups, epsilon, act, dtype)[0]
 
+  def normalize(x, scale, bias):
+    x32 = x.astype(jnp.float32)
+    mean, var = _group_stats(x32, num_groups)
+    mean = ad_checkpoint.checkpoint_name(mean, _STATISTICS)
+    rstd = ad_checkpoint.checkpoint_name(jax.lax.rsqrt(var + epsilon), _STATISTICS)
+    group_size = x.shape[-1] // num_groups
+    a = jnp.repeat(rstd, group_size, axis=1) * scale
+    b = bias - jnp.repeat(mean, group_size, axis=1) * a
+    shape = x.shape[:1] + (1,) * (x.ndim - 2) + x.shape[-1:]
+    y = (x32 * a.reshape(shape) + b.reshape(shape)).astype(dtype)
+    return y if act is None else act(y)
 
-def _coefficients(mean: Array, rstd: Array, scale: Array, bias: Array) -> Tuple[Array, Array]:
-  """``a, b: [B, C]`` with ``GroupNorm(x) = x * a + b``, from ``[B, G]`` statistics."""
-  group_size = scale.shape[0] // mean.shape[1]
-  mean, rstd = jnp.repeat(mean, group_size, axis=1), jnp.repeat(rstd, group_size, axis=1)
-  a = rstd * scale
-  return a, bias - mean * a
-
-
-def _spatial(per_channel: Array, ndim: int) -> Array:
-  """``[B, C] -> [B, 1, ..., 1, C]``, to broadcast against ``x``."""
-  return per_channel.reshape(per_channel.shape[:1] + (1,) * (ndim - 2) + per_channel.shape[1:])
-
-
-def _group_norm_forward(x, scale, bias, num_groups, epsilon, act, dtype):
-  x32 = x.astype(jnp.float32)
-  mean, var = _group_stats(x32, num_groups)
-  rstd = jax.lax.rsqrt(var + epsilon)
-  a, b = _coefficients(mean, rstd, scale, bias)
-  y = (x32 * _spatial(a, x.ndim) + _spatial(b, x.ndim)).astype(dtype)
-  return (y if act is None else act(y)), (x, mean, rstd, scale, bias)
-
-
-def _group_norm_backward(num_groups, epsilon, act, dtype, residuals, cotangent):
-  del epsilon  # only through rstd, kept from the forward pass
-  x, mean, rstd, scale, bias = residuals
-  x32 = x.astype(jnp.float32)
-  if act is None:
-    dy = cotangent
-  else:
-    a, b = _coefficients(mean, rstd, scale, bias)
-    y = (x32 * _spatial(a, x.ndim) + _spatial(b, x.ndim)).astype(dtype)
-    dy = jax.vjp(act, y)[1](cotangent)[0]
-  dy = dy.astype(jnp.float32)
-  spatial = tuple(range(1, x.ndim - 1))
-  sum_dy = jnp.sum(dy, axis=spatial)  # [B, C]
-  sum_dy_x = jnp.sum(dy * x32, axis=spatial)  # [B, C]
-  group_size = scale.shape[0] // num_groups
-  count = x.size // (x.shape[0] * num_groups)
-  mean_c, rstd_c = jnp.repeat(mean, group_size, axis=1), jnp.repeat(rstd, group_size, axis=1)
-  dbias = sum_dy  # per example
-  dscale = rstd_c * (sum_dy_x - mean_c * sum_dy)  # sum of dy * x_hat, per example
-  # With g = dy * scale and x_hat the normalized x, means over each group:
-  # dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) = dy * p + x * q + r.
-  mean_g = jnp.repeat(_per_group(dbias * scale, num_groups) / count, group_size, axis=1)
-  mean_g_x_hat = jnp.repeat(_per_group(dscale * scale, num_groups) / count, group_size, axis=1)
-  p = rstd_c * scale
-  q = -rstd_c * rstd_c * mean_g_x_hat
-  r = rstd_c * (mean_c * rstd_c * mean_g_x_hat - mean_g)
-  dx = dy * _spatial(p, x.ndim) + x32 * _spatial(q, x.ndim) + _spatial(r, x.ndim)
-  return (dx.astype(x.dtype), dscale.sum(0).astype(scale.dtype),
-          dbias.sum(0).astype(bias.dtype))
-
-
-group_norm.defvjp(_group_norm_forward, _group_norm_backward)
+  policy = jax.checkpoint_policies.save_only_these_names(_STATISTICS)
+  return jax.checkpoint(normalize, policy=policy)(x, scale, bias)
 
 
 class GroupNorm(nn.Module):

@@ -82,8 +82,8 @@ def _group_norm_reference(x, scale, bias, groups, eps):
 @pytest.mark.parametrize("act", [None, jax.nn.silu, jax.nn.relu])
 @pytest.mark.parametrize("shape", [(3, 6, 5, 8), (2, 7, 12)])
 def test_group_norm_value_and_gradient(act, shape):
-  # The fused layer's value against float64, and its hand-written backward pass against
-  # autodiff of flax's GroupNorm (followed by the activation) on the same parameters.
+  # The layer's value against float64, and its derivatives (which recompute the normalized map
+  # from x and the saved statistics) against autodiff of flax's GroupNorm and the activation.
   x = 2.0 + 3.0 * jax.random.normal(KEY, shape)
   groups = 4 if shape[-1] == 8 else 3
   fused = normalization.GroupNorm(num_groups=groups, epsilon=1e-6)
@@ -100,6 +100,12 @@ def test_group_norm_value_and_gradient(act, shape):
   def through_flax(p, x):
     y = flax_norm.apply({"params": p}, x)
     return y if act is None else act(y)
+
+  # Forward mode too (the likelihood's divergence is a Jacobian-vector product).
+  tangents = _perturbed(params, scale=1.0), jax.random.normal(jax.random.PRNGKey(6), shape)
+  _, jvp = jax.jvp(lambda p, x: fused.apply({"params": p}, x, act), (params, x), tangents)
+  _, want_jvp = jax.jvp(through_flax, (params, x), tangents)
+  np.testing.assert_allclose(jvp, want_jvp, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want_jvp))))
 
   cotangent = jax.random.normal(jax.random.PRNGKey(7), shape)
   grads = jax.jit(lambda p, x: jax.vjp(lambda p, x: fused.apply({"params": p}, x, act),
