@@ -105,7 +105,8 @@ def test_group_norm_value_and_gradient(act, shape):
   tangents = _perturbed(params, scale=1.0), jax.random.normal(jax.random.PRNGKey(6), shape)
   _, jvp = jax.jvp(lambda p, x: fused.apply({"params": p}, x, act), (params, x), tangents)
   _, want_jvp = jax.jvp(through_flax, (params, x), tangents)
-  np.testing.assert_allclose(jvp, want_jvp, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want_jvp))))
+  np.testing.assert_allclose(jvp, want_jvp, rtol=1e-5,
+                             atol=1e-5 * float(jnp.max(jnp.abs(want_jvp))))
 
   cotangent = jax.random.normal(jax.random.PRNGKey(7), shape)
   grads = jax.jit(lambda p, x: jax.vjp(lambda p, x: fused.apply({"params": p}, x, act),
