@@ -102,8 +102,12 @@ def group_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: fl
     y = (x32 * a.reshape(shape) + b.reshape(shape)).astype(dtype)
     return y if act is None else act(y)
 
+  # On a CPU each stored map is memory traffic and memory: derivatives keep x and the statistics
+  # and recompute the rest. A GPU fuses the recomputation poorly (about 10 % more kernels in a
+  # DDPM++ train step) and gains no memory from it, so it stores as autodiff does.
   policy = jax.checkpoint_policies.save_only_these_names(_STATISTICS)
-  return jax.checkpoint(normalize, policy=policy)(x, scale, bias)
+  return jax.lax.platform_dependent(x, scale, bias, default=normalize,
+                                    cpu=jax.checkpoint(normalize, policy=policy))
 
 
 class GroupNorm(nn.Module):
