@@ -76,8 +76,31 @@ def test_allocator_is_only_changed_when_asked():
   assert not cpu_runtime.configure_allocator({})
   assert not cpu_runtime.configure_allocator({cpu_runtime.HOLD_FREED_MEMORY: "0"})
   environ = {cpu_runtime.OPT_OUT: "1"}
-  assert cpu_runtime.configure(environ) == {"xla_flags": False, "allocator": False}
+  applied = cpu_runtime.configure(environ)
+  assert applied == {"xla_flags": False, "allocator": False,
+                     "release_after_compilation": applied["release_after_compilation"]}
   assert "XLA_FLAGS" not in environ
+
+
+def test_freed_memory_is_released_after_long_compilations_only(monkeypatch):
+  calls = []
+  monkeypatch.setattr(cpu_runtime, "release_freed_memory", lambda: calls.append(1))
+  cpu_runtime._after_compilation(cpu_runtime.COMPILE_EVENT, 0.1)
+  cpu_runtime._after_compilation("/jax/some/other_event", 5.0)
+  assert not calls
+  cpu_runtime._after_compilation(cpu_runtime.COMPILE_EVENT, 2.0, fun_name="train_step")
+  assert calls == [1]
+  # Not where freed memory is to be held.
+  assert not cpu_runtime.release_after_compilation({cpu_runtime.HOLD_FREED_MEMORY: "1"})
+
+
+def test_jax_reports_each_compilation_under_the_event_listened_to():
+  import jax
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **_: events.append(event))
+  jax.jit(lambda x: x * 3.0 + 1.0)(jax.numpy.arange(7.0)).block_until_ready()
+  assert cpu_runtime.COMPILE_EVENT in events
 
 
 def _train(configure: bool) -> dict:
