@@ -27,9 +27,9 @@ therefore off unless asked for.
 
 Compiling a program leaves the compiler's freed memory in glibc's arenas, where the program's
 own buffers, allocated afresh and large, do not reuse it: a process that compiled and ran a
-DDPM++ train step at batch 16, then at batch 64, peaked at 2,275 MiB, and at 2,002 MiB when
-``malloc_trim`` returned that memory to the system after each compilation (the PyTorch port:
-2,027). :func:`release_after_compilation` does that after every compilation that took over
+DDPM++ train step at batch 16, then at batch 64, peaked at 2,202 MiB, and at 1,959 MiB when
+``malloc_trim`` returned that memory to the system after each compilation (the PyTorch port's
+whole benchmark run: 2,027). :func:`release_after_compilation` does that after every compilation that took over
 half a second (unless memory is to be held, above).
 
 ``SCORE_SDE_XLA_CPU_DEFAULTS=1`` keeps XLA's defaults.
